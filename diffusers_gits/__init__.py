@@ -1,0 +1,9 @@
+"""diffusers-gits: GITS time schedules calibrated on any diffusers pipeline."""
+
+__version__ = "0.1.0"
+
+from .errors import CalibrationError  # noqa: E402
+from .scheduling_gits import GITSScheduler, GITSSchedulerOutput  # noqa: E402
+
+
+__all__ = ["CalibrationError", "GITSScheduler", "GITSSchedulerOutput", "__version__"]

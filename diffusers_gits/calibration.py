@@ -1,0 +1,426 @@
+"""Calibration: run a diffusers pipeline to record teacher trajectories, search GITS schedules, pick and refine them.
+
+Data flows one way: the pipeline runs with a recording `GITSScheduler` over the fine grid (the teacher), the
+trajectories feed `JumpCostAccumulator` batch by batch (memory does not grow with the warm-up count), the dynamic
+program turns costs into candidate schedules, and held-out warm-up noises, sampled through the same pipeline with the
+target solver, choose among them (and optionally refine the winner).
+"""
+
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .errors import CalibrationError
+from .noise import VPNoiseSchedule, vp_to_sigma_space
+from .schedules import karras_sigmas, timestep_spacing_sigmas
+from .scheduling_gits import GITSScheduler
+from .search import METRICS, JumpCostAccumulator, dp_schedules, uniform_timestep_grid
+from .solvers import SOLVERS
+
+
+logger = logging.getLogger(__name__)
+
+TEACHERS = ("dpmpp_2m", "ipndm")
+#: coeff values swept by `coeff="auto"`: the authors' range (ComfyUI ships 0.80-1.50) on both sides of 1.
+AUTO_COEFFS = (0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5)
+#: Keys of the pipeline call that calibration sets itself.
+RESERVED_KWARGS = ("prompt", "num_inference_steps", "generator", "batch_size", "output_type", "sigmas", "timesteps")
+
+
+@dataclass
+class Trajectory:
+    """What one teacher or student run of the pipeline leaves behind (sigma space, on CPU)."""
+
+    states: list[torch.Tensor] = field(default_factory=list)
+    denoised: list[torch.Tensor] = field(default_factory=list)
+
+
+@contextmanager
+def recording(pipe, scheduler: GITSScheduler, trajectory: Trajectory, keep_path: bool):
+    """Install `scheduler` on `pipe` with its `step` wrapped to record every state; restore the pipe afterwards.
+
+    With `keep_path=False` only the final state is kept (student runs). The pipeline's own progress bar is silenced.
+    """
+    original_scheduler = pipe.scheduler
+    original_bar = dict(getattr(pipe, "_progress_bar_config", {}))
+    step = scheduler.step
+
+    @functools.wraps(step)
+    def recording_step(model_output, timestep, sample, *args, **kwargs):
+        index = scheduler.step_index if scheduler.step_index is not None else scheduler.index_for_timestep(timestep)
+        sigma = float(scheduler.sigmas[index])
+        if not torch.isfinite(model_output).all():
+            raise CalibrationError(
+                f"the model output is NaN or Inf at grid step {index} (sigma={sigma:.6g}, timestep={float(timestep):.4g})",
+                grid_step=index,
+                sigma=sigma,
+            )
+        output = step(model_output, timestep, sample, *args, **kwargs)
+        prev_sample, denoised = (
+            (output[0], output[1]) if isinstance(output, tuple) else (output.prev_sample, output.pred_original_sample)
+        )
+        if keep_path:
+            trajectory.states.append(vp_to_sigma_space(sample.float(), sigma).cpu())
+            trajectory.denoised.append(denoised.float().cpu())
+        if scheduler.step_index == scheduler.num_inference_steps:
+            trajectory.states.append(prev_sample.float().cpu())
+        return output
+
+    scheduler.step = recording_step
+    pipe.scheduler = scheduler
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        yield
+    finally:
+        pipe.scheduler = original_scheduler
+        pipe._progress_bar_config = original_bar
+        del scheduler.step
+
+
+class PipelineRunner:
+    """Runs a pipeline on fixed per-sample seeds and prompts with a given scheduler; returns recorded trajectories.
+
+    Sample `i` always gets the noise of `torch.Generator().manual_seed(seed * 1_000_003 + i)` and prompt
+    `prompts[i % len(prompts)]`, whatever the batch it runs in, so teacher and student runs see the same noises.
+    """
+
+    def __init__(self, pipe, prompts: Sequence[str] | None, seed: int, batch_size: int, pipe_kwargs: dict[str, Any]):
+        self.pipe = pipe
+        self.prompts = list(prompts) if prompts else None
+        self.seed = seed
+        self.batch_size = batch_size
+        self.pipe_kwargs = pipe_kwargs
+        self.parameters = inspect.signature(pipe.__call__).parameters
+        self.device = getattr(pipe, "_execution_device", None) or getattr(pipe, "device", torch.device("cpu"))
+
+    def _call_kwargs(self, indices: Sequence[int], num_steps: int) -> dict[str, Any]:
+        kwargs = dict(self.pipe_kwargs)
+        kwargs["num_inference_steps"] = num_steps
+        generator_device = "cpu" if torch.device(self.device).type == "mps" else self.device
+        kwargs["generator"] = [
+            torch.Generator(generator_device).manual_seed(self.seed * 1_000_003 + i) for i in indices
+        ]
+        if "prompt" in self.parameters and "prompt_embeds" not in kwargs:
+            prompts = self.prompts or [""]
+            kwargs["prompt"] = [prompts[i % len(prompts)] for i in indices]
+        elif "batch_size" in self.parameters:
+            kwargs["batch_size"] = len(indices)
+        if "output_type" in self.parameters:
+            kwargs["output_type"] = "latent"
+        return kwargs
+
+    def run(self, scheduler: GITSScheduler, indices: Sequence[int], num_steps: int, keep_path: bool) -> Trajectory:
+        trajectory = Trajectory()
+        with recording(self.pipe, scheduler, trajectory, keep_path), torch.no_grad():
+            self.pipe(**self._call_kwargs(indices, num_steps))
+        if len(trajectory.states) != (num_steps + 1 if keep_path else 1):
+            raise CalibrationError(
+                f"the pipeline took {len(trajectory.states) - 1 if keep_path else '?'} steps instead of {num_steps}; "
+                "calibration needs pipelines that run the scheduler's whole schedule"
+            )
+        return trajectory
+
+    def final_states(self, scheduler: GITSScheduler, indices: Sequence[int], num_steps: int) -> torch.Tensor:
+        """Final samples for `indices`, run in batches of `batch_size`."""
+        chunks = [indices[k : k + self.batch_size] for k in range(0, len(indices), self.batch_size)]
+        return torch.cat([self.run(scheduler, chunk, num_steps, keep_path=False).states[-1] for chunk in chunks])
+
+
+def per_sample_rmse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Root mean square difference per sample (first dimension)."""
+    return (a.float() - b.float()).flatten(1).pow(2).mean(1).sqrt()
+
+
+def _check_vp_pipeline(pipe) -> dict:
+    config = getattr(getattr(pipe, "scheduler", None), "config", None)
+    if config is None:
+        raise TypeError(f"expected a diffusers pipeline with a `scheduler`, got {type(pipe).__name__}")
+    class_name = config.get("_class_name", type(pipe.scheduler).__name__)
+    if "FlowMatch" in class_name or "shift" in config or "beta_start" not in config:
+        raise ValueError(
+            f"{type(pipe).__name__} uses {class_name}, a flow-matching (or non-VP) scheduler; GITSScheduler "
+            "calibrates VP (DDPM-style) models only so far. Flow-matching support (SD3, Flux) is planned."
+        )
+    return dict(config)
+
+
+def _check_steps(num_inference_steps: int | Sequence[int], grid_size: int) -> list[int]:
+    steps = [num_inference_steps] if isinstance(num_inference_steps, (int, np.integer)) else list(num_inference_steps)
+    if not steps:
+        raise ValueError("num_inference_steps is empty; pass step counts such as [5, 6, 8, 10]")
+    for k in steps:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"num_inference_steps must hold ints, got {k!r}")
+        if k < 1:
+            raise ValueError(f"num_inference_steps must be positive, got {k}")
+        if k > grid_size:
+            raise ValueError(
+                f"num_inference_steps {k} is larger than the grid allows (grid_size={grid_size}); raise grid_size"
+            )
+    return sorted({int(k) for k in steps})
+
+
+def calibrate(
+    pipe,
+    num_inference_steps: int | Sequence[int],
+    prompts: Sequence[str] | None = None,
+    num_warmup: int = 256,
+    batch_size: int = 16,
+    solver: str = "dpmpp_2m",
+    teacher: str = "dpmpp_2m",
+    grid_size: int = 61,
+    metric: str = "l2",
+    coeff: float | str = "auto",
+    num_holdout: int | None = None,
+    refine: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+    **pipe_kwargs,
+) -> GITSScheduler:
+    """Calibrate GITS schedules for `pipe` by running it, and return a `GITSScheduler` that samples with them.
+
+    Args:
+        pipe: a diffusers pipeline whose scheduler is VP / DDPM-style (SD 1.x/2.x, SDXL, PixArt, DDPMPipeline, ...).
+        num_inference_steps: one step count or several; one calibration serves them all.
+        prompts: prompts cycled over the warm-up samples; `None` for unconditional pipelines (or the empty prompt).
+        num_warmup (`int`, defaults to 256): warm-up samples run by the teacher, held-out ones included.
+        batch_size (`int`, defaults to 16): samples per pipeline call.
+        solver (`str`, defaults to `"dpmpp_2m"`): the solver the schedules are for (`euler`, `ipndm`, `dpmpp_2m`, `unipc`).
+        teacher (`str`, defaults to `"dpmpp_2m"`): the teacher solver on the fine grid (`dpmpp_2m` or `ipndm`).
+        grid_size (`int`, defaults to 61): fine-grid points uniform in timestep (plus the final sigma = 0).
+        metric (`str`, defaults to `"l2"`): jump cost, `l2`, `l1` or `dev` (the authors' deviation from the chord).
+        coeff (`float` or `"auto"`, defaults to `"auto"`): the DP's per-jump weight factor; `"auto"` sweeps
+            `AUTO_COEFFS` and keeps, per step count, the schedule closest to the teacher on held-out noises.
+        num_holdout (`int`, *optional*): warm-up samples held out of the cost for choosing among schedules; defaults
+            to a quarter of `num_warmup` (at least 1 when there is a choice to make).
+        refine (`bool`, defaults to `True`): after choosing, move each schedule point while that lowers the held-out
+            error on both halves of the held-out set.
+        seed (`int`, defaults to 0): seeds the per-sample noises.
+        progress (`bool`, defaults to `True`): show tqdm progress bars.
+        **pipe_kwargs: passed to every pipeline call (`guidance_scale`, `height`, `width`, `negative_prompt`, ...).
+
+    Returns:
+        A [`GITSScheduler`] with `gits_sigmas` for every requested step count and the calibration metadata and report
+        in its config.
+    """
+    base_config = _check_vp_pipeline(pipe)
+    steps = _check_steps(num_inference_steps, grid_size)
+    if grid_size < 2:
+        raise ValueError(f"grid_size must be >= 2, got {grid_size}")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver {solver!r} is not supported; choose one of {sorted(SOLVERS)}")
+    if teacher not in TEACHERS:
+        raise ValueError(f"teacher {teacher!r} is not supported; choose one of {TEACHERS}")
+    if metric not in METRICS:
+        raise ValueError(f"metric {metric!r} is not supported; choose one of {METRICS}")
+    if coeff != "auto" and (isinstance(coeff, str) or not coeff > 0):
+        raise ValueError(f"coeff must be a positive number or 'auto', got {coeff!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_warmup < batch_size:
+        raise ValueError(f"num_warmup ({num_warmup}) must be at least batch_size ({batch_size})")
+    choosing = coeff == "auto" or refine
+    if num_holdout is None:
+        num_holdout = max(2, num_warmup // 4) if choosing else 0
+    if choosing and not 2 <= num_holdout < num_warmup:
+        raise ValueError(
+            f"num_holdout must be in 2..{num_warmup - 1} when coeff='auto' or refine=True, got {num_holdout}"
+        )
+    if not choosing and not 0 <= num_holdout < num_warmup:
+        raise ValueError(f"num_holdout must be in 0..{num_warmup - 1}, got {num_holdout}")
+    reserved = sorted(set(pipe_kwargs) & set(RESERVED_KWARGS))
+    if reserved:
+        raise ValueError(f"calibration sets {reserved} itself; pass prompts=, num_inference_steps= and seed= instead")
+
+    timings = {"teacher_s": 0.0, "cost_s": 0.0, "dp_s": 0.0, "selection_s": 0.0}
+    base = GITSScheduler.from_config(base_config, solver=teacher, gits_sigmas=None, calibration=None)
+    noise = base.noise_schedule
+    grid = uniform_timestep_grid(noise, grid_size)
+    teacher_scheduler = GITSScheduler.from_config(
+        base_config, solver=teacher, gits_sigmas={str(grid_size): grid.tolist()}
+    )
+    runner = PipelineRunner(pipe, prompts, seed, batch_size, pipe_kwargs)
+    accumulator = JumpCostAccumulator(grid, metric)
+    holdout = list(range(num_warmup - num_holdout, num_warmup))
+    teacher_finals = []
+
+    bar = tqdm(total=num_warmup, desc="GITS teacher", unit="sample", disable=not progress)
+    for start in range(0, num_warmup, batch_size):
+        indices = list(range(start, min(start + batch_size, num_warmup)))
+        tic = time.perf_counter()
+        trajectory = runner.run(teacher_scheduler, indices, grid_size, keep_path=True)
+        toc = time.perf_counter()
+        states, denoised = torch.stack(trajectory.states), torch.stack(trajectory.denoised)
+        in_cost = [k for k, i in enumerate(indices) if i < num_warmup - num_holdout]
+        if in_cost:
+            accumulator.update(states[:, in_cost], denoised[:, in_cost])
+        teacher_finals += [states[-1, k] for k, i in enumerate(indices) if i >= num_warmup - num_holdout]
+        timings["teacher_s"] += toc - tic
+        timings["cost_s"] += time.perf_counter() - toc
+        bar.update(len(indices))
+    bar.close()
+
+    tic = time.perf_counter()
+    cost = accumulator.mean()
+    coeffs = AUTO_COEFFS if coeff == "auto" else (float(coeff),)
+    dp = {c: dp_schedules(cost, steps, c) for c in coeffs}
+    timings["dp_s"] = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    selector = _HoldoutSelector(
+        runner, base_config, solver, holdout, torch.stack(teacher_finals) if teacher_finals else None, progress
+    )
+    schedules, report, chosen_coeffs = {}, {}, {}
+    for k in steps:
+        candidates = {f"gits_coeff_{c:g}": grid[dp[c][k]] for c in coeffs}
+        default = timestep_spacing_sigmas(
+            noise, k, base_config.get("timestep_spacing", "linspace"), base_config.get("steps_offset", 0)
+        )
+        if not choosing:
+            ((name, sigmas),) = candidates.items()
+            schedules[k], chosen_coeffs[k] = sigmas, float(coeffs[0])
+            report[str(k)] = {"chosen": name, "coeff": float(coeffs[0])}
+            if num_holdout:
+                report[str(k)].update(gits_error=selector.error(sigmas), default_error=selector.error(default))
+            continue
+        candidates["default"] = default
+        candidates["karras"] = karras_sigmas(noise.sigma_min, noise.sigma_max, k)
+        errors = {name: selector.error(sigmas) for name, sigmas in candidates.items()}
+        name = min(errors, key=errors.get)
+        sigmas = candidates[name]
+        refined_error = errors[name]
+        if refine and k > 1:
+            sigmas, refined_error = selector.refine(
+                sigmas, noise, grid_spacing=(noise.num_train_timesteps - 1) / (grid_size - 1)
+            )
+        schedules[k] = sigmas
+        chosen_coeffs[k] = float(name.removeprefix("gits_coeff_")) if name.startswith("gits_coeff_") else None
+        report[str(k)] = {
+            "chosen": name + ("+refined" if refine and refined_error < errors[name] else ""),
+            "coeff": chosen_coeffs[k],
+            "gits_error": refined_error,
+            "default_error": errors["default"],
+            "candidate_errors": errors,
+        }
+    timings["selection_s"] = time.perf_counter() - tic
+
+    for k in steps:
+        entry = report[str(k)]
+        if "gits_error" in entry:
+            logger.info(
+                "GITS %d steps: held-out RMSE to teacher %.4g (default schedule %.4g, ratio %.3f), chose %s",
+                k,
+                entry["gits_error"],
+                entry["default_error"],
+                entry["gits_error"] / max(entry["default_error"], 1e-12),
+                entry["chosen"],
+            )
+    metadata = {
+        "format_version": 1,
+        "package_version": __version__,
+        "model": _model_name(pipe),
+        "pipeline_class": type(pipe).__name__,
+        "pipe_kwargs": {k: v for k, v in pipe_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))},
+        "num_prompts": len(prompts) if prompts else 0,
+        "solver": solver,
+        "teacher": teacher,
+        "grid": {"type": "uniform_timestep", "size": grid_size},
+        "metric": metric,
+        "coeff": coeff if coeff == "auto" else float(coeff),
+        "chosen_coeff": {str(k): c for k, c in chosen_coeffs.items()},
+        "num_warmup": num_warmup,
+        "num_holdout": num_holdout,
+        "refine": refine,
+        "seed": seed,
+        "model_calls": {"teacher": num_warmup * grid_size, "selection": selector.model_calls},
+        "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
+        "report": report,
+    }
+    return GITSScheduler.from_config(
+        base_config,
+        solver=solver,
+        gits_sigmas={str(k): [float(s) for s in schedules[k]] for k in steps},
+        calibration=metadata,
+    )
+
+
+def _model_name(pipe) -> str | None:
+    config = getattr(pipe, "config", None) or {}
+    return getattr(pipe, "name_or_path", None) or config.get("_name_or_path")
+
+
+class _HoldoutSelector:
+    """Scores schedules by the held-out RMSE of the target solver's final samples to the teacher's."""
+
+    def __init__(
+        self,
+        runner: PipelineRunner,
+        base_config: dict,
+        solver: str,
+        holdout: list[int],
+        teacher_finals: torch.Tensor | None,
+        progress: bool,
+    ):
+        self.runner = runner
+        self.base_config = base_config
+        self.solver = solver
+        self.holdout = holdout
+        self.teacher_finals = teacher_finals
+        self.progress = progress
+        self.model_calls = 0
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def per_sample_errors(self, sigmas: np.ndarray) -> torch.Tensor:
+        key = tuple(np.round(np.asarray(sigmas, dtype=np.float64), 10))
+        if key not in self._cache:
+            k = len(sigmas) - 1
+            scheduler = GITSScheduler.from_config(
+                self.base_config, solver=self.solver, gits_sigmas={str(k): [float(s) for s in sigmas]}
+            )
+            finals = self.runner.final_states(scheduler, self.holdout, k)
+            self.model_calls += k * len(self.holdout)
+            self._cache[key] = per_sample_rmse(finals, self.teacher_finals)
+        return self._cache[key]
+
+    def error(self, sigmas: np.ndarray) -> float:
+        return float(self.per_sample_errors(sigmas).mean())
+
+    def refine(
+        self, sigmas: np.ndarray, noise: VPNoiseSchedule, grid_spacing: float, rounds: int = 3
+    ) -> tuple[np.ndarray, float]:
+        """Coordinate descent on the interior points' timesteps, step sizes grid_spacing/2, /4, /8.
+
+        A move is kept only if it lowers the mean error on each half of the held-out set, which guards against fitting
+        the noise of a small held-out set.
+        """
+        best = np.asarray(sigmas, dtype=np.float64).copy()
+        best_errors = self.per_sample_errors(best)
+        half = len(self.holdout) // 2
+        t = noise.sigma_to_t(best[:-1])
+        for r in range(rounds):
+            delta = grid_spacing / 2 ** (r + 1)
+            for i in range(1, len(t)):
+                for direction in (-1.0, 1.0):
+                    trial_t = t.copy()
+                    trial_t[i] += direction * delta
+                    upper = trial_t[i - 1]
+                    lower = trial_t[i + 1] if i + 1 < len(trial_t) else 0.0
+                    if not lower < trial_t[i] < upper:
+                        continue
+                    trial = np.append(noise.t_to_sigma(trial_t), 0.0)
+                    errors = self.per_sample_errors(trial)
+                    gain = best_errors - errors
+                    if gain[:half].mean() > 0 and gain[half:].mean() > 0:
+                        t, best, best_errors = trial_t, trial, errors
+                        break
+        return best, float(best_errors.mean())

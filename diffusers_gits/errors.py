@@ -1,0 +1,15 @@
+"""Exceptions raised by diffusers-gits. Each subclasses the builtin a caller would already catch."""
+
+
+class CalibrationError(RuntimeError):
+    """A calibration run produced unusable data, e.g. NaN or Inf in the model output.
+
+    Attributes:
+        grid_step (`int` | `None`): the fine-grid step at which it happened.
+        sigma (`float` | `None`): the noise level of that step.
+    """
+
+    def __init__(self, message: str, grid_step: int | None = None, sigma: float | None = None):
+        super().__init__(message)
+        self.grid_step = grid_step
+        self.sigma = sigma

@@ -1,0 +1,108 @@
+"""Sigma schedules as data: descending 1-D float64 arrays that end in 0, `num_steps + 1` values for `num_steps` steps.
+
+The baseline schedules users sample with today (diffusers' timestep spacings, Karras, log-SNR uniform,
+Align-Your-Steps) and the GITS authors' published Stable Diffusion 1.5 table all live here, next to the
+log-linear interpolation that stretches a schedule to another step count.
+"""
+
+import json
+from importlib import resources
+
+import numpy as np
+
+from .noise import VPNoiseSchedule
+
+
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+
+
+def validate_sigmas(sigmas: np.ndarray | list[float], name: str = "sigmas") -> np.ndarray:
+    """Check that `sigmas` is a usable schedule (>= 2 finite values, strictly decreasing, ending in 0) and return it."""
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    if sigmas.ndim != 1 or len(sigmas) < 2:
+        raise ValueError(f"{name} must be a 1-D list of at least 2 values (steps + 1), got shape {sigmas.shape}")
+    if not np.all(np.isfinite(sigmas)):
+        raise ValueError(f"{name} must be finite, got {sigmas.tolist()}")
+    if np.any(sigmas < 0):
+        raise ValueError(f"{name} must be non-negative, got {sigmas.tolist()}")
+    if np.any(np.diff(sigmas) >= 0):
+        raise ValueError(f"{name} must be strictly decreasing, got {sigmas.tolist()}")
+    if sigmas[-1] != 0:
+        raise ValueError(f"{name} must end in 0 (the final denoise), got last value {sigmas[-1]}")
+    return sigmas
+
+
+def append_zero(sigmas: np.ndarray) -> np.ndarray:
+    return np.append(np.asarray(sigmas, dtype=np.float64), 0.0)
+
+
+def timestep_spacing_sigmas(
+    noise: VPNoiseSchedule, num_steps: int, timestep_spacing: str = "linspace", steps_offset: int = 0
+) -> np.ndarray:
+    """The schedule diffusers' VP schedulers build by default (Lin et al. 2023, Table 2 spacings), ending in 0."""
+    t_max = noise.num_train_timesteps
+    if timestep_spacing == "linspace":
+        timesteps = np.linspace(0, t_max - 1, num_steps)[::-1]
+    elif timestep_spacing == "leading":
+        ratio = t_max // num_steps
+        timesteps = (np.arange(num_steps) * ratio)[::-1] + steps_offset
+    elif timestep_spacing == "trailing":
+        ratio = t_max / num_steps
+        timesteps = np.round(np.arange(t_max, 0, -ratio)) - 1
+    else:
+        raise ValueError(f"timestep_spacing {timestep_spacing!r} is not supported; choose one of {TIMESTEP_SPACINGS}")
+    return append_zero(noise.t_to_sigma(np.clip(timesteps, 0, t_max - 1)))
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, num_steps: int, rho: float = 7.0) -> np.ndarray:
+    """Karras et al. 2022 (eq. 5) schedule: uniform in sigma^(1/rho), then 0."""
+    ramp = np.linspace(0, 1, num_steps)
+    inv_max, inv_min = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return append_zero((inv_max + ramp * (inv_min - inv_max)) ** rho)
+
+
+def logsnr_sigmas(sigma_min: float, sigma_max: float, num_steps: int) -> np.ndarray:
+    """Uniform in log sigma (= uniform in log-SNR), then 0."""
+    return append_zero(np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), num_steps)))
+
+
+def loglinear_interpolate(sigmas: np.ndarray | list[float], num_steps: int) -> np.ndarray:
+    """Stretch a schedule ending in 0 to `num_steps` steps by interpolating log sigma of its non-zero part.
+
+    The non-zero values are placed at uniform positions on [0, 1] and log sigma is interpolated linearly at
+    `num_steps` uniform positions, then 0 is appended: the rule NVIDIA recommends for Align-Your-Steps tables.
+    """
+    sigmas = validate_sigmas(sigmas)
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    log_sigmas = np.log(sigmas[:-1])
+    if len(log_sigmas) == 1 or num_steps == 1:
+        return append_zero(np.exp(np.linspace(log_sigmas[0], log_sigmas[-1], num_steps)))
+    positions = np.linspace(0, 1, len(log_sigmas))
+    return append_zero(np.exp(np.interp(np.linspace(0, 1, num_steps), positions, log_sigmas)))
+
+
+def align_your_steps_sd15(num_steps: int) -> np.ndarray:
+    """NVIDIA's Align-Your-Steps SD1.5 sigmas (Sabour et al. 2024) as diffusers ships them, log-linear to N steps."""
+    from diffusers.schedulers import AysSchedules
+
+    return loglinear_interpolate(AysSchedules["StableDiffusionSigmas"], num_steps)
+
+
+def load_published_gits_sd15() -> dict:
+    """The GITS authors' published SD1.5 table (Chen et al., ICML 2024, arXiv 2405.11326), coeff 1.2, as shipped."""
+    return json.loads(resources.files("diffusers_gits").joinpath("tables/published_gits_sd15.json").read_text())
+
+
+def published_gits_sd15(num_steps: int) -> np.ndarray:
+    """The authors' SD1.5 GITS schedule for `num_steps`, its final sigma_min replaced by 0 (ComfyUI's practice).
+
+    Rows exist for 2-10 and 20 steps; other counts are log-linearly interpolated from the next longer row (the 20-step
+    row beyond 20), as the authors' ComfyUI node does. Valid for models on SD's noise schedule only.
+    """
+    table = {int(k): v for k, v in load_published_gits_sd15()["schedules"].items()}
+    if num_steps in table:
+        return np.append(np.asarray(table[num_steps][:-1], dtype=np.float64), 0.0)
+    longer = [k for k in sorted(table) if k > num_steps]
+    source = table[longer[0]] if longer else table[max(table)]
+    return loglinear_interpolate(np.append(np.asarray(source[:-1], dtype=np.float64), 0.0), num_steps)

@@ -1,0 +1,171 @@
+"""The GITS schedule search: fine grid, jump-cost statistics and the dynamic program (Chen et al., ICML 2024).
+
+Pure math on tensors: no pipelines, files or progress bars. The cost statistics are a sum and a count, so they
+merge across batches, processes (sum-reduce `total` and `count`) and checkpoints (`state_dict`).
+"""
+
+from collections.abc import Iterable
+from typing import Literal
+
+import numpy as np
+import torch
+
+from .noise import VPNoiseSchedule
+
+
+Metric = Literal["l2", "l1", "dev"]
+METRICS = ("l2", "l1", "dev")
+
+
+def uniform_timestep_grid(noise: VPNoiseSchedule, grid_size: int = 61) -> np.ndarray:
+    """The fine grid for discrete VP models: `grid_size` sigmas uniform in timestep from T - 1 down to 0, then 0.
+
+    The final jump to sigma = 0 is part of the grid, so a schedule of K jumps along it costs exactly K model calls.
+    This is the authors' `discrete`, rho = 1 grid for Stable Diffusion (their notes, section 2).
+    """
+    if grid_size < 2:
+        raise ValueError(f"grid_size must be >= 2, got {grid_size}")
+    timesteps = np.linspace(noise.num_train_timesteps - 1, 0, grid_size)
+    return np.append(noise.t_to_sigma(timesteps), 0.0)
+
+
+class JumpCostAccumulator:
+    """Running mean over samples of the cost of one Euler jump from grid point i to grid point j > i.
+
+    For teacher states X_i and denoised values D_i along the grid, the jump lands at
+    `X_i + (sigma_j - sigma_i) * (X_i - D_i) / sigma_i = D_i + sigma_j * d_i`, and its cost is the distance to the
+    teacher state X_j: `l2` (unsquared L2 norm per sample), `l1`, or `dev` (the authors' signed deviation from the
+    chord X_0 -> X_end: dev(jump) - dev(X_j)).
+
+    Args:
+        grid_sigmas (`np.ndarray`): the fine grid, descending, ending in 0 (length M + 1).
+        metric (`str`, defaults to `"l2"`): one of `METRICS`.
+    """
+
+    def __init__(self, grid_sigmas: np.ndarray, metric: Metric = "l2"):
+        if metric not in METRICS:
+            raise ValueError(f"metric {metric!r} is not supported; choose one of {METRICS}")
+        self.grid_sigmas = np.asarray(grid_sigmas, dtype=np.float64)
+        self.metric = metric
+        size = len(self.grid_sigmas)
+        self.total = torch.zeros(size, size, dtype=torch.float64)
+        self.count = 0
+
+    def _distance(
+        self, a: torch.Tensor, b: torch.Tensor, chord: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> torch.Tensor:
+        """Per (jump, sample) cost of landing at `a` when the teacher is at `b`; shapes (J, B, F)."""
+        if self.metric == "l2":
+            return (a - b).norm(dim=-1)
+        if self.metric == "l1":
+            return (a - b).abs().sum(dim=-1)
+        start, direction = chord
+        return self._chord_deviation(a, start, direction) - self._chord_deviation(b, start, direction)
+
+    @staticmethod
+    def _chord_deviation(y: torch.Tensor, end: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+        offset = end - y
+        along = (offset * direction).sum(-1, keepdim=True)
+        return (offset - along * direction).norm(dim=-1)
+
+    def update(self, states: torch.Tensor, denoised: torch.Tensor) -> None:
+        """Add one batch of teacher trajectories.
+
+        Args:
+            states: (M + 1, B, ...) teacher states at every grid point, the last at sigma = 0.
+            denoised: (M, B, ...) D(X_i; sigma_i) at every grid point but the last.
+        """
+        size = len(self.grid_sigmas)
+        if states.shape[0] != size or denoised.shape[0] != size - 1:
+            raise ValueError(
+                f"expected {size} states and {size - 1} denoised values for a {size}-point grid, "
+                f"got {states.shape[0]} and {denoised.shape[0]}"
+            )
+        states = states.flatten(2).to(torch.float32)
+        denoised = denoised.flatten(2).to(torch.float32)
+        sigmas = torch.tensor(self.grid_sigmas, dtype=torch.float32)
+        slopes = (states[:-1] - denoised) / sigmas[:-1, None, None]
+        chord = None
+        if self.metric == "dev":
+            end = states[-1]
+            chord = (end, (end - states[0]) / (end - states[0]).norm(dim=-1, keepdim=True))
+        for j in range(1, size):
+            landed = denoised[:j] + float(self.grid_sigmas[j]) * slopes[:j]
+            cost = self._distance(landed, states[j].expand_as(landed), chord)
+            self.total[:j, j] += cost.sum(dim=1).to(torch.float64)
+        self.count += states.shape[1]
+
+    def merge(self, other: "JumpCostAccumulator") -> None:
+        """Add another accumulator's statistics (another batch range or process) into this one."""
+        if other.metric != self.metric or not np.array_equal(other.grid_sigmas, self.grid_sigmas):
+            raise ValueError("can only merge accumulators with the same grid and metric")
+        self.total += other.total
+        self.count += other.count
+
+    def state_dict(self) -> dict:
+        return {
+            "grid_sigmas": self.grid_sigmas.tolist(),
+            "metric": self.metric,
+            "total": self.total,
+            "count": self.count,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "JumpCostAccumulator":
+        accumulator = cls(np.asarray(state["grid_sigmas"]), state["metric"])
+        accumulator.total = state["total"].clone().to(torch.float64)
+        accumulator.count = int(state["count"])
+        return accumulator
+
+    def mean(self) -> np.ndarray:
+        """The cost matrix C (upper triangular; C[i, j] for i < j), averaged over all samples seen."""
+        if self.count == 0:
+            raise ValueError("no trajectories were added")
+        return (self.total / self.count).numpy()
+
+
+def dp_schedules(cost: np.ndarray, num_steps: Iterable[int], coeff: float) -> dict[int, list[int]]:
+    """Grid indices of the cheapest path from point 0 to the last point in exactly K jumps, for every K requested.
+
+    Minimises `C[i0, i1] + coeff * C[i1, i2] + ... + coeff^(K-1) * C[i_{K-1}, last]` (the authors' weighting: the k-th
+    jump from the start carries coeff^(k-1)). One table `V[k][i]` = cheapest k-jump path from i to the end (first jump
+    weighted 1) serves every K; argmin pointers are kept for back-tracking.
+
+    Args:
+        cost: (P, P) jump costs; only entries with i < j are used.
+        num_steps: the step counts K wanted, each in 1..P - 1.
+        coeff: the per-jump weight factor (> 0).
+
+    Returns:
+        `{K: [0, i1, ..., P - 1]}`, each with K + 1 strictly increasing indices.
+    """
+    cost = np.asarray(cost, dtype=np.float64)
+    size = cost.shape[0]
+    num_steps = sorted({int(k) for k in num_steps})
+    if not num_steps or num_steps[0] < 1 or num_steps[-1] > size - 1:
+        raise ValueError(f"each step count must be in 1..{size - 1} for a {size}-point grid, got {num_steps}")
+    if not coeff > 0:
+        raise ValueError(f"coeff must be > 0, got {coeff}")
+    jumps = np.where(np.triu(np.ones((size, size), dtype=bool), k=1), cost, np.inf)
+    max_k = num_steps[-1]
+    value = np.full((max_k + 1, size), np.inf)
+    pointer = np.zeros((max_k + 1, size), dtype=np.int64)
+    value[1] = jumps[:, size - 1]
+    pointer[1] = size - 1
+    for k in range(2, max_k + 1):
+        total = jumps + coeff * value[k - 1][None, :]
+        pointer[k] = np.argmin(total, axis=1)
+        value[k] = total[np.arange(size), pointer[k]]
+    schedules = {}
+    for k in num_steps:
+        path, i = [0], 0
+        for remaining in range(k, 0, -1):
+            i = int(pointer[remaining, i])
+            path.append(i)
+        schedules[k] = path
+    return schedules
+
+
+def path_cost(cost: np.ndarray, path: list[int], coeff: float) -> float:
+    """The DP objective of one path of grid indices."""
+    return float(sum(coeff**k * cost[a, b] for k, (a, b) in enumerate(zip(path[:-1], path[1:]))))

@@ -1,0 +1,225 @@
+"""ODE solvers for diffusion sampling, each one step function in sigma space.
+
+Every solver has the signature `step(x, denoised, sigma, sigma_next, history) -> (x_next, history)`, where `x` is the
+sigma-space state at noise level `sigma`, `denoised` is D(x; sigma), and `history` is an immutable
+`SolverHistory` returned by the previous step (empty at the start). The probability-flow ODE is
+`dx/dsigma = (x - D(x; sigma)) / sigma`; multistep solvers use log-sigma time `lambda = -log(sigma)`. The order
+drops where history is missing, and every solver takes a first-order step into `sigma_next = 0` (that step returns
+the denoised sample), so no solver divides by zero there. The scheduler, the calibration and the tests all call
+these functions: nothing here knows about timesteps, prediction types or pipelines.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class SolverHistory:
+    """What a multistep solver remembers: the last few (sigma, state, denoised) points, most recent last.
+
+    Attributes:
+        sigmas (`tuple[float, ...]`): noise levels of the remembered points.
+        states (`tuple[torch.Tensor, ...]`): sigma-space states the solver stepped from at those points (after the
+            UniPC corrector, for UniPC).
+        denoised (`tuple[torch.Tensor, ...]`): D(x; sigma) at those points.
+        last_order (`int`): the order of the last step taken (UniPC's corrector reuses it).
+    """
+
+    sigmas: tuple[float, ...] = ()
+    states: tuple[torch.Tensor, ...] = ()
+    denoised: tuple[torch.Tensor, ...] = ()
+    last_order: int = 0
+
+    def push(
+        self, sigma: float, x: torch.Tensor, denoised: torch.Tensor, order: int, keep: int = 3
+    ) -> "SolverHistory":
+        return SolverHistory(
+            sigmas=(self.sigmas + (sigma,))[-keep:],
+            states=(self.states + (x,))[-keep:],
+            denoised=(self.denoised + (denoised,))[-keep:],
+            last_order=order,
+        )
+
+    def __len__(self) -> int:
+        return len(self.sigmas)
+
+
+StepFunction = Callable[[torch.Tensor, torch.Tensor, float, float, SolverHistory], tuple[torch.Tensor, SolverHistory]]
+
+
+def euler_step(x, denoised, sigma, sigma_next, history):
+    """First-order Euler step of the probability-flow ODE; identical to deterministic DDIM (Song et al. 2021)."""
+    x_next = denoised + (sigma_next / sigma) * (x - denoised)
+    return x_next, history.push(sigma, x, denoised, order=1)
+
+
+def _adams_bashforth_weights(nodes: list[float], sigma: float, sigma_next: float) -> np.ndarray:
+    """Weights w_j with integral over [sigma, sigma_next] of the interpolant through `nodes` = sum_j w_j * d_j.
+
+    The variable in the polynomial is rescaled to u = (s - sigma) / (sigma_next - sigma), so the weights are O(1) and
+    the step is `x + (sigma_next - sigma) * sum_j w_j d_j`.
+    """
+    u = [(s - sigma) / (sigma_next - sigma) for s in nodes]
+    weights = np.empty(len(u))
+    for j, u_j in enumerate(u):
+        others = [u_m for m, u_m in enumerate(u) if m != j]
+        basis = np.polynomial.Polynomial.fromroots(others) / np.prod([u_j - u_m for u_m in others])
+        antiderivative = basis.integ()
+        weights[j] = antiderivative(1.0) - antiderivative(0.0)
+    return weights
+
+
+def ipndm_step(x, denoised, sigma, sigma_next, history, max_order: int = 4):
+    """Variable-step improved PNDM (Zhang & Chen 2023, "iPNDM-v"): Adams-Bashforth in sigma of order <= `max_order`.
+
+    The slope `d = (x - D) / sigma` at this point and at up to `max_order - 1` remembered points is interpolated by a
+    polynomial in sigma, which is integrated exactly over [sigma, sigma_next]; the order rises by one per step.
+    """
+    order = 1 if sigma_next == 0 else min(max_order, len(history) + 1)
+    d = (x - denoised) / sigma
+    if order == 1:
+        x_next = x + (sigma_next - sigma) * d
+    else:
+        past = range(len(history) - 1, len(history) - order, -1)
+        nodes = [sigma] + [history.sigmas[k] for k in past]
+        slopes = [d] + [(history.states[k] - history.denoised[k]) / history.sigmas[k] for k in past]
+        weights = _adams_bashforth_weights(nodes, sigma, sigma_next)
+        x_next = x + (sigma_next - sigma) * sum(float(w) * s for w, s in zip(weights, slopes))
+    return x_next, history.push(sigma, x, denoised, order=order)
+
+
+def dpmpp_2m_step(x, denoised, sigma, sigma_next, history):
+    """DPM-Solver++(2M) (Lu et al. 2022), data prediction, midpoint form, in sigma space.
+
+    With h = log(sigma / sigma_next) and r = h_last / h: `x_next = (sigma_next / sigma) x + (1 - e^-h) D_eff`, where
+    `D_eff = (1 + 1 / 2r) D - (1 / 2r) D_last`; first order (D_eff = D) without history or into sigma_next = 0.
+    """
+    if sigma_next == 0:
+        return denoised, history.push(sigma, x, denoised, order=1)
+    h = math.log(sigma / sigma_next)
+    if len(history) == 0:
+        d_eff, order = denoised, 1
+    else:
+        r = math.log(history.sigmas[-1] / sigma) / h
+        d_eff, order = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * history.denoised[-1], 2
+    x_next = (sigma_next / sigma) * x - math.expm1(-h) * d_eff
+    return x_next, history.push(sigma, x, denoised, order=order)
+
+
+def _unipc_coefficients(h: float, rks: list[float]) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """UniPC (Zhao et al. 2023) bh2 quantities for data prediction: h_phi_1, B(h), the matrix R and vector b.
+
+    `rks` are the ratios (lambda_k - lambda_s) / h of the points used, ending with 1.0; eq. (8) and Algorithm 2.
+    """
+    hh = -h
+    h_phi_1 = math.expm1(hh)
+    b_h = math.expm1(hh)
+    h_phi_k = h_phi_1 / hh - 1
+    factorial = 1
+    rows, b = [], []
+    rks = np.asarray(rks, dtype=np.float64)
+    for i in range(1, len(rks) + 1):
+        rows.append(rks ** (i - 1))
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    return h_phi_1, b_h, np.stack(rows), np.asarray(b)
+
+
+def _unipc_differences(
+    sigmas: tuple[float, ...],
+    denoised: tuple[torch.Tensor, ...],
+    sigma_s: float,
+    h: float,
+    order: int,
+    m0: torch.Tensor,
+):
+    """Ratios r_k and scaled differences (D_k - m0) / r_k for the `order - 1` points before the current one."""
+    rks, d1s = [], []
+    for k in range(1, order):
+        r_k = math.log(sigma_s / sigmas[-k]) / h
+        rks.append(r_k)
+        d1s.append((denoised[-k] - m0) / r_k)
+    return rks, d1s
+
+
+def unipc_step(x, denoised, sigma, sigma_next, history, max_order: int = 2):
+    """UniPC with the bh2 variant (Zhao et al. 2023): the UniC corrector on `x`, then the UniP predictor.
+
+    The corrector refines the state reached by the previous step using the new denoised value at no extra model call;
+    it has the previous step's order. The predictor has order min(`max_order`, points available), 1 into sigma = 0.
+    """
+    if len(history) > 0:
+        sigma_s, x_s, m0 = history.sigmas[-1], history.states[-1], history.denoised[-1]
+        h = math.log(sigma_s / sigma)
+        order = history.last_order
+        rks, d1s = _unipc_differences(history.sigmas[:-1], history.denoised[:-1], sigma_s, h, order, m0)
+        h_phi_1, b_h, r_matrix, b = _unipc_coefficients(h, rks + [1.0])
+        rhos = np.array([0.5]) if order == 1 else np.linalg.solve(r_matrix, b)
+        x_base = (sigma / sigma_s) * x_s - h_phi_1 * m0
+        correction = sum(float(rho) * d1 for rho, d1 in zip(rhos[:-1], d1s)) + float(rhos[-1]) * (denoised - m0)
+        x = x_base - b_h * correction
+
+    if sigma_next == 0:
+        return denoised, history.push(sigma, x, denoised, order=1)
+    h = math.log(sigma / sigma_next)
+    order = min(max_order, len(history) + 1)
+    rks, d1s = _unipc_differences(history.sigmas, history.denoised, sigma, h, order, denoised)
+    h_phi_1, b_h, r_matrix, b = _unipc_coefficients(h, rks + [1.0])
+    x_next = (sigma_next / sigma) * x - h_phi_1 * denoised
+    if order > 1:
+        rhos = np.array([0.5]) if order == 2 else np.linalg.solve(r_matrix[:-1, :-1], b[:-1])
+        x_next = x_next - b_h * sum(float(rho) * d1 for rho, d1 in zip(rhos, d1s))
+    return x_next, history.push(sigma, x, denoised, order=order)
+
+
+SOLVERS: dict[str, StepFunction] = {
+    "euler": euler_step,
+    "ipndm": ipndm_step,
+    "dpmpp_2m": dpmpp_2m_step,
+    "unipc": unipc_step,
+}
+
+
+def get_solver(name: str) -> StepFunction:
+    """The step function registered under `name`; raises `ValueError` naming the allowed solvers otherwise."""
+    if name not in SOLVERS:
+        raise ValueError(f"solver {name!r} is not supported; choose one of {sorted(SOLVERS)}")
+    return SOLVERS[name]
+
+
+Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+def sample(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor | list[float],
+    solver: str = "euler",
+    callback: Callable[[int, float, torch.Tensor, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Integrate the probability-flow ODE from `x` at `sigmas[0]` down the schedule `sigmas` (descending).
+
+    Args:
+        denoiser: `D(x, sigma) -> x0 estimate`, called once per step.
+        x: the sigma-space start state, e.g. `sigmas[0] * noise`.
+        sigmas: the schedule, descending, usually ending in 0.
+        solver: one of `SOLVERS`.
+        callback: called as `callback(i, sigma_i, x_i, denoised_i)` after each model call.
+
+    Returns:
+        The state at `sigmas[-1]`.
+    """
+    step = get_solver(solver)
+    sigmas = [float(s) for s in sigmas]
+    history = SolverHistory()
+    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        denoised = denoiser(x, sigma)
+        if callback is not None:
+            callback(i, sigma, x, denoised)
+        x, history = step(x, denoised, sigma, sigma_next, history)
+    return x

@@ -1,0 +1,131 @@
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from diffusers_gits.noise import VPNoiseSchedule, alphas_cumprod_from_betas
+from diffusers_gits.search import JumpCostAccumulator, dp_schedules, path_cost, uniform_timestep_grid
+
+
+def brute_force(cost, k, coeff):
+    size = cost.shape[0]
+    best = None
+    for interior in itertools.combinations(range(1, size - 1), k - 1):
+        path = [0, *interior, size - 1]
+        value = path_cost(cost, path, coeff)
+        if best is None or value < best[0]:
+            best = (value, path)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("coeff", [0.8, 1.0, 1.3])
+def test_dp_finds_the_brute_force_optimum(seed, coeff):
+    rng = np.random.default_rng(seed)
+    size = 9
+    cost = np.triu(rng.random((size, size)) * rng.random((size, 1)) * 3, k=1)
+    found = dp_schedules(cost, range(1, size), coeff)
+    for k in range(1, size):
+        value, _ = brute_force(cost, k, coeff)
+        path = found[k]
+        assert len(path) == k + 1 and path[0] == 0 and path[-1] == size - 1
+        assert all(a < b for a, b in zip(path[:-1], path[1:]))
+        assert path_cost(cost, path, coeff) == pytest.approx(value, rel=1e-12)
+
+
+def test_dp_coeff_above_one_moves_steps_towards_the_end():
+    size = 31
+    i, j = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    cost = np.where(j > i, (j - i) ** 2, 0).astype(float)  # convex, translation invariant: uniform spacing at coeff 1
+    uniform = dp_schedules(cost, [6], 1.0)[6]
+    late = dp_schedules(cost, [6], 1.5)[6]
+    assert np.diff(uniform).max() - np.diff(uniform).min() <= 1
+    assert np.diff(late)[-1] < np.diff(late)[0]
+
+
+def test_dp_rejects_bad_step_counts():
+    cost = np.zeros((5, 5))
+    with pytest.raises(ValueError, match="1..4"):
+        dp_schedules(cost, [5], 1.0)
+    with pytest.raises(ValueError, match="1..4"):
+        dp_schedules(cost, [], 1.0)
+    with pytest.raises(ValueError, match="coeff"):
+        dp_schedules(cost, [2], 0.0)
+
+
+def test_dp_is_fast_enough_for_large_grids():
+    cost = np.triu(np.random.default_rng(0).random((102, 102)), 1)
+    schedules = dp_schedules(cost, range(1, 21), 1.2)
+    assert sorted(schedules) == list(range(1, 21))
+
+
+def test_uniform_timestep_grid_for_sd():
+    noise = VPNoiseSchedule(alphas_cumprod_from_betas(1000, 0.00085, 0.012, "scaled_linear"))
+    grid = uniform_timestep_grid(noise, 101)
+    assert len(grid) == 102 and grid[-1] == 0
+    np.testing.assert_allclose(noise.sigma_to_t(grid[:-1]), np.linspace(999, 0, 101), atol=1e-8)
+    # The authors' published SD1.5 table lies on this grid (their notes: indices 0, 17, 43, ... for 6 steps).
+    np.testing.assert_allclose(
+        grid[[0, 17, 43, 66, 85, 97, 100]],
+        [14.61464119, 5.85520077, 2.05039096, 0.95350921, 0.45573691, 0.17026083, 0.02916753],
+        rtol=2e-4,
+    )
+
+
+def random_trajectories(size, batch, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(size, batch, 2, 3, generator=g), torch.randn(size - 1, batch, 2, 3, generator=g)
+
+
+@pytest.mark.parametrize("metric", ["l2", "l1", "dev"])
+def test_cost_matches_direct_definition(metric):
+    grid = np.array([4.0, 2.0, 1.0, 0.5, 0.0])
+    states, denoised = random_trajectories(5, 3, 0)
+    acc = JumpCostAccumulator(grid, metric)
+    acc.update(states, denoised)
+    cost = acc.mean()
+    x, d = states.flatten(2).double(), denoised.flatten(2).double()
+    end, start = x[-1], x[0]
+    direction = (end - start) / (end - start).norm(dim=-1, keepdim=True)
+
+    def dev(y):
+        offset = end - y
+        return (offset - (offset * direction).sum(-1, keepdim=True) * direction).norm(dim=-1)
+
+    for i in range(4):
+        for j in range(i + 1, 5):
+            jump = x[i] + (grid[j] - grid[i]) * (x[i] - d[i]) / grid[i]
+            expected = {
+                "l2": (jump - x[j]).norm(dim=-1),
+                "l1": (jump - x[j]).abs().sum(-1),
+                "dev": dev(jump) - dev(x[j]),
+            }[metric]
+            assert cost[i, j] == pytest.approx(expected.mean().item(), rel=1e-4, abs=1e-5)
+    assert np.all(np.tril(cost) == 0)
+
+
+def test_accumulator_merges_and_checkpoints_like_one_pass():
+    grid = np.array([4.0, 2.0, 1.0, 0.0])
+    batches = [random_trajectories(4, 2, s) for s in range(3)]
+    one = JumpCostAccumulator(grid)
+    for states, denoised in batches:
+        one.update(states, denoised)
+    first, second = JumpCostAccumulator(grid), JumpCostAccumulator(grid)
+    first.update(*batches[0])
+    resumed = JumpCostAccumulator.from_state_dict(first.state_dict())
+    resumed.update(*batches[1])
+    second.update(*batches[2])
+    resumed.merge(second)
+    np.testing.assert_allclose(resumed.mean(), one.mean(), rtol=1e-12)
+    assert resumed.count == 6
+
+
+def test_accumulator_rejects_wrong_shapes_and_metrics():
+    with pytest.raises(ValueError, match="'l3'"):
+        JumpCostAccumulator(np.array([1.0, 0.0]), "l3")
+    acc = JumpCostAccumulator(np.array([2.0, 1.0, 0.0]))
+    with pytest.raises(ValueError, match="3 states"):
+        acc.update(torch.zeros(2, 1, 4), torch.zeros(2, 1, 4))
+    with pytest.raises(ValueError, match="no trajectories"):
+        acc.mean()

@@ -1,0 +1,238 @@
+"""Calibration through pipelines: the exact Gaussian-mixture model, a tiny DDPMPipeline and a tiny Stable Diffusion."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+from gaussian_mixture import GaussianMixture, GaussianMixturePipeline
+
+from diffusers_gits import CalibrationError, GITSScheduler
+from diffusers_gits.schedules import karras_sigmas, timestep_spacing_sigmas, validate_sigmas
+from diffusers_gits.solvers import sample
+
+
+SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+
+
+@pytest.fixture(scope="module")
+def mixture_problem():
+    mixture = GaussianMixture()
+    pipe = GaussianMixturePipeline(mixture, DDPMScheduler(**SD_BETAS))
+    z = torch.randn(256, mixture.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(123))
+    sigma_max = pipe.noise.sigma_max
+    reference = mixture.exact_solution(z * (1 + sigma_max**2) ** 0.5, [sigma_max, 1e-3, 0.0], steps_per_interval=1000)
+
+    def error(sigmas, solver):
+        start = z * (1 + float(sigmas[0]) ** 2) ** 0.5  # the pipeline's VP noise, seen at the schedule's first sigma
+        return (sample(mixture.denoiser, start, sigmas, solver) - reference).pow(2).mean(1).sqrt().mean().item()
+
+    return pipe, error
+
+
+@pytest.mark.parametrize(
+    "solver,coeff,refine", [("euler", 1.0, False), ("dpmpp_2m", "auto", True), ("unipc", "auto", True)]
+)
+def test_calibrated_schedule_beats_uniform_and_karras_on_exact_model(mixture_problem, solver, coeff, refine):
+    pipe, error = mixture_problem
+    scheduler = GITSScheduler.from_calibration(
+        pipe, [6, 8], num_warmup=128, batch_size=64, solver=solver, coeff=coeff, refine=refine, progress=False
+    )
+    noise = scheduler.noise_schedule
+    for k in (6, 8):
+        gits = error(scheduler.sigmas_for(k), solver)
+        uniform = error(timestep_spacing_sigmas(noise, k, "linspace"), solver)
+        karras = error(karras_sigmas(noise.sigma_min, noise.sigma_max, k), solver)
+        assert gits < min(uniform, karras), (k, gits, uniform, karras)
+
+
+def test_report_and_metadata_are_recorded(mixture_problem):
+    pipe, _ = mixture_problem
+    scheduler = GITSScheduler.from_calibration(
+        pipe, [3, 5], num_warmup=64, batch_size=32, num_holdout=16, progress=False
+    )
+    meta = scheduler.config.calibration
+    assert (
+        meta["solver"] == "dpmpp_2m"
+        and meta["teacher"] == "dpmpp_2m"
+        and meta["grid"] == {"type": "uniform_timestep", "size": 61}
+    )
+    assert meta["num_warmup"] == 64 and meta["num_holdout"] == 16 and meta["coeff"] == "auto"
+    assert meta["model_calls"]["teacher"] == 64 * 61 and meta["model_calls"]["selection"] > 0
+    for k in ("3", "5"):
+        entry = scheduler.calibration_report[k]
+        assert entry["gits_error"] <= min(entry["candidate_errors"][name] for name in ("uniform_timestep", "karras"))
+        assert entry["chosen"].split("+")[0] in entry["candidate_errors"]
+        assert len(validate_sigmas(scheduler.sigmas_for(int(k)))) == int(k) + 1
+    json.dumps(meta)  # plain JSON values only
+
+
+def test_fixed_coeff_without_holdout_is_the_pure_dp(mixture_problem):
+    pipe, _ = mixture_problem
+    scheduler = GITSScheduler.from_calibration(
+        pipe, 4, num_warmup=32, batch_size=32, coeff=1.2, refine=False, progress=False
+    )
+    grid = set(np.round(timestep_spacing_sigmas(scheduler.noise_schedule, 61, "linspace"), 6))
+    assert set(np.round(scheduler.sigmas_for(4), 6)) <= grid  # every point is a fine-grid point (plus the final 0)
+    assert scheduler.config.calibration["num_holdout"] == 0 and scheduler.config.calibration["chosen_coeff"] == {
+        "4": 1.2
+    }
+
+
+def test_calibration_is_deterministic(mixture_problem):
+    pipe, _ = mixture_problem
+    kwargs = {"num_warmup": 32, "batch_size": 16, "num_holdout": 8, "progress": False}
+    a = GITSScheduler.from_calibration(pipe, [4], **kwargs)
+    b = GITSScheduler.from_calibration(pipe, [4], **kwargs)
+    assert a.sigmas_for(4) == b.sigmas_for(4)
+
+
+def test_memory_does_not_grow_with_warmup(mixture_problem, monkeypatch):
+    """Trajectories are consumed batch by batch: at most one batch is alive at a time."""
+    from diffusers_gits import calibration
+
+    pipe, _ = mixture_problem
+    seen = []
+    original = calibration.JumpCostAccumulator.update
+
+    def spy(self, states, denoised):
+        seen.append(states.shape[1])
+        return original(self, states, denoised)
+
+    monkeypatch.setattr(calibration.JumpCostAccumulator, "update", spy)
+    GITSScheduler.from_calibration(pipe, [4], num_warmup=80, batch_size=16, coeff=1.0, refine=False, progress=False)
+    assert seen == [16] * 5
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"num_inference_steps": []}, ValueError, "empty"),
+        ({"num_inference_steps": [0, 4]}, ValueError, "positive"),
+        ({"num_inference_steps": [4.0]}, TypeError, "ints"),
+        ({"num_inference_steps": [70]}, ValueError, "larger than the grid"),
+        ({"num_warmup": 8, "batch_size": 16}, ValueError, "num_warmup"),
+        ({"solver": "heun"}, ValueError, "'heun'"),
+        ({"teacher": "euler"}, ValueError, "teacher"),
+        ({"metric": "l3"}, ValueError, "'l3'"),
+        ({"coeff": -1.0}, ValueError, "coeff"),
+        ({"coeff": "best"}, ValueError, "coeff"),
+        ({"num_holdout": 64}, ValueError, "num_holdout"),
+        ({"generator": None}, ValueError, "generator"),
+    ],
+)
+def test_bad_input_fails_before_any_model_call(kwargs, error, match):
+    calls = []
+    pipe = GaussianMixturePipeline(GaussianMixture(), DDPMScheduler(**SD_BETAS))
+    pipe.__class__ = type("Spy", (GaussianMixturePipeline,), {"__call__": lambda self, **kw: calls.append(kw)})
+    args = {"num_inference_steps": [4], "num_warmup": 64, "batch_size": 16, "progress": False, **kwargs}
+    with pytest.raises(error, match=match):
+        GITSScheduler.from_calibration(pipe, **args)
+    assert calls == []
+
+
+def test_flow_matching_pipeline_is_refused_with_a_clear_message():
+    pipe = GaussianMixturePipeline(GaussianMixture(), DDPMScheduler(**SD_BETAS))
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler()
+    with pytest.raises(ValueError, match="flow-matching"):
+        GITSScheduler.from_calibration(pipe, [4], num_warmup=16, batch_size=16, progress=False)
+
+
+def test_nan_model_output_names_the_grid_step():
+    class Broken(GaussianMixture):
+        def denoiser(self, x, sigma):
+            out = super().denoiser(x, sigma)
+            return out * float("nan") if sigma < 1.0 else out
+
+    pipe = GaussianMixturePipeline(Broken(), DDPMScheduler(**SD_BETAS))
+    with pytest.raises(CalibrationError, match="grid step") as info:
+        GITSScheduler.from_calibration(pipe, [4], num_warmup=16, batch_size=16, progress=False)
+    assert info.value.grid_step is not None and info.value.sigma < 1.0
+    assert isinstance(pipe.scheduler, DDPMScheduler)  # the pipeline's own scheduler is restored
+
+
+def test_ddpm_pipeline_end_to_end(ddpm_pipe, tmp_path):
+    original = ddpm_pipe.scheduler
+    scheduler = GITSScheduler.from_calibration(
+        ddpm_pipe, [3, 5], num_warmup=16, batch_size=8, grid_size=21, progress=False
+    )
+    assert ddpm_pipe.scheduler is original
+    ddpm_pipe.scheduler = scheduler
+    first = ddpm_pipe(
+        batch_size=2, num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
+    scheduler.save_pretrained(tmp_path)
+    ddpm_pipe.scheduler = GITSScheduler.from_pretrained(tmp_path)
+    second = ddpm_pipe(
+        batch_size=2, num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
+    assert first.shape == (2, 8, 8, 1) and np.isfinite(first).all()
+    np.testing.assert_array_equal(first, second)
+
+
+def test_ddpm_pipeline_saved_with_gits_scheduler_reloads(ddpm_pipe, tmp_path):
+    from diffusers import DDPMPipeline
+
+    ddpm_pipe.scheduler = GITSScheduler.from_config(ddpm_pipe.scheduler.config, gits_sigmas={"2": [14.6, 1.0, 0.0]})
+    ddpm_pipe.save_pretrained(tmp_path)
+    reloaded = DDPMPipeline.from_pretrained(tmp_path)
+    assert isinstance(reloaded.scheduler, GITSScheduler) and reloaded.scheduler.calibrated_steps == [2]
+
+
+def test_stable_diffusion_end_to_end(sd_pipe, tmp_path):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline
+
+    kwargs = {"height": 32, "width": 32, "guidance_scale": 5.0}
+    scheduler = GITSScheduler.from_calibration(
+        sd_pipe,
+        [2, 4],
+        prompts=["a cat", "a dog"],
+        num_warmup=4,
+        batch_size=2,
+        grid_size=11,
+        solver="euler",
+        progress=False,
+        **kwargs,
+    )
+    assert scheduler.config.calibration["pipeline_class"] == "StableDiffusionPipeline"
+    assert scheduler.config.calibration["pipe_kwargs"] == kwargs
+    original = sd_pipe.scheduler
+    try:
+        sd_pipe.scheduler = scheduler
+        generator = torch.Generator().manual_seed(0)
+        ours = sd_pipe("a fox", num_inference_steps=4, generator=generator, output_type="latent", **kwargs).images
+        scheduler.save_pretrained(tmp_path)
+        sd_pipe.scheduler = GITSScheduler.from_pretrained(tmp_path)
+        again = sd_pipe(
+            "a fox", num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="latent", **kwargs
+        ).images
+        torch.testing.assert_close(ours, again, rtol=0, atol=0)
+
+        # The exported schedule reproduces GITS-euler samples through the stock Euler scheduler.
+        sd_pipe.scheduler = EulerDiscreteScheduler.from_config(original.config, timestep_spacing="leading")
+        latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+        # With "leading" spacing Euler scales given latents by sqrt(sigma_max^2 + 1), exactly our VP convention, so the
+        # same latents go to both.
+        stock = sd_pipe(
+            "a fox", sigmas=scheduler.sigmas_for(4), latents=latents, output_type="latent", **kwargs
+        ).images
+        sd_pipe.scheduler = scheduler
+        gits = sd_pipe("a fox", num_inference_steps=4, latents=latents, output_type="latent", **kwargs).images
+        torch.testing.assert_close(gits, stock, rtol=1e-3, atol=1e-3)
+
+        # img2img slices the schedule by strength and keeps exactly N steps.
+        img2img = StableDiffusionImg2ImgPipeline(**sd_pipe.components)
+        img2img.scheduler = scheduler
+        for strength in (0.3, 0.6, 1.0):
+            out = img2img(
+                "a fox",
+                image=torch.rand(1, 3, 32, 32),
+                strength=strength,
+                num_inference_steps=4,
+                output_type="np",
+                guidance_scale=5.0,
+            ).images
+            assert out.shape == (1, 32, 32, 3) and np.isfinite(out).all()
+    finally:
+        sd_pipe.scheduler = original

@@ -21,16 +21,18 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .errors import CalibrationError
+from .evaluation import per_sample_rmse
 from .noise import VPNoiseSchedule, vp_to_sigma_space
 from .schedules import karras_sigmas, timestep_spacing_sigmas
 from .scheduling_gits import GITSScheduler
-from .search import METRICS, JumpCostAccumulator, dp_schedules, uniform_timestep_grid
+from .search import METRICS, JumpCostAccumulator, SolverJumpCostAccumulator, dp_schedules, uniform_timestep_grid
 from .solvers import SOLVERS
 
 
 logger = logging.getLogger(__name__)
 
 TEACHERS = ("dpmpp_2m", "ipndm")
+JUMP_COSTS = ("euler", "solver")
 #: coeff values swept by `coeff="auto"`: the authors' range (ComfyUI ships 0.80-1.50) on both sides of 1.
 AUTO_COEFFS = (0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5)
 #: Keys of the pipeline call that calibration sets itself.
@@ -136,11 +138,6 @@ class PipelineRunner:
         return torch.cat([self.run(scheduler, chunk, num_steps, keep_path=False).states[-1] for chunk in chunks])
 
 
-def per_sample_rmse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Root mean square difference per sample (first dimension)."""
-    return (a.float() - b.float()).flatten(1).pow(2).mean(1).sqrt()
-
-
 def _check_vp_pipeline(pipe) -> dict:
     config = getattr(getattr(pipe, "scheduler", None), "config", None)
     if config is None:
@@ -180,6 +177,7 @@ def calibrate(
     teacher: str = "dpmpp_2m",
     grid_size: int = 61,
     metric: str = "l2",
+    jump_cost: str = "euler",
     coeff: float | str = "auto",
     num_holdout: int | None = None,
     refine: bool = True,
@@ -199,6 +197,9 @@ def calibrate(
         teacher (`str`, defaults to `"dpmpp_2m"`): the teacher solver on the fine grid (`dpmpp_2m` or `ipndm`).
         grid_size (`int`, defaults to 61): fine-grid points uniform in timestep (plus the final sigma = 0).
         metric (`str`, defaults to `"l2"`): jump cost, `l2`, `l1` or `dev` (the authors' deviation from the chord).
+        jump_cost (`str`, defaults to `"euler"`): how a jump is priced: `"euler"` (the paper: one Euler step from the
+            teacher state) or `"solver"` (the target solver's own step, with the teacher's previous point as its
+            history; `l2` only). See `diffusers_gits.search.SolverJumpCostAccumulator`.
         coeff (`float` or `"auto"`, defaults to `"auto"`): the DP's per-jump weight factor; `"auto"` sweeps
             `AUTO_COEFFS` and keeps, per step count, the schedule closest to the teacher on held-out noises.
         num_holdout (`int`, *optional*): warm-up samples held out of the cost for choosing among schedules; defaults
@@ -223,6 +224,10 @@ def calibrate(
         raise ValueError(f"teacher {teacher!r} is not supported; choose one of {TEACHERS}")
     if metric not in METRICS:
         raise ValueError(f"metric {metric!r} is not supported; choose one of {METRICS}")
+    if jump_cost not in JUMP_COSTS:
+        raise ValueError(f"jump_cost {jump_cost!r} is not supported; choose one of {JUMP_COSTS}")
+    if jump_cost == "solver" and metric != "l2":
+        raise ValueError(f"jump_cost='solver' supports metric='l2' only, got metric={metric!r}")
     if coeff != "auto" and (isinstance(coeff, str) or not coeff > 0):
         raise ValueError(f"coeff must be a positive number or 'auto', got {coeff!r}")
     if batch_size < 1:
@@ -250,7 +255,9 @@ def calibrate(
         base_config, solver=teacher, gits_sigmas={str(grid_size): grid.tolist()}
     )
     runner = PipelineRunner(pipe, prompts, seed, batch_size, pipe_kwargs)
-    accumulator = JumpCostAccumulator(grid, metric)
+    accumulator = (
+        JumpCostAccumulator(grid, metric) if jump_cost == "euler" else SolverJumpCostAccumulator(grid, solver)
+    )
     holdout = list(range(num_warmup - num_holdout, num_warmup))
     teacher_finals = []
 
@@ -340,6 +347,7 @@ def calibrate(
         "teacher": teacher,
         "grid": {"type": "uniform_timestep", "size": grid_size},
         "metric": metric,
+        "jump_cost": jump_cost,
         "coeff": coeff if coeff == "auto" else float(coeff),
         "chosen_coeff": {str(k): c for k, c in chosen_coeffs.items()},
         "num_warmup": num_warmup,
@@ -360,7 +368,8 @@ def calibrate(
 
 def _model_name(pipe) -> str | None:
     config = getattr(pipe, "config", None) or {}
-    return getattr(pipe, "name_or_path", None) or config.get("_name_or_path")
+    name = getattr(pipe, "name_or_path", None) or config.get("_name_or_path")
+    return str(name) if name is not None else None
 
 
 class _HoldoutSelector:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .noise import VPNoiseSchedule
+from .solvers import SolverHistory, get_solver
 
 
 Metric = Literal["l2", "l1", "dev"]
@@ -124,6 +125,82 @@ class JumpCostAccumulator:
         return (self.total / self.count).numpy()
 
 
+class SolverJumpCostAccumulator:
+    """Running mean of the L2 cost of one step of the target solver from grid point i to j, after a step from h.
+
+    GITS prices every jump as an Euler step, whatever solver samples later. Here the jump i -> j is the target
+    solver's own step from the teacher state X_i, with the teacher's point h < i as its history (h = i = 0 for the
+    first jump, which has none), so multistep solvers are priced for what they do between grid points. It uses only
+    the recorded teacher trajectories: no extra model calls.
+
+    Every solver step is linear in (X_i, D_i, X_h, D_h), so its coefficients are found once per (h, i, j) by stepping
+    basis vectors, and the squared error of all triples comes from each sample's Gram matrix of the trajectory (in
+    float64, so small errors do not cancel away).
+
+    Args:
+        grid_sigmas (`np.ndarray`): the fine grid, descending, ending in 0 (length P).
+        solver (`str`): a solver of `diffusers_gits.solvers.SOLVERS`.
+    """
+
+    def __init__(self, grid_sigmas: np.ndarray, solver: str):
+        self.grid_sigmas = np.asarray(grid_sigmas, dtype=np.float64)
+        self.solver = solver
+        step = get_solver(solver)
+        size = len(self.grid_sigmas)
+        basis = torch.eye(4, dtype=torch.float64)
+        triples, weights = [], []
+        for i in range(size - 1):
+            for h in [i] if i == 0 else range(i):
+                history = SolverHistory()
+                if h < i:
+                    history = history.push(float(self.grid_sigmas[h]), basis[2], basis[3], order=1)
+                for j in range(i + 1, size):
+                    landed, _ = step(
+                        basis[0], basis[1], float(self.grid_sigmas[i]), float(self.grid_sigmas[j]), history
+                    )
+                    triples.append((h, i, j))
+                    weights.append(landed.tolist() + [-1.0])
+        self.triples = torch.tensor(triples, dtype=torch.long)
+        h, i, j = self.triples.T
+        # Vector indices into [X_0 .. X_{P-1}, D_0 .. D_{P-2}] for X_i, D_i, X_h, D_h, X_j.
+        self.indices = torch.stack([i, size + i, h, size + h, j], dim=1)
+        self.weights = torch.tensor(weights, dtype=torch.float64)
+        self.total = torch.zeros(size, size, size, dtype=torch.float64)
+        self.count = 0
+
+    def update(self, states: torch.Tensor, denoised: torch.Tensor, chunk: int = 8) -> None:
+        """Add one batch of teacher trajectories: states (P, B, ...), denoised (P - 1, B, ...)."""
+        size = len(self.grid_sigmas)
+        if states.shape[0] != size or denoised.shape[0] != size - 1:
+            raise ValueError(
+                f"expected {size} states and {size - 1} denoised values for a {size}-point grid, "
+                f"got {states.shape[0]} and {denoised.shape[0]}"
+            )
+        vectors = torch.cat([states, denoised]).flatten(2).transpose(0, 1).to(torch.float64)  # (B, 2P - 1, F)
+        sums = torch.zeros(len(self.triples), dtype=torch.float64)
+        for start in range(0, vectors.shape[0], chunk):
+            gram = vectors[start : start + chunk] @ vectors[start : start + chunk].transpose(1, 2)
+            squared = torch.zeros(gram.shape[0], len(self.triples), dtype=torch.float64)
+            for u in range(5):
+                for v in range(5):
+                    squared += (self.weights[:, u] * self.weights[:, v]) * gram[
+                        :, self.indices[:, u], self.indices[:, v]
+                    ]
+            sums += squared.clamp_min(0).sqrt().sum(0)
+        h, i, j = self.triples.T
+        self.total[h, i, j] += sums
+        self.count += states.shape[1]
+
+    def mean(self) -> np.ndarray:
+        """Cost tensor C[h, i, j] (inf where no such step exists), averaged over all samples seen."""
+        if self.count == 0:
+            raise ValueError("no trajectories were added")
+        cost = np.full(self.total.shape, np.inf)
+        h, i, j = self.triples.T.numpy()
+        cost[h, i, j] = (self.total[h, i, j] / self.count).numpy()
+        return cost
+
+
 def dp_schedules(cost: np.ndarray, num_steps: Iterable[int], coeff: float) -> dict[int, list[int]]:
     """Grid indices of the cheapest path from point 0 to the last point in exactly K jumps, for every K requested.
 
@@ -146,6 +223,8 @@ def dp_schedules(cost: np.ndarray, num_steps: Iterable[int], coeff: float) -> di
         raise ValueError(f"each step count must be in 1..{size - 1} for a {size}-point grid, got {num_steps}")
     if not coeff > 0:
         raise ValueError(f"coeff must be > 0, got {coeff}")
+    if cost.ndim == 3:
+        return _dp_with_history(cost, num_steps, coeff)
     jumps = np.where(np.triu(np.ones((size, size), dtype=bool), k=1), cost, np.inf)
     max_k = num_steps[-1]
     value = np.full((max_k + 1, size), np.inf)
@@ -166,6 +245,31 @@ def dp_schedules(cost: np.ndarray, num_steps: Iterable[int], coeff: float) -> di
     return schedules
 
 
+def _dp_with_history(cost: np.ndarray, num_steps: list[int], coeff: float) -> dict[int, list[int]]:
+    """`dp_schedules` for costs C[h, i, j] that depend on the previous point h: the DP state is the pair (h, i)."""
+    size = cost.shape[0]
+    max_k = num_steps[-1]
+    value = np.full((max_k + 1, size, size), np.inf)
+    pointer = np.zeros((max_k + 1, size, size), dtype=np.int64)
+    value[1] = cost[:, :, size - 1]
+    pointer[1] = size - 1
+    for k in range(2, max_k + 1):
+        total = cost + coeff * value[k - 1][None, :, :]  # total[h, i, j] = C[h, i, j] + coeff * V[k - 1][i, j]
+        pointer[k] = np.argmin(total, axis=2)
+        value[k] = np.take_along_axis(total, pointer[k][..., None], axis=2)[..., 0]
+    schedules = {}
+    for k in num_steps:
+        path, h, i = [0], 0, 0
+        for remaining in range(k, 0, -1):
+            h, i = i, int(pointer[remaining, h, i])
+            path.append(i)
+        schedules[k] = path
+    return schedules
+
+
 def path_cost(cost: np.ndarray, path: list[int], coeff: float) -> float:
-    """The DP objective of one path of grid indices."""
+    """The DP objective of one path of grid indices (for a 3-d cost, the first jump has no history: h = i = 0)."""
+    if cost.ndim == 3:
+        previous = [0] + path[:-2]
+        return float(sum(coeff**k * cost[h, a, b] for k, (h, a, b) in enumerate(zip(previous, path[:-1], path[1:]))))
     return float(sum(coeff**k * cost[a, b] for k, (a, b) in enumerate(zip(path[:-1], path[1:]))))

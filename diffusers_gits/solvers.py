@@ -60,17 +60,12 @@ def euler_step(x, denoised, sigma, sigma_next, history):
 def _adams_bashforth_weights(nodes: list[float], sigma: float, sigma_next: float) -> np.ndarray:
     """Weights w_j with integral over [sigma, sigma_next] of the interpolant through `nodes` = sum_j w_j * d_j.
 
-    The variable in the polynomial is rescaled to u = (s - sigma) / (sigma_next - sigma), so the weights are O(1) and
-    the step is `x + (sigma_next - sigma) * sum_j w_j d_j`.
+    In the rescaled variable u = (s - sigma) / (sigma_next - sigma) the rule must integrate 1, u, ..., u^(q-1) exactly
+    over [0, 1], a q x q Vandermonde system; the step is then `x + (sigma_next - sigma) * sum_j w_j d_j`.
     """
-    u = [(s - sigma) / (sigma_next - sigma) for s in nodes]
-    weights = np.empty(len(u))
-    for j, u_j in enumerate(u):
-        others = [u_m for m, u_m in enumerate(u) if m != j]
-        basis = np.polynomial.Polynomial.fromroots(others) / np.prod([u_j - u_m for u_m in others])
-        antiderivative = basis.integ()
-        weights[j] = antiderivative(1.0) - antiderivative(0.0)
-    return weights
+    u = np.array([(s - sigma) / (sigma_next - sigma) for s in nodes])
+    powers = np.arange(len(u))
+    return np.linalg.solve(u[None, :] ** powers[:, None], 1.0 / (powers + 1))
 
 
 def ipndm_step(x, denoised, sigma, sigma_next, history, max_order: int = 4):

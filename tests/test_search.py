@@ -129,3 +129,59 @@ def test_accumulator_rejects_wrong_shapes_and_metrics():
         acc.update(torch.zeros(2, 1, 4), torch.zeros(2, 1, 4))
     with pytest.raises(ValueError, match="no trajectories"):
         acc.mean()
+
+
+def brute_force_with_history(cost, k, coeff):
+    size = cost.shape[0]
+    paths = ([0, *interior, size - 1] for interior in itertools.combinations(range(1, size - 1), k - 1))
+    return min(path_cost(cost, path, coeff) for path in paths)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("coeff", [0.9, 1.2])
+def test_history_dp_finds_the_brute_force_optimum(seed, coeff):
+    rng = np.random.default_rng(seed)
+    size = 8
+    cost = np.full((size, size, size), np.inf)
+    for h in range(size):
+        for i in range(h, size):
+            for j in range(i + 1, size):
+                if h < i or h == i == 0:
+                    cost[h, i, j] = rng.random() * (j - i)
+    found = dp_schedules(cost, range(1, size), coeff)
+    for k in range(1, size):
+        path = found[k]
+        assert len(path) == k + 1 and path[0] == 0 and path[-1] == size - 1
+        assert path_cost(cost, path, coeff) == pytest.approx(brute_force_with_history(cost, k, coeff), rel=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["euler", "dpmpp_2m", "ipndm", "unipc"])
+def test_solver_cost_matches_stepping_the_teacher_states(solver):
+    from diffusers_gits.search import SolverJumpCostAccumulator
+    from diffusers_gits.solvers import SolverHistory, get_solver
+
+    grid = np.array([5.0, 2.0, 1.0, 0.4, 0.0])
+    states, denoised = random_trajectories(5, 3, 1)
+    acc = SolverJumpCostAccumulator(grid, solver)
+    acc.update(states, denoised)
+    cost = acc.mean()
+    step = get_solver(solver)
+    x, d = states.double(), denoised.double()
+    for h, i, j in [(0, 0, 1), (0, 0, 4), (0, 1, 3), (1, 2, 4), (0, 3, 4)]:
+        history = SolverHistory() if h == i else SolverHistory().push(grid[h], x[h], d[h], order=1)
+        landed, _ = step(x[i], d[i], grid[i], grid[j], history)
+        expected = (landed - x[j]).flatten(1).norm(dim=1).mean().item()
+        assert cost[h, i, j] == pytest.approx(expected, rel=1e-6)
+    assert np.isinf(cost[1, 1, 2]) and np.isinf(cost[2, 1, 3])
+
+
+def test_euler_solver_cost_equals_the_papers_cost():
+    from diffusers_gits.search import SolverJumpCostAccumulator
+
+    grid = np.array([5.0, 2.0, 1.0, 0.4, 0.0])
+    states, denoised = random_trajectories(5, 4, 2)
+    paper, ours = JumpCostAccumulator(grid), SolverJumpCostAccumulator(grid, "euler")
+    paper.update(states, denoised)
+    ours.update(states, denoised)
+    for h, i, j in [(0, 0, 2), (0, 1, 4), (1, 3, 4)]:
+        assert ours.mean()[h, i, j] == pytest.approx(paper.mean()[i, j], rel=1e-5)

@@ -216,8 +216,94 @@ def calibrate(
     """
     base_config = _check_vp_pipeline(pipe)
     steps = _check_steps(num_inference_steps, grid_size)
-    if grid_size < 2:
-        raise ValueError(f"grid_size must be >= 2, got {grid_size}")
+    choosing = coeff == "auto" or refine
+    num_holdout = _check_options(
+        solver, teacher, metric, jump_cost, coeff, batch_size, num_warmup, num_holdout, choosing, pipe_kwargs
+    )
+
+    timings = {"teacher_s": 0.0, "cost_s": 0.0, "dp_s": 0.0, "selection_s": 0.0}
+    noise = GITSScheduler.from_config(base_config).noise_schedule
+    grid = uniform_timestep_grid(noise, grid_size)
+    runner = PipelineRunner(pipe, prompts, seed, batch_size, pipe_kwargs)
+    teacher_scheduler = GITSScheduler.from_config(
+        base_config, solver=teacher, gits_sigmas={str(grid_size): grid.tolist()}
+    )
+    accumulator = (
+        JumpCostAccumulator(grid, metric) if jump_cost == "euler" else SolverJumpCostAccumulator(grid, solver)
+    )
+    teacher_finals = _record_teacher(
+        runner, teacher_scheduler, accumulator, num_warmup, num_holdout, progress, timings
+    )
+
+    tic = time.perf_counter()
+    cost = accumulator.mean()
+    coeffs = AUTO_COEFFS if coeff == "auto" else (float(coeff),)
+    dp = {c: dp_schedules(cost, steps, c) for c in coeffs}
+    timings["dp_s"] = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    holdout = list(range(num_warmup - num_holdout, num_warmup))
+    selector = _HoldoutSelector(runner, base_config, solver, holdout, teacher_finals)
+    grid_spacing = (noise.num_train_timesteps - 1) / (grid_size - 1)
+    schedules, report = {}, {}
+    for k in tqdm(steps, desc="GITS schedule choice", unit="N", disable=not progress or not num_holdout):
+        candidates = {f"gits_coeff_{c:g}": grid[dp[c][k]] for c in coeffs}
+        default = timestep_spacing_sigmas(
+            noise, k, base_config.get("timestep_spacing", "linspace"), base_config.get("steps_offset", 0)
+        )
+        if choosing:
+            # Two full-range baselines compete too, so the result is never worse on held-out data than they are. The
+            # pipeline's own default is scored for the report only: "leading" spacing starts below sigma_max, where
+            # a blurry, mean-like sample can look close to the teacher in RMSE while being a poor sample.
+            candidates["uniform_timestep"] = timestep_spacing_sigmas(noise, k, "linspace")
+            candidates["karras"] = karras_sigmas(noise.sigma_min, noise.sigma_max, k)
+        schedules[k], report[str(k)] = _choose(candidates, default, selector, refine and k > 1, noise, grid_spacing)
+    timings["selection_s"] = time.perf_counter() - tic
+
+    for k in steps:
+        entry = report[str(k)]
+        if "gits_error" in entry:
+            logger.info(
+                "GITS %d steps: held-out RMSE to teacher %.4g (default schedule %.4g), chose %s",
+                k,
+                entry["gits_error"],
+                entry["default_error"],
+                entry["chosen"],
+            )
+    metadata = {
+        "format_version": 1,
+        "package_version": __version__,
+        "model": _model_name(pipe),
+        "pipeline_class": type(pipe).__name__,
+        "pipe_kwargs": {k: v for k, v in pipe_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))},
+        "num_prompts": len(prompts) if prompts else 0,
+        "solver": solver,
+        "teacher": teacher,
+        "grid": {"type": "uniform_timestep", "size": grid_size},
+        "metric": metric,
+        "jump_cost": jump_cost,
+        "coeff": coeff if coeff == "auto" else float(coeff),
+        "chosen_coeff": {k: entry["coeff"] for k, entry in report.items()},
+        "num_warmup": num_warmup,
+        "num_holdout": num_holdout,
+        "refine": refine,
+        "seed": seed,
+        "model_calls": {"teacher": num_warmup * grid_size, "selection": selector.model_calls},
+        "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
+        "report": report,
+    }
+    return GITSScheduler.from_config(
+        base_config,
+        solver=solver,
+        gits_sigmas={str(k): [float(s) for s in schedules[k]] for k in steps},
+        calibration=metadata,
+    )
+
+
+def _check_options(
+    solver, teacher, metric, jump_cost, coeff, batch_size, num_warmup, num_holdout, choosing, pipe_kwargs
+) -> int:
+    """Validate the calibration options before any model call; return the held-out count to use."""
     if solver not in SOLVERS:
         raise ValueError(f"solver {solver!r} is not supported; choose one of {sorted(SOLVERS)}")
     if teacher not in TEACHERS:
@@ -234,136 +320,70 @@ def calibrate(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if num_warmup < batch_size:
         raise ValueError(f"num_warmup ({num_warmup}) must be at least batch_size ({batch_size})")
-    choosing = coeff == "auto" or refine
     if num_holdout is None:
         num_holdout = max(2, num_warmup // 4) if choosing else 0
-    if choosing and not 2 <= num_holdout < num_warmup:
+    lowest = 2 if choosing else 0
+    if not lowest <= num_holdout < num_warmup:
         raise ValueError(
-            f"num_holdout must be in 2..{num_warmup - 1} when coeff='auto' or refine=True, got {num_holdout}"
+            f"num_holdout must be in {lowest}..{num_warmup - 1}"
+            + (" when coeff='auto' or refine=True" if choosing else "")
+            + f", got {num_holdout}"
         )
-    if not choosing and not 0 <= num_holdout < num_warmup:
-        raise ValueError(f"num_holdout must be in 0..{num_warmup - 1}, got {num_holdout}")
     reserved = sorted(set(pipe_kwargs) & set(RESERVED_KWARGS))
     if reserved:
         raise ValueError(f"calibration sets {reserved} itself; pass prompts=, num_inference_steps= and seed= instead")
+    return num_holdout
 
-    timings = {"teacher_s": 0.0, "cost_s": 0.0, "dp_s": 0.0, "selection_s": 0.0}
-    base = GITSScheduler.from_config(base_config, solver=teacher, gits_sigmas=None, calibration=None)
-    noise = base.noise_schedule
-    grid = uniform_timestep_grid(noise, grid_size)
-    teacher_scheduler = GITSScheduler.from_config(
-        base_config, solver=teacher, gits_sigmas={str(grid_size): grid.tolist()}
-    )
-    runner = PipelineRunner(pipe, prompts, seed, batch_size, pipe_kwargs)
-    accumulator = (
-        JumpCostAccumulator(grid, metric) if jump_cost == "euler" else SolverJumpCostAccumulator(grid, solver)
-    )
-    holdout = list(range(num_warmup - num_holdout, num_warmup))
-    teacher_finals = []
 
+def _record_teacher(runner, teacher_scheduler, accumulator, num_warmup, num_holdout, progress, timings):
+    """Run the teacher over all warm-up samples batch by batch; feed the cost with the non-held-out trajectories.
+
+    Returns the teacher's final samples for the held-out samples (the last `num_holdout`), or `None`.
+    """
+    holdout_start = num_warmup - num_holdout
+    grid_size = len(accumulator.grid_sigmas) - 1
+    finals = []
     bar = tqdm(total=num_warmup, desc="GITS teacher", unit="sample", disable=not progress)
-    for start in range(0, num_warmup, batch_size):
-        indices = list(range(start, min(start + batch_size, num_warmup)))
+    for start in range(0, num_warmup, runner.batch_size):
+        indices = list(range(start, min(start + runner.batch_size, num_warmup)))
         tic = time.perf_counter()
         trajectory = runner.run(teacher_scheduler, indices, grid_size, keep_path=True)
         toc = time.perf_counter()
         states, denoised = torch.stack(trajectory.states), torch.stack(trajectory.denoised)
-        in_cost = [k for k, i in enumerate(indices) if i < num_warmup - num_holdout]
+        in_cost = [k for k, i in enumerate(indices) if i < holdout_start]
         if in_cost:
             accumulator.update(states[:, in_cost], denoised[:, in_cost])
-        teacher_finals += [states[-1, k] for k, i in enumerate(indices) if i >= num_warmup - num_holdout]
+        finals += [states[-1, k] for k, i in enumerate(indices) if i >= holdout_start]
         timings["teacher_s"] += toc - tic
         timings["cost_s"] += time.perf_counter() - toc
         bar.update(len(indices))
     bar.close()
+    return torch.stack(finals) if finals else None
 
-    tic = time.perf_counter()
-    cost = accumulator.mean()
-    coeffs = AUTO_COEFFS if coeff == "auto" else (float(coeff),)
-    dp = {c: dp_schedules(cost, steps, c) for c in coeffs}
-    timings["dp_s"] = time.perf_counter() - tic
 
-    tic = time.perf_counter()
-    selector = _HoldoutSelector(
-        runner, base_config, solver, holdout, torch.stack(teacher_finals) if teacher_finals else None, progress
-    )
-    schedules, report, chosen_coeffs = {}, {}, {}
-    for k in steps:
-        candidates = {f"gits_coeff_{c:g}": grid[dp[c][k]] for c in coeffs}
-        default = timestep_spacing_sigmas(
-            noise, k, base_config.get("timestep_spacing", "linspace"), base_config.get("steps_offset", 0)
-        )
-        if not choosing:
-            ((name, sigmas),) = candidates.items()
-            schedules[k], chosen_coeffs[k] = sigmas, float(coeffs[0])
-            report[str(k)] = {"chosen": name, "coeff": float(coeffs[0])}
-            if num_holdout:
-                report[str(k)].update(gits_error=selector.error(sigmas), default_error=selector.error(default))
-            continue
-        # Two full-range baselines compete too, so the result is never worse on held-out data than they are. The
-        # pipeline's own default is scored for the report only: "leading" spacing starts below sigma_max, where a
-        # blurry, mean-like sample can look close to the teacher in RMSE while being a poor sample.
-        candidates["uniform_timestep"] = timestep_spacing_sigmas(noise, k, "linspace")
-        candidates["karras"] = karras_sigmas(noise.sigma_min, noise.sigma_max, k)
-        errors = {name: selector.error(sigmas) for name, sigmas in candidates.items()}
-        errors["default"] = selector.error(default)
-        name = min(candidates, key=errors.get)
-        sigmas = candidates[name]
-        refined_error = errors[name]
-        if refine and k > 1:
-            sigmas, refined_error = selector.refine(
-                sigmas, noise, grid_spacing=(noise.num_train_timesteps - 1) / (grid_size - 1)
-            )
-        schedules[k] = sigmas
-        chosen_coeffs[k] = float(name.removeprefix("gits_coeff_")) if name.startswith("gits_coeff_") else None
-        report[str(k)] = {
-            "chosen": name + ("+refined" if refine and refined_error < errors[name] else ""),
-            "coeff": chosen_coeffs[k],
-            "gits_error": refined_error,
-            "default_error": errors["default"],
-            "candidate_errors": errors,
-        }
-    timings["selection_s"] = time.perf_counter() - tic
-
-    for k in steps:
-        entry = report[str(k)]
-        if "gits_error" in entry:
-            logger.info(
-                "GITS %d steps: held-out RMSE to teacher %.4g (default schedule %.4g, ratio %.3f), chose %s",
-                k,
-                entry["gits_error"],
-                entry["default_error"],
-                entry["gits_error"] / max(entry["default_error"], 1e-12),
-                entry["chosen"],
-            )
-    metadata = {
-        "format_version": 1,
-        "package_version": __version__,
-        "model": _model_name(pipe),
-        "pipeline_class": type(pipe).__name__,
-        "pipe_kwargs": {k: v for k, v in pipe_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))},
-        "num_prompts": len(prompts) if prompts else 0,
-        "solver": solver,
-        "teacher": teacher,
-        "grid": {"type": "uniform_timestep", "size": grid_size},
-        "metric": metric,
-        "jump_cost": jump_cost,
-        "coeff": coeff if coeff == "auto" else float(coeff),
-        "chosen_coeff": {str(k): c for k, c in chosen_coeffs.items()},
-        "num_warmup": num_warmup,
-        "num_holdout": num_holdout,
-        "refine": refine,
-        "seed": seed,
-        "model_calls": {"teacher": num_warmup * grid_size, "selection": selector.model_calls},
-        "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
-        "report": report,
+def _choose(candidates, default, selector, refine, noise, grid_spacing) -> tuple[np.ndarray, dict]:
+    """Pick the candidate closest to the teacher on held-out noises (and refine it); the only one without them."""
+    if selector.teacher_finals is None:
+        ((name, sigmas),) = candidates.items()
+        return sigmas, {"chosen": name, "coeff": _coeff_of(name)}
+    errors = {name: selector.error(sigmas) for name, sigmas in candidates.items()}
+    errors["default"] = selector.error(default)
+    name = min(candidates, key=errors.get)
+    sigmas, error = candidates[name], errors[name]
+    if refine:
+        sigmas, error = selector.refine(sigmas, noise, grid_spacing)
+    entry = {
+        "chosen": name + ("+refined" if error < errors[name] else ""),
+        "coeff": _coeff_of(name),
+        "gits_error": error,
+        "default_error": errors["default"],
+        "candidate_errors": errors,
     }
-    return GITSScheduler.from_config(
-        base_config,
-        solver=solver,
-        gits_sigmas={str(k): [float(s) for s in schedules[k]] for k in steps},
-        calibration=metadata,
-    )
+    return sigmas, entry
+
+
+def _coeff_of(name: str) -> float | None:
+    return float(name.removeprefix("gits_coeff_")) if name.startswith("gits_coeff_") else None
 
 
 def _model_name(pipe) -> str | None:
@@ -382,14 +402,12 @@ class _HoldoutSelector:
         solver: str,
         holdout: list[int],
         teacher_finals: torch.Tensor | None,
-        progress: bool,
     ):
         self.runner = runner
         self.base_config = base_config
         self.solver = solver
         self.holdout = holdout
         self.teacher_finals = teacher_finals
-        self.progress = progress
         self.model_calls = 0
         self._cache: dict[tuple, torch.Tensor] = {}
 

@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-from .errors import CalibrationError  # noqa: E402
+from .errors import CalibrationError, ScheduleLoadError  # noqa: E402
 from .scheduling_gits import GITSScheduler, GITSSchedulerOutput  # noqa: E402
 
 
-__all__ = ["CalibrationError", "GITSScheduler", "GITSSchedulerOutput", "__version__"]
+__all__ = ["CalibrationError", "GITSScheduler", "GITSSchedulerOutput", "ScheduleLoadError", "__version__"]

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,8 +21,9 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .errors import CalibrationError
+from .errors import CalibrationError, ScheduleLoadError
 from .evaluation import per_sample_rmse
+from .hub import cache_load, cache_store, calibration_key, fetch_schedule_config
 from .noise import VPNoiseSchedule, vp_to_sigma_space
 from .schedules import karras_sigmas, timestep_spacing_sigmas
 from .scheduling_gits import GITSScheduler
@@ -183,6 +185,10 @@ def calibrate(
     refine: bool = True,
     seed: int = 0,
     progress: bool = True,
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+    hub_repo: str | None = None,
+    push: bool = False,
     **pipe_kwargs,
 ) -> GITSScheduler:
     """Calibrate GITS schedules for `pipe` by running it, and return a `GITSScheduler` that samples with them.
@@ -208,6 +214,13 @@ def calibrate(
             error on both halves of the held-out set.
         seed (`int`, defaults to 0): seeds the per-sample noises.
         progress (`bool`, defaults to `True`): show tqdm progress bars.
+        cache (`bool`, defaults to `True`): look the result up in, and store it to, the local cache, keyed by
+            everything that changes it (weights fingerprint, pipeline class, scheduler config, prompts, every option
+            above but `batch_size` and `progress`, pipeline kwargs, package version). A hit makes no model call.
+        cache_dir (`str` or `Path`, *optional*): the cache folder; defaults to `$DIFFUSERS_GITS_CACHE` or
+            `$HF_HOME/diffusers_gits`.
+        hub_repo (`str`, *optional*): a Hub model repo to look in first (subfolder = the cache key).
+        push (`bool`, defaults to `False`): with `hub_repo`, publish the result there after calibrating.
         **pipe_kwargs: passed to every pipeline call (`guidance_scale`, `height`, `width`, `negative_prompt`, ...).
 
     Returns:
@@ -221,6 +234,56 @@ def calibrate(
         solver, teacher, metric, jump_cost, coeff, batch_size, num_warmup, num_holdout, choosing, pipe_kwargs
     )
 
+    if push and not hub_repo:
+        raise ValueError("push=True needs hub_repo= (the Hub model repo to publish to)")
+    key = None
+    if cache or hub_repo:
+        settings = {
+            "steps": steps, "prompts": list(prompts or []), "num_warmup": num_warmup, "solver": solver,
+            "teacher": teacher, "grid_size": grid_size, "metric": metric, "jump_cost": jump_cost, "coeff": coeff,
+            "num_holdout": num_holdout, "refine": refine, "seed": seed, "pipe_kwargs": pipe_kwargs,
+        }  # fmt: skip
+        key = calibration_key(pipe, settings)
+        found = _lookup(key, cache, cache_dir, hub_repo)
+        if found is not None:
+            return found
+
+    scheduler = _search(
+        pipe, base_config, steps, prompts, num_warmup, batch_size, solver, teacher, grid_size, metric, jump_cost,
+        coeff, num_holdout, choosing, refine, seed, progress, pipe_kwargs,
+    )  # fmt: skip
+    if cache:
+        cache_store(key, scheduler, Path(cache_dir) if cache_dir else None)
+    if push:
+        scheduler.push_to_hub(hub_repo, subfolder=key)
+    return scheduler
+
+
+def _lookup(key: str, cache: bool, cache_dir: str | Path | None, hub_repo: str | None) -> GITSScheduler | None:
+    """A previous result for `key` from the local cache, then the Hub; `None` when neither has one."""
+    if cache:
+        found = cache_load(key, Path(cache_dir) if cache_dir else None)
+        if found is not None:
+            logger.info("GITS calibration found in the local cache (key %s)", key)
+            return found
+    if hub_repo:
+        try:
+            found = GITSScheduler.from_config(fetch_schedule_config(hub_repo, subfolder=key))
+        except ScheduleLoadError as error:
+            logger.warning("No usable GITS schedule for this setting in %s (%s); calibrating.", hub_repo, error)
+            return None
+        if cache:
+            cache_store(key, found, Path(cache_dir) if cache_dir else None)
+        logger.info("GITS calibration found on the Hub: %s, subfolder %s", hub_repo, key)
+        return found
+    return None
+
+
+def _search(
+    pipe, base_config, steps, prompts, num_warmup, batch_size, solver, teacher, grid_size, metric, jump_cost, coeff,
+    num_holdout, choosing, refine, seed, progress, pipe_kwargs,
+) -> GITSScheduler:  # fmt: skip
+    """Teacher, cost, DP, held-out choice: the calibration proper (arguments as in `calibrate`)."""
     timings = {"teacher_s": 0.0, "cost_s": 0.0, "dp_s": 0.0, "selection_s": 0.0}
     noise = GITSScheduler.from_config(base_config).noise_schedule
     grid = uniform_timestep_grid(noise, grid_size)

@@ -13,3 +13,17 @@ class CalibrationError(RuntimeError):
         super().__init__(message)
         self.grid_step = grid_step
         self.sigma = sigma
+
+
+class ScheduleLoadError(ValueError):
+    """A schedule could not be loaded: unreadable, failed validation, or could not be fetched.
+
+    Attributes:
+        source (`str` | `None`): the repo or folder (and subfolder / revision) it came from.
+        field (`str` | `None`): the config field that failed validation, when one did.
+    """
+
+    def __init__(self, message: str, source: str | None = None, field: str | None = None):
+        super().__init__(message)
+        self.source = source
+        self.field = field

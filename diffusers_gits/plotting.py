@@ -60,3 +60,28 @@ def save_error_plot(errors: dict[str, dict[int, float]], path: str | Path, title
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def save_schedule_plot(schedules: dict[int, list[float]], path: str | Path) -> Path:
+    """Plot each schedule's sigmas (log scale) against its step index; write PNG to `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for steps, sigmas in sorted(schedules.items()):
+        positive = [s for s in sigmas if s > 0]
+        ax.plot(range(len(positive)), positive, marker="o", label=f"{steps} steps")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("sigma (the last step goes to 0)")
+    ax.set_title("GITS schedules")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

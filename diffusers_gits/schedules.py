@@ -32,6 +32,23 @@ def validate_sigmas(sigmas: np.ndarray | list[float], name: str = "sigmas") -> n
     return sigmas
 
 
+def validate_schedule_table(table: dict[str, list[float]]) -> dict[int, np.ndarray]:
+    """Check a `{"N": [N + 1 sigmas]}` table (JSON keys are strings) and return it keyed by int step count."""
+    checked = {}
+    for key, sigmas in table.items():
+        try:
+            steps = int(key)
+        except (TypeError, ValueError):
+            raise ValueError(f"gits_sigmas keys must be step counts, got {key!r}") from None
+        if steps < 1:
+            raise ValueError(f"gits_sigmas[{key!r}]: the step count must be >= 1")
+        sigmas = validate_sigmas(sigmas, name=f"gits_sigmas[{key!r}]")
+        if len(sigmas) != steps + 1:
+            raise ValueError(f"gits_sigmas[{key!r}] must hold {steps + 1} sigmas for {steps} steps, got {len(sigmas)}")
+        checked[steps] = sigmas
+    return checked
+
+
 def append_zero(sigmas: np.ndarray) -> np.ndarray:
     return np.append(np.asarray(sigmas, dtype=np.float64), 0.0)
 

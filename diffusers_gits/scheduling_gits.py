@@ -19,7 +19,7 @@ from .noise import (
     sigma_space_to_vp,
     vp_to_sigma_space,
 )
-from .schedules import TIMESTEP_SPACINGS, loglinear_interpolate, timestep_spacing_sigmas, validate_sigmas
+from .schedules import TIMESTEP_SPACINGS, loglinear_interpolate, timestep_spacing_sigmas, validate_schedule_table
 from .solvers import SolverHistory, get_solver
 
 
@@ -39,24 +39,6 @@ class GITSSchedulerOutput(BaseOutput):
 
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
-
-
-def _validate_table(gits_sigmas: dict[str, list[float]]) -> dict[int, np.ndarray]:
-    table = {}
-    for key, sigmas in gits_sigmas.items():
-        try:
-            steps = int(key)
-        except (TypeError, ValueError):
-            raise ValueError(f"gits_sigmas keys must be step counts, got {key!r}") from None
-        if steps < 1:
-            raise ValueError(f"gits_sigmas[{key!r}]: the step count must be >= 1")
-        checked = validate_sigmas(sigmas, name=f"gits_sigmas[{key!r}]")
-        if len(checked) != steps + 1:
-            raise ValueError(
-                f"gits_sigmas[{key!r}] must hold {steps + 1} sigmas for {steps} steps, got {len(checked)}"
-            )
-        table[steps] = checked
-    return table
 
 
 class GITSScheduler(SchedulerMixin, ConfigMixin):
@@ -114,7 +96,7 @@ class GITSScheduler(SchedulerMixin, ConfigMixin):
         )
         self.noise_schedule = VPNoiseSchedule(alphas_cumprod)
         self.alphas_cumprod = torch.from_numpy(alphas_cumprod).float()
-        self._table = _validate_table(gits_sigmas or {})
+        self._table = validate_schedule_table(gits_sigmas or {})
         if timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(
                 f"timestep_spacing {timestep_spacing!r} is not supported; choose one of {TIMESTEP_SPACINGS}"
@@ -134,6 +116,81 @@ class GITSScheduler(SchedulerMixin, ConfigMixin):
         from .calibration import calibrate
 
         return calibrate(pipe, num_inference_steps, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | None = None,
+        subfolder: str | None = None,
+        return_unused_kwargs: bool = False,
+        **kwargs,
+    ) -> "GITSScheduler":
+        """Load a schedule from a local folder or a Hub model repo, strictly.
+
+        Only `scheduler_config.json` is read, and every field is validated before the scheduler is built: a wrong
+        class, a malformed table or a newer format raises [`~diffusers_gits.ScheduleLoadError`] naming the source and
+        the field. `revision`, `token`, `cache_dir` and `local_files_only` go to the download (which honours
+        `HF_HUB_OFFLINE`); other keyword arguments override config values, e.g. `solver="euler"`.
+        """
+        from .hub import fetch_schedule_config
+
+        download = {
+            key: kwargs.pop(key) for key in ("revision", "token", "cache_dir", "local_files_only") if key in kwargs
+        }
+        for ignored in ("force_download", "proxies", "user_agent", "_from_pipeline", "_commit_hash"):
+            kwargs.pop(ignored, None)
+        config = fetch_schedule_config(pretrained_model_name_or_path, subfolder=subfolder, **download)
+        scheduler = cls.from_config(config, **kwargs)
+        return (scheduler, {}) if return_unused_kwargs else scheduler
+
+    @classmethod
+    def from_preset(cls, name: str = "sd15", coeff: float = 1.2, solver: SolverName = "dpmpp_2m") -> "GITSScheduler":
+        """A scheduler with the GITS authors' published schedules, with no calibration and no network.
+
+        `"sd15"`: the Stable Diffusion 1.5 table of Chen et al. (ICML 2024, arXiv 2405.11326; the table ComfyUI ships as
+        its default), coeff 1.2, for 2-10 and 20 steps (other counts are stretched log-linearly from the next longer
+        row); its final sigma_min is replaced by 0. Limits: it was searched on SD1.5 at guidance 7.5 with an unstated
+        teacher and warm-up, so it fits models on SD's noise schedule (SD 1.x, SDXL and their fine-tunes, epsilon
+        prediction) only approximately, and only `coeff=1.2` is published. Calibrate for your own model to do better.
+        """
+        from .schedules import load_published_gits_sd15, published_gits_sd15
+
+        if name != "sd15":
+            raise ValueError(f"preset {name!r} does not exist; available: ['sd15']")
+        table = load_published_gits_sd15()
+        if coeff != table["coeff"]:
+            raise ValueError(f"the sd15 preset is published for coeff={table['coeff']} only, got coeff={coeff}")
+        steps = sorted(int(k) for k in table["schedules"])
+        return cls(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            timestep_spacing="leading",
+            steps_offset=1,
+            solver=solver,
+            gits_sigmas={str(k): published_gits_sd15(k).tolist() for k in steps},
+            calibration={"format_version": 1, "preset": name, "coeff": coeff, "source": table["source"]},
+        )
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+        subfolder: str | None = None,
+        revision: str | None = None,
+        **kwargs,
+    ) -> str:
+        """Upload the schedule with a model card (`README.md`) and a plot (`schedules.png`) to a Hub model repo.
+
+        One repo can hold many calibrations, one per `subfolder` (e.g. `"sd15/512-cfg7.5"`); the repo is created if
+        needed and the usual token handling applies. Returns the commit URL.
+        """
+        from .hub import push_schedule
+
+        return push_schedule(self, repo_id, subfolder, commit_message, private, token, revision, create_pr)
 
     @property
     def calibrated_steps(self) -> list[int]:

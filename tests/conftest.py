@@ -99,6 +99,13 @@ def tiny_sd_pipe(folder: Path, scheduler=None):
     return pipe
 
 
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Every test gets an empty calibration cache of its own."""
+    monkeypatch.setenv("DIFFUSERS_GITS_CACHE", str(tmp_path / "gits-cache"))
+    return tmp_path / "gits-cache"
+
+
 @pytest.fixture(scope="session")
 def sd_pipe(tmp_path_factory):
     return tiny_sd_pipe(tmp_path_factory.mktemp("tokenizer"))

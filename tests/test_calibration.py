@@ -82,7 +82,7 @@ def test_fixed_coeff_without_holdout_is_the_pure_dp(mixture_problem):
 
 def test_calibration_is_deterministic(mixture_problem):
     pipe, _ = mixture_problem
-    kwargs = {"num_warmup": 32, "batch_size": 16, "num_holdout": 8, "progress": False}
+    kwargs = {"num_warmup": 32, "batch_size": 16, "num_holdout": 8, "progress": False, "cache": False}
     a = GITSScheduler.from_calibration(pipe, [4], **kwargs)
     b = GITSScheduler.from_calibration(pipe, [4], **kwargs)
     assert a.sigmas_for(4) == b.sigmas_for(4)

@@ -40,7 +40,9 @@ def full_loop(scheduler, num_steps=5, seed=0):
 
 @pytest.mark.parametrize("solver", ["euler", "ipndm", "dpmpp_2m", "unipc"])
 def test_save_load_round_trip_gives_identical_steps(tmp_path, solver):
-    scheduler = make(solver=solver, calibration={"solver": solver, "report": {"5": {"gits_error": 0.1}}})
+    scheduler = make(
+        solver=solver, calibration={"format_version": 1, "solver": solver, "report": {"5": {"gits_error": 0.1}}}
+    )
     scheduler.save_pretrained(tmp_path)
     loaded = GITSScheduler.from_pretrained(tmp_path)
     assert loaded.config.gits_sigmas == TABLE and loaded.calibration_report == {"5": {"gits_error": 0.1}}
@@ -168,9 +170,9 @@ def test_set_timesteps_rejects_bad_input(kwargs, error, match):
     ],
 )
 def test_corrupted_tables_are_rejected_on_load(tmp_path, table, match):
-    config = make().config
+    make().save_pretrained(tmp_path)
     path = tmp_path / "scheduler_config.json"
-    path.write_text(json.dumps({**config, "gits_sigmas": table}))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "gits_sigmas": table}))
     with pytest.raises(ValueError, match=match):
         GITSScheduler.from_pretrained(tmp_path)
 

@@ -1,0 +1,320 @@
+"""Sharing schedules: strict JSON loading, Hub push with a model card and plot, listing, and the calibration cache.
+
+Only `scheduler_config.json` is ever read from the Hub (JSON; never pickle, never code), and it is validated field by
+field before a scheduler is built. Cache entries are written to a temporary folder beside their final place and
+renamed into it, so a killed process never leaves an entry that loads as valid.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import ScheduleLoadError
+from .schedules import validate_schedule_table
+
+
+CONFIG_NAME = "scheduler_config.json"
+FORMAT_VERSION = 1
+
+
+def validate_schedule_config(config: dict, source: str) -> None:
+    """Check a GITS scheduler config read from `source`; raise `ScheduleLoadError` naming the source and field."""
+    if not isinstance(config, dict):
+        raise ScheduleLoadError(f"{source}: {CONFIG_NAME} is not a JSON object", source=source)
+    if config.get("_class_name") != "GITSScheduler":
+        raise ScheduleLoadError(
+            f"{source}: field '_class_name' is {config.get('_class_name')!r}, expected 'GITSScheduler'",
+            source=source,
+            field="_class_name",
+        )
+    table = config.get("gits_sigmas")
+    if table is not None and not isinstance(table, dict):
+        raise ScheduleLoadError(f"{source}: field 'gits_sigmas' must be an object", source=source, field="gits_sigmas")
+    try:
+        validate_schedule_table(table or {})
+    except ValueError as error:
+        raise ScheduleLoadError(f"{source}: {error}", source=source, field="gits_sigmas") from None
+    calibration = config.get("calibration")
+    if calibration is not None:
+        version = calibration.get("format_version") if isinstance(calibration, dict) else None
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ScheduleLoadError(
+                f"{source}: field 'calibration.format_version' is {version!r}; this diffusers-gits reads format "
+                f"{FORMAT_VERSION} or older (upgrade the package for newer schedules)",
+                source=source,
+                field="calibration.format_version",
+            )
+
+
+def read_schedule_config(path: str | Path, source: str) -> dict:
+    """Read and validate a scheduler config file."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ScheduleLoadError(f"{source}: {CONFIG_NAME} is not readable JSON ({error})", source=source) from None
+    validate_schedule_config(config, source)
+    return config
+
+
+def fetch_schedule_config(
+    repo_or_dir: str | Path,
+    subfolder: str | None = None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | Path | None = None,
+    local_files_only: bool = False,
+) -> dict:
+    """The validated config of a schedule in a local folder or a Hub model repo (only the JSON file is fetched)."""
+    local = Path(repo_or_dir) / (subfolder or "") / CONFIG_NAME
+    source = f"{repo_or_dir}" + (f" (subfolder {subfolder!r})" if subfolder else "")
+    if local.is_file():
+        return read_schedule_config(local, source)
+    if Path(repo_or_dir).is_dir():
+        raise ScheduleLoadError(f"{source}: no {CONFIG_NAME} in that folder", source=source)
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        path = hf_hub_download(
+            str(repo_or_dir),
+            CONFIG_NAME,
+            subfolder=subfolder,
+            revision=revision,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+        )
+    except LocalEntryNotFoundError as error:
+        raise ScheduleLoadError(
+            f"{source}: not in the local cache and the Hub cannot be reached (offline mode?): {error}", source=source
+        ) from error
+    except Exception as error:  # HTTP status, transport (the HTTP client's own types) and file errors alike
+        raise ScheduleLoadError(f"{source}: could not download {CONFIG_NAME}: {error}", source=source) from error
+    return read_schedule_config(path, f"{source}" + (f" at revision {revision!r}" if revision else ""))
+
+
+def model_card(scheduler, repo_id: str | None = None, subfolder: str | None = None) -> str:
+    """README.md with Hub metadata for a calibrated schedule: settings, schedules and the calibration report."""
+    meta = scheduler.config.calibration or {}
+    base_model = meta.get("model")
+    front = ["---", "library_name: diffusers", "tags:", "- gits", "- scheduler", "- diffusers-gits"]
+    if base_model and not Path(str(base_model)).is_absolute():
+        front.append(f"base_model: {base_model}")
+    front.append("---")
+    location = f"`{repo_id}`" + (f", subfolder `{subfolder}`" if subfolder else "") if repo_id else "this folder"
+    load_args = f'"{repo_id}"' + (f', subfolder="{subfolder}"' if subfolder else "") if repo_id else '"path/to/folder"'
+    lines = front + [
+        "",
+        f"# GITS schedules for {base_model or 'a diffusers model'}",
+        "",
+        "Time schedules found by GITS (Chen et al., ICML 2024, arXiv 2405.11326) on the model's own sampling "
+        f"trajectories with [diffusers-gits](https://pypi.org/project/diffusers-gits/). Stored in {location}.",
+        "",
+        "```python",
+        "from diffusers_gits import GITSScheduler",
+        f"pipe.scheduler = GITSScheduler.from_pretrained({load_args})",
+        "```",
+        "",
+        "## Calibration settings",
+        "",
+        "| setting | value |",
+        "|---|---|",
+    ]
+    for key in (
+        "pipeline_class",
+        "pipe_kwargs",
+        "solver",
+        "teacher",
+        "grid",
+        "metric",
+        "jump_cost",
+        "coeff",
+        "num_warmup",
+        "num_holdout",
+        "refine",
+        "seed",
+        "package_version",
+    ):
+        if key in meta:
+            lines.append(f"| {key} | `{json.dumps(meta[key])}` |")
+    lines += ["", "## Schedules (sigmas, Karras / VE convention)", "", "| steps | sigmas |", "|---|---|"]
+    for k in scheduler.calibrated_steps:
+        lines.append(f"| {k} | {', '.join(f'{s:.4g}' for s in scheduler.config.gits_sigmas[str(k)])} |")
+    report = scheduler.calibration_report or {}
+    if any("gits_error" in entry for entry in report.values()):
+        lines += [
+            "",
+            "## Calibration report (held-out RMSE to the teacher)",
+            "",
+            "| steps | GITS | default schedule | chosen |",
+            "|---|---|---|---|",
+        ]
+        for k, entry in sorted(report.items(), key=lambda item: int(item[0])):
+            if "gits_error" in entry:
+                lines.append(f"| {k} | {entry['gits_error']:.4g} | {entry['default_error']:.4g} | {entry['chosen']} |")
+    lines += ["", "![schedules](schedules.png)", ""]
+    return "\n".join(lines)
+
+
+def write_schedule_folder(
+    scheduler, folder: str | Path, repo_id: str | None = None, subfolder: str | None = None
+) -> Path:
+    """Write `scheduler_config.json`, the model card `README.md` and `schedules.png` into `folder`."""
+    from .plotting import save_schedule_plot
+
+    folder = Path(folder)
+    scheduler.save_config(folder)
+    (folder / "README.md").write_text(model_card(scheduler, repo_id, subfolder))
+    save_schedule_plot(
+        {k: scheduler.config.gits_sigmas[str(k)] for k in scheduler.calibrated_steps}, folder / "schedules.png"
+    )
+    return folder
+
+
+def push_schedule(
+    scheduler,
+    repo_id: str,
+    subfolder: str | None = None,
+    commit_message: str | None = None,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+) -> str:
+    """Upload the schedule folder (config, card, plot) to a Hub model repo, creating it if needed; return the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_schedule_folder(scheduler, tmp, repo_id, subfolder)
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=tmp,
+            path_in_repo=subfolder,
+            commit_message=commit_message or f"Upload GITS schedule{f' to {subfolder}' if subfolder else ''}",
+            revision=revision,
+            create_pr=create_pr,
+        )
+    return str(info.commit_url)
+
+
+def list_schedules(
+    repo_or_dir: str | Path, revision: str | None = None, token: str | bool | None = None
+) -> list[dict]:
+    """What a repo or folder holds: one entry per schedule folder with its subfolder, steps, model and solver."""
+    if Path(repo_or_dir).is_dir():
+        root = Path(repo_or_dir)
+        files = [str(p.relative_to(root)) for p in root.rglob(CONFIG_NAME)]
+    else:
+        from huggingface_hub import HfApi
+
+        files = [
+            f
+            for f in HfApi(token=token).list_repo_files(str(repo_or_dir), revision=revision)
+            if f.endswith(CONFIG_NAME)
+        ]
+    entries = []
+    for name in sorted(files):
+        subfolder = str(Path(name).parent) if Path(name).parent != Path(".") else None
+        config = fetch_schedule_config(repo_or_dir, subfolder=subfolder, revision=revision, token=token)
+        meta = config.get("calibration") or {}
+        entries.append(
+            {
+                "subfolder": subfolder,
+                "steps": sorted(int(k) for k in config.get("gits_sigmas") or {}),
+                "model": meta.get("model"),
+                "solver": config.get("solver"),
+                "pipe_kwargs": meta.get("pipe_kwargs"),
+            }
+        )
+    return entries
+
+
+def default_cache_dir() -> Path:
+    """`$DIFFUSERS_GITS_CACHE`, else `$HF_HOME/diffusers_gits`, else `~/.cache/huggingface/diffusers_gits`."""
+    if os.environ.get("DIFFUSERS_GITS_CACHE"):
+        return Path(os.environ["DIFFUSERS_GITS_CACHE"])
+    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "diffusers_gits"
+
+
+def weights_fingerprint(pipe) -> str:
+    """A digest of every torch module of the pipeline: parameter names, shapes, dtypes and a sample of the values.
+
+    Hashing every weight of a multi-GB model would cost more than a cache hit saves; names, shapes and the first and
+    last values of every tensor tell fine-tunes apart.
+    """
+    digest = hashlib.sha256()
+    components = getattr(pipe, "components", {}) or {}
+    for name in sorted(components):
+        module = components[name]
+        if not isinstance(module, torch.nn.Module):
+            continue
+        for key, tensor in module.state_dict().items():
+            flat = tensor.detach().flatten()
+            sample = torch.cat([flat[:64], flat[-64:]]).float().cpu().numpy()
+            digest.update(f"{name}.{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            digest.update(np.ascontiguousarray(sample).tobytes())
+    return digest.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return {"tensor_sha256": hashlib.sha256(value.detach().float().cpu().numpy().tobytes()).hexdigest()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in sorted(value.items())}
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def calibration_key(pipe, settings: dict[str, Any]) -> str:
+    """A key for everything that changes a calibration's result: the weights, the pipeline class and the settings."""
+    from . import __version__
+
+    payload = {
+        "model": getattr(pipe, "name_or_path", None) or (getattr(pipe, "config", None) or {}).get("_name_or_path"),
+        "weights": weights_fingerprint(pipe),
+        "pipeline_class": type(pipe).__name__,
+        "scheduler_config": _jsonable({k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}),
+        "settings": _jsonable(settings),
+        "package_version": __version__,
+    }
+    payload["model"] = str(payload["model"]) if payload["model"] is not None else None
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def cache_load(key: str, cache_dir: Path | None = None):
+    """The cached scheduler for `key`, or `None`; an unreadable entry is ignored (and reported by its error)."""
+    from .scheduling_gits import GITSScheduler
+
+    path = (cache_dir or default_cache_dir()) / key / CONFIG_NAME
+    if not path.is_file():
+        return None
+    return GITSScheduler.from_config(read_schedule_config(path, f"cache entry {path.parent}"))
+
+
+def cache_store(key: str, scheduler, cache_dir: Path | None = None) -> Path:
+    """Write the scheduler under `key` atomically: a temporary folder beside the entry, then a rename."""
+    root = cache_dir or default_cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / key
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+    try:
+        scheduler.save_config(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final

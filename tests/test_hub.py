@@ -1,0 +1,220 @@
+"""Sharing schedules: real HTTP round trips through huggingface_hub against a local fake Hub, cache, presets."""
+
+import json
+
+import huggingface_hub
+import huggingface_hub.constants
+import huggingface_hub.errors
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from fake_hub import FakeHub
+from gaussian_mixture import GaussianMixture, GaussianMixturePipeline
+
+from diffusers_gits import GITSScheduler, ScheduleLoadError
+from diffusers_gits.hub import cache_load, cache_store, list_schedules
+
+
+SD = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+
+
+def calibrated(table=None):
+    meta = {"format_version": 1, "model": "org/base-model", "solver": "dpmpp_2m", "pipeline_class": "StableDiffusionPipeline",
+            "pipe_kwargs": {"guidance_scale": 7.5}, "report": {"3": {"gits_error": 0.1, "default_error": 0.2, "chosen": "gits_coeff_1"}}}  # fmt: skip
+    return GITSScheduler(**SD, gits_sigmas=table or {"3": [14.6, 2.0, 0.4, 0.0]}, calibration=meta)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    with FakeHub() as fake:
+        monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
+        # huggingface_hub reads HF_ENDPOINT at import: point the already-imported constants at the fake too.
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", fake.endpoint)
+        monkeypatch.setattr(
+            huggingface_hub.constants,
+            "HUGGINGFACE_CO_URL_TEMPLATE",
+            fake.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+        )
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        yield fake
+
+
+def test_push_pull_round_trip_with_card_plot_and_listing(hub):
+    scheduler = calibrated()
+    url = scheduler.push_to_hub("me/sd15-gits", subfolder="sd15/512-cfg7.5")
+    assert "/me/sd15-gits/commit/" in url
+    calibrated({"4": [14.6, 3.0, 1.0, 0.3, 0.0]}).push_to_hub("me/sd15-gits", subfolder="sdxl/1024")
+    loaded = GITSScheduler.from_pretrained("me/sd15-gits", subfolder="sd15/512-cfg7.5")
+    assert (
+        loaded.config.gits_sigmas == scheduler.config.gits_sigmas
+        and loaded.calibration_report == scheduler.calibration_report
+    )
+    files = huggingface_hub.HfApi().list_repo_files("me/sd15-gits")
+    assert {
+        "sd15/512-cfg7.5/README.md",
+        "sd15/512-cfg7.5/schedules.png",
+        "sd15/512-cfg7.5/scheduler_config.json",
+    } <= set(files)
+    card = huggingface_hub.hf_hub_download("me/sd15-gits", "README.md", subfolder="sd15/512-cfg7.5")
+    text = open(card).read()
+    assert (
+        text.startswith("---\nlibrary_name: diffusers") and "- gits" in text and "base_model: org/base-model" in text
+    )
+    listing = list_schedules("me/sd15-gits")
+    assert [(e["subfolder"], e["steps"]) for e in listing] == [("sd15/512-cfg7.5", [3]), ("sdxl/1024", [4])]
+
+
+def test_revision_pins_an_earlier_push(hub):
+    calibrated().push_to_hub("me/repo")
+    first = hub.repos["me/repo"]["refs"]["main"]
+    calibrated({"3": [14.6, 1.0, 0.2, 0.0]}).push_to_hub("me/repo")
+    assert GITSScheduler.from_pretrained("me/repo", revision=first).config.gits_sigmas["3"][1] == 2.0
+    assert GITSScheduler.from_pretrained("me/repo").config.gits_sigmas["3"][1] == 1.0
+    with pytest.raises(ScheduleLoadError, match="me/repo.*could not download"):
+        GITSScheduler.from_pretrained("me/repo", revision="no-such-branch")
+
+
+@pytest.fixture
+def no_backoff(monkeypatch):
+    """huggingface_hub retries failed requests with exponential sleeps; skip the sleeping."""
+    import huggingface_hub.utils._http as http
+
+    monkeypatch.setattr(http.time, "sleep", lambda seconds: None)
+
+
+@pytest.mark.parametrize("kind", ["500", "drop", "truncate"])
+def test_download_faults_give_a_clear_error_and_no_corrupt_cache(hub, no_backoff, kind):
+    calibrated().push_to_hub("me/repo", subfolder="a")
+    for _ in range(12):  # more failures than the client's retries
+        hub.inject("GET", r"/resolve/.*/a/scheduler_config.json", kind)
+        if kind != "truncate":
+            hub.inject("HEAD", r"/resolve/.*/a/scheduler_config.json", kind)
+    with pytest.raises(ScheduleLoadError, match="me/repo") as info:
+        GITSScheduler.from_pretrained("me/repo", subfolder="a")
+    assert info.value.source.startswith("me/repo")
+    hub.faults.clear()
+    # The failed download left nothing that loads: the next try downloads again and gets the real file.
+    assert GITSScheduler.from_pretrained("me/repo", subfolder="a").calibrated_steps == [3]
+
+
+@pytest.mark.parametrize("kind", ["drop", "truncate"])
+def test_one_broken_download_is_retried_intact(hub, no_backoff, kind):
+    scheduler = calibrated()
+    scheduler.push_to_hub("me/repo")
+    hub.inject("GET", r"/resolve/.*/scheduler_config.json", kind)
+    assert GITSScheduler.from_pretrained("me/repo").config.gits_sigmas == scheduler.config.gits_sigmas
+
+
+def test_push_fault_is_reported(hub, no_backoff):
+    for _ in range(12):
+        hub.inject("POST", r"/commit/", "500")
+    with pytest.raises(huggingface_hub.errors.HfHubHTTPError, match="500"):
+        calibrated().push_to_hub("me/repo")
+
+
+def test_offline_mode_with_a_warm_cache(hub, monkeypatch):
+    calibrated().push_to_hub("me/repo", subfolder="a")
+    GITSScheduler.from_pretrained("me/repo", subfolder="a")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    before = len(hub.requests)
+    assert GITSScheduler.from_pretrained("me/repo", subfolder="a").calibrated_steps == [3]
+    assert len(hub.requests) == before
+    with pytest.raises(ScheduleLoadError, match="not in the local cache"):
+        GITSScheduler.from_pretrained("me/repo", subfolder="never-pulled")
+
+
+@pytest.mark.parametrize(
+    "edit,field",
+    [
+        ({"_class_name": "EulerDiscreteScheduler"}, "_class_name"),
+        ({"gits_sigmas": {"3": [14.6, 2.0, 0.0]}}, "gits_sigmas"),
+        ({"gits_sigmas": {"2": [14.6, 20.0, 0.0]}}, "gits_sigmas"),
+        ({"calibration": {"format_version": 99}}, "calibration.format_version"),
+        ({"calibration": {"model": "x"}}, "calibration.format_version"),
+    ],
+)
+def test_invalid_schedules_name_the_repo_and_field(hub, tmp_path, edit, field):
+    folder = tmp_path / "bad"
+    calibrated().save_pretrained(folder)
+    path = folder / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
+    api = huggingface_hub.HfApi()
+    api.create_repo("me/bad")
+    api.upload_folder(repo_id="me/bad", folder_path=folder)
+    with pytest.raises(ScheduleLoadError) as info:
+        GITSScheduler.from_pretrained("me/bad")
+    assert info.value.field == field and "me/bad" in str(info.value)
+
+
+def test_from_calibration_publishes_and_reuses_through_the_hub(hub, tmp_path, monkeypatch):
+    pipe = GaussianMixturePipeline(GaussianMixture(), DDPMScheduler(**SD))
+    pipe.components = {}
+    options = {
+        "num_warmup": 32,
+        "batch_size": 16,
+        "coeff": 1.0,
+        "refine": False,
+        "progress": False,
+        "hub_repo": "me/cal",
+    }
+    first = GITSScheduler.from_calibration(pipe, [3], push=True, **options)
+    assert len(list_schedules("me/cal")) == 1
+    monkeypatch.setenv("DIFFUSERS_GITS_CACHE", str(tmp_path / "fresh-cache"))  # another machine: empty local cache
+    calls = []
+    monkeypatch.setattr(GaussianMixturePipeline, "__call__", lambda self, **kw: calls.append(kw))
+    second = GITSScheduler.from_calibration(pipe, [3], **options)
+    assert calls == [] and second.sigmas_for(3) == first.sigmas_for(3)
+
+
+def test_local_cache_hit_makes_no_model_call_and_key_tracks_settings(monkeypatch):
+    pipe = GaussianMixturePipeline(GaussianMixture(), DDPMScheduler(**SD))
+    pipe.components = {}
+    options = {"num_warmup": 32, "batch_size": 16, "coeff": 1.0, "refine": False, "progress": False}
+    first = GITSScheduler.from_calibration(pipe, [3], **options)
+    original_call = GaussianMixturePipeline.__call__
+    calls = []
+
+    def spy(self, **kw):
+        calls.append(kw)
+        return original_call(self, **kw)
+
+    monkeypatch.setattr(GaussianMixturePipeline, "__call__", spy)
+    again = GITSScheduler.from_calibration(pipe, [3], **options)
+    assert calls == [] and again.sigmas_for(3) == first.sigmas_for(3)
+    GITSScheduler.from_calibration(pipe, [3], **{**options, "seed": 1})
+    assert len(calls) > 0  # another seed is another calibration
+
+
+def test_cache_writes_are_atomic(tmp_path, monkeypatch):
+    scheduler = calibrated()
+
+    def killed(self, folder, **kwargs):
+        (folder / "scheduler_config.json").write_text('{"_class_name": "GITSScheduler", "gits_sig')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GITSScheduler, "save_config", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cache_store("k1", scheduler, tmp_path)
+    monkeypatch.undo()
+    assert cache_load("k1", tmp_path) is None and list(tmp_path.iterdir()) == []
+    cache_store("k1", scheduler, tmp_path)
+    assert cache_load("k1", tmp_path).config.gits_sigmas == scheduler.config.gits_sigmas
+
+
+def test_sd15_preset_needs_no_calibration_or_network():
+    preset = GITSScheduler.from_preset("sd15", coeff=1.2)
+    assert preset.calibrated_steps == [2, 3, 4, 5, 6, 7, 8, 9, 10, 20]
+    np.testing.assert_allclose(
+        preset.sigmas_for(6)[:-1], [14.61464119, 5.85520077, 2.05039096, 0.95350921, 0.45573691, 0.17026083]
+    )
+    assert preset.sigmas_for(6)[-1] == 0
+    preset.set_timesteps(12)  # stretched from the 20-step row, exactly 12 steps
+    assert len(preset.timesteps) == 12
+    with pytest.raises(ValueError, match="coeff=1.2 only"):
+        GITSScheduler.from_preset("sd15", coeff=1.1)
+    with pytest.raises(ValueError, match="'sdxl'"):
+        GITSScheduler.from_preset("sdxl")
+    torch.manual_seed(0)

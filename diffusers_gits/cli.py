@@ -1,8 +1,9 @@
-"""Command line: `diffusers-gits demo` (more commands in later releases)."""
+"""Command line: `diffusers-gits demo | calibrate | show | push`. Each command is one library call and a printout."""
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from .solvers import SOLVERS
 
@@ -14,19 +15,33 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _command(commands, name: str, help_text: str, examples: list[str]) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name,
+        help=help_text,
+        description=help_text[0].upper() + help_text[1:] + ".\n\nexamples:\n" + "\n".join(f"  {e}" for e in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffusers-gits", description="GITS time schedules for diffusers pipelines.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser(
+
+    demo = _command(
+        commands,
         "demo",
-        help="calibrate GITS on the embedded model and compare it with today's schedules",
-        description=(
-            "Calibrate GITS on the embedded digits model (no network), then print RMSE to a reference solution for "
-            "GITS and the baseline schedules at several NFE, and write a plot and sample grids.\n\n"
-            "examples:\n  diffusers-gits demo\n  diffusers-gits demo --solver euler --output out/"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "calibrate GITS on the embedded digits model (no network), then print RMSE to a reference solution for GITS and "
+        "today's schedules at several NFE, and write a plot and sample grids",
+        ["diffusers-gits demo", "diffusers-gits demo --solver euler --output out/"],
     )
     demo.add_argument("--solver", choices=sorted(SOLVERS), default="dpmpp_2m", help="sampler (default: dpmpp_2m)")
     demo.add_argument(
@@ -35,7 +50,129 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=_positive_int, nargs="+", default=[4, 5, 6, 8, 10], help="NFEs to compare")
     demo.add_argument("--num-warmup", type=_positive_int, default=256, help="calibration samples (default: 256)")
     demo.add_argument("--num-test", type=_positive_int, default=128, help="test noises (default: 128)")
+
+    calibrate = _command(
+        commands,
+        "calibrate",
+        "calibrate GITS schedules for a diffusers pipeline (a Hub id or a local folder) and save them with a model card",
+        [
+            "diffusers-gits calibrate stable-diffusion-v1-5/stable-diffusion-v1-5 --steps 5 6 8 10 --prompts prompts.txt --output sd15-gits",
+            "diffusers-gits calibrate ./my-ddpm --steps 4 6 --num-warmup 64 --output out --push-to-hub me/my-ddpm-gits",
+        ],
+    )
+    calibrate.add_argument("model", help="Hub model id or local pipeline folder")
+    calibrate.add_argument("--steps", type=_positive_int, nargs="+", required=True, help="step counts to calibrate")
+    calibrate.add_argument("--prompts", type=Path, help="text file, one prompt per line (text-to-image pipelines)")
+    calibrate.add_argument("--guidance", type=_positive_float, help="guidance scale passed to the pipeline")
+    calibrate.add_argument("--height", type=_positive_int, help="image height passed to the pipeline")
+    calibrate.add_argument("--width", type=_positive_int, help="image width passed to the pipeline")
+    calibrate.add_argument("--num-warmup", type=_positive_int, default=256, help="warm-up samples (default: 256)")
+    calibrate.add_argument(
+        "--batch-size", type=_positive_int, default=16, help="samples per pipeline call (default: 16)"
+    )
+    calibrate.add_argument("--solver", choices=sorted(SOLVERS), default="dpmpp_2m", help="sampler (default: dpmpp_2m)")
+    calibrate.add_argument(
+        "--output", type=Path, required=True, help="folder for scheduler_config.json, README.md, plot"
+    )
+    calibrate.add_argument("--push-to-hub", metavar="REPO", help="also upload to this Hub model repo")
+    calibrate.add_argument("--subfolder", help="subfolder in the Hub repo (default: the repo root)")
+    calibrate.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+
+    show = _command(
+        commands,
+        "show",
+        "show the schedules a folder or Hub repo holds: a table per calibration and a plot",
+        [
+            "diffusers-gits show sd15-gits",
+            "diffusers-gits show me/sd15-gits --subfolder sd15/512 --plot schedules.png",
+        ],
+    )
+    show.add_argument("source", help="local folder or Hub model repo")
+    show.add_argument("--subfolder", help="one calibration in the repo (default: list them all)")
+    show.add_argument("--revision", help="Hub branch, tag or commit")
+    show.add_argument(
+        "--plot", type=Path, default=Path("gits_schedules.png"), help="PNG to write (default: gits_schedules.png)"
+    )
+
+    push = _command(
+        commands,
+        "push",
+        "upload a saved schedule folder to a Hub model repo, with a model card and plot",
+        ["diffusers-gits push sd15-gits me/sd15-gits --subfolder sd15/512-cfg7.5"],
+    )
+    push.add_argument("folder", type=Path, help="folder holding scheduler_config.json")
+    push.add_argument("repo", help="Hub model repo, created if needed")
+    push.add_argument("--subfolder", help="subfolder in the repo (default: the repo root)")
     return parser
+
+
+def run_calibrate(args: argparse.Namespace) -> None:
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from .hub import write_schedule_folder
+    from .scheduling_gits import GITSScheduler
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    prompts = None
+    if args.prompts:
+        prompts = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise ValueError(f"{args.prompts} holds no prompts")
+    pipe = DiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
+    pipe_kwargs = {"guidance_scale": args.guidance, "height": args.height, "width": args.width}
+    scheduler = GITSScheduler.from_calibration(
+        pipe,
+        args.steps,
+        prompts=prompts,
+        num_warmup=args.num_warmup,
+        batch_size=min(args.batch_size, args.num_warmup),
+        solver=args.solver,
+        **{k: v for k, v in pipe_kwargs.items() if v is not None},
+    )
+    write_schedule_folder(scheduler, args.output, args.push_to_hub, args.subfolder)
+    print_schedule(scheduler, str(args.output))
+    if args.push_to_hub:
+        print(f"pushed: {scheduler.push_to_hub(args.push_to_hub, subfolder=args.subfolder)}")
+
+
+def print_schedule(scheduler, title: str) -> None:
+    meta = scheduler.config.calibration or {}
+    print(f"{title}: solver {scheduler.config.solver}, model {meta.get('model')}, {meta.get('pipe_kwargs', {})}")
+    report = scheduler.calibration_report or {}
+    print(f"{'steps':>5}  {'held-out GITS':>13}  {'default':>9}  sigmas")
+    for k in scheduler.calibrated_steps:
+        entry = report.get(str(k), {})
+        gits = f"{entry['gits_error']:.4g}" if "gits_error" in entry else "-"
+        default = f"{entry['default_error']:.4g}" if "default_error" in entry else "-"
+        sigmas = ", ".join(f"{s:.4g}" for s in scheduler.config.gits_sigmas[str(k)])
+        print(f"{k:>5}  {gits:>13}  {default:>9}  {sigmas}")
+
+
+def run_show(args: argparse.Namespace) -> None:
+    from .hub import list_schedules
+    from .plotting import save_schedule_plot
+    from .scheduling_gits import GITSScheduler
+
+    subfolders = (
+        [args.subfolder] if args.subfolder else [e["subfolder"] for e in list_schedules(args.source, args.revision)]
+    )
+    if not subfolders:
+        raise ValueError(f"{args.source} holds no scheduler_config.json")
+    schedules = {}
+    for subfolder in subfolders:
+        scheduler = GITSScheduler.from_pretrained(args.source, subfolder=subfolder, revision=args.revision)
+        print_schedule(scheduler, f"{args.source}" + (f"/{subfolder}" if subfolder else ""))
+        schedules.update({k: scheduler.config.gits_sigmas[str(k)] for k in scheduler.calibrated_steps})
+    print(f"plot: {save_schedule_plot(schedules, args.plot)}")
+
+
+def run_push(args: argparse.Namespace) -> None:
+    from .scheduling_gits import GITSScheduler
+
+    scheduler = GITSScheduler.from_pretrained(args.folder)
+    print(f"pushed: {scheduler.push_to_hub(args.repo, subfolder=args.subfolder)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import run_demo
 
             run_demo(args.output, args.solver, tuple(args.steps), args.num_warmup, args.num_test)
+        elif args.command == "calibrate":
+            run_calibrate(args)
+        elif args.command == "show":
+            run_show(args)
+        else:
+            run_push(args)
     except (ValueError, TypeError, OSError, RuntimeError) as error:
         if args.debug:
             raise

@@ -2,15 +2,15 @@
 
 import json
 import os
-import sys
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
 import torch
+from fake_hub import FakeHub
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).parent))
 
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 
@@ -114,3 +114,28 @@ def sd_pipe(tmp_path_factory):
 @pytest.fixture
 def ddpm_pipe():
     return tiny_ddpm_pipe()
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    with FakeHub() as fake:
+        monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
+        # huggingface_hub reads HF_ENDPOINT at import: point the already-imported constants at the fake too.
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", fake.endpoint)
+        monkeypatch.setattr(
+            huggingface_hub.constants,
+            "HUGGINGFACE_CO_URL_TEMPLATE",
+            fake.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+        )
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        yield fake
+
+
+@pytest.fixture
+def no_backoff(monkeypatch):
+    """huggingface_hub retries failed requests with exponential sleeps; skip the sleeping."""
+    import huggingface_hub.utils._http as http
+
+    monkeypatch.setattr(http.time, "sleep", lambda seconds: None)

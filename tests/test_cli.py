@@ -45,3 +45,40 @@ def test_demo_runs_on_the_embedded_model(tmp_path):
     assert "RMSE to reference" in result.stdout and "gits / best baseline" in result.stdout
     assert (tmp_path / "error_vs_nfe.png").stat().st_size > 0 and (tmp_path / "samples_nfe5.png").exists()
     assert (tmp_path / "scheduler" / "scheduler_config.json").exists()
+
+
+def test_calibrate_show_and_push_commands(tmp_path, hub, capsys):
+    from conftest import tiny_ddpm_pipe
+
+    model = tmp_path / "tiny-ddpm"
+    tiny_ddpm_pipe().save_pretrained(model)
+    out = tmp_path / "out"
+    argv = [
+        "calibrate",
+        str(model),
+        "--steps",
+        "2",
+        "3",
+        "--num-warmup",
+        "16",
+        "--batch-size",
+        "8",
+        "--output",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert {"scheduler_config.json", "README.md", "schedules.png"} <= {p.name for p in out.iterdir()}
+    assert main(["show", str(out), "--plot", str(tmp_path / "plot.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out GITS" in printed and (tmp_path / "plot.png").exists()
+    assert main(["push", str(out), "me/tiny-gits", "--subfolder", "ddpm"]) == 0
+    assert "pushed: " in capsys.readouterr().out
+    assert main(["show", "me/tiny-gits", "--plot", str(tmp_path / "hub.png")]) == 0
+    assert "me/tiny-gits/ddpm" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["show", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("diffusers-gits: error:") and "holds no scheduler_config.json" in err
+    assert main(["calibrate", str(tmp_path / "missing"), "--steps", "4", "--output", str(tmp_path / "o")]) == 1

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
-from fake_hub import FakeHub
 from gaussian_mixture import GaussianMixture, GaussianMixturePipeline
 
 from diffusers_gits import GITSScheduler, ScheduleLoadError
@@ -23,23 +22,6 @@ def calibrated(table=None):
     meta = {"format_version": 1, "model": "org/base-model", "solver": "dpmpp_2m", "pipeline_class": "StableDiffusionPipeline",
             "pipe_kwargs": {"guidance_scale": 7.5}, "report": {"3": {"gits_error": 0.1, "default_error": 0.2, "chosen": "gits_coeff_1"}}}  # fmt: skip
     return GITSScheduler(**SD, gits_sigmas=table or {"3": [14.6, 2.0, 0.4, 0.0]}, calibration=meta)
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    with FakeHub() as fake:
-        monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
-        # huggingface_hub reads HF_ENDPOINT at import: point the already-imported constants at the fake too.
-        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", fake.endpoint)
-        monkeypatch.setattr(
-            huggingface_hub.constants,
-            "HUGGINGFACE_CO_URL_TEMPLATE",
-            fake.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
-        )
-        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-        yield fake
 
 
 def test_push_pull_round_trip_with_card_plot_and_listing(hub):
@@ -75,14 +57,6 @@ def test_revision_pins_an_earlier_push(hub):
     assert GITSScheduler.from_pretrained("me/repo").config.gits_sigmas["3"][1] == 1.0
     with pytest.raises(ScheduleLoadError, match="me/repo.*could not download"):
         GITSScheduler.from_pretrained("me/repo", revision="no-such-branch")
-
-
-@pytest.fixture
-def no_backoff(monkeypatch):
-    """huggingface_hub retries failed requests with exponential sleeps; skip the sleeping."""
-    import huggingface_hub.utils._http as http
-
-    monkeypatch.setattr(http.time, "sleep", lambda seconds: None)
 
 
 @pytest.mark.parametrize("kind", ["500", "drop", "truncate"])

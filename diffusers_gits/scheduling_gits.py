@@ -192,6 +192,33 @@ class GITSScheduler(SchedulerMixin, ConfigMixin):
 
         return push_schedule(self, repo_id, subfolder, commit_message, private, token, revision, create_pr)
 
+    def check_pipeline(self, pipe) -> None:
+        """Check that this schedule fits `pipe` before `pipe.scheduler = self`; call it with the pipeline's own scheduler.
+
+        Raises `ValueError` for a flow-matching pipeline (SD3, Flux) or a different `prediction_type`, and logs a
+        warning when the pipeline's noise schedule has another sigma range (another model family or beta schedule).
+        """
+        config = dict(pipe.scheduler.config) if hasattr(pipe, "scheduler") else dict(pipe)
+        source = config.get("_class_name", type(getattr(pipe, "scheduler", pipe)).__name__)
+        if "FlowMatch" in source or "shift" in config or "beta_start" not in config:
+            raise ValueError(
+                f"this GITS schedule is for VP (DDPM-style) models, but the pipeline uses {source}, a flow-matching "
+                "scheduler; calibrate a schedule for this pipeline instead"
+            )
+        theirs = GITSScheduler.from_config(config)
+        if theirs.config.prediction_type != self.config.prediction_type:
+            raise ValueError(
+                f"this schedule is for prediction_type={self.config.prediction_type!r} but the pipeline's model "
+                f"predicts {theirs.config.prediction_type!r}"
+            )
+        ours, other = self.noise_schedule, theirs.noise_schedule
+        if not np.allclose([ours.sigma_min, ours.sigma_max], [other.sigma_min, other.sigma_max], rtol=1e-2):
+            logger.warning(
+                "this GITS schedule was made for sigmas %.4g..%.4g, but the pipeline's noise schedule spans %.4g..%.4g: "
+                "it was calibrated for another model family or beta schedule",
+                ours.sigma_min, ours.sigma_max, other.sigma_min, other.sigma_max,
+            )  # fmt: skip
+
     @property
     def calibrated_steps(self) -> list[int]:
         """The step counts that have a calibrated schedule."""

@@ -192,3 +192,23 @@ def test_sd15_preset_needs_no_calibration_or_network():
     with pytest.raises(ValueError, match="'sdxl'"):
         GITSScheduler.from_preset("sdxl")
     torch.manual_seed(0)
+
+
+def test_check_pipeline_catches_family_and_prediction_mismatches(caplog):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from gaussian_mixture import GaussianMixture, GaussianMixturePipeline
+
+    sd15 = GITSScheduler.from_preset("sd15")
+    sd_pipe = GaussianMixturePipeline(GaussianMixture(), DDPMScheduler(**SD))
+    sd15.check_pipeline(sd_pipe)
+    flow_pipe = GaussianMixturePipeline(GaussianMixture(), DDPMScheduler(**SD))
+    flow_pipe.scheduler = FlowMatchEulerDiscreteScheduler()
+    with pytest.raises(ValueError, match="flow-matching"):
+        sd15.check_pipeline(flow_pipe)
+    with pytest.raises(ValueError, match="v_prediction"):
+        sd15.check_pipeline(
+            GaussianMixturePipeline(GaussianMixture(), DDPMScheduler(**SD, prediction_type="v_prediction"))
+        )
+    with caplog.at_level("WARNING"):
+        sd15.check_pipeline(GaussianMixturePipeline(GaussianMixture(), DDPMScheduler()))  # linear betas: another range
+    assert "another model family" in caplog.text

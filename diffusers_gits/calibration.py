@@ -25,7 +25,7 @@ from .errors import CalibrationError, ScheduleLoadError
 from .evaluation import per_sample_rmse
 from .hub import cache_load, cache_store, calibration_key, fetch_schedule_config
 from .noise import VPNoiseSchedule, vp_to_sigma_space
-from .schedules import karras_sigmas, timestep_spacing_sigmas
+from .schedules import baseline_schedules, timestep_spacing_sigmas
 from .scheduling_gits import GITSScheduler
 from .search import METRICS, JumpCostAccumulator, SolverJumpCostAccumulator, dp_schedules, uniform_timestep_grid
 from .solvers import SOLVERS
@@ -294,8 +294,12 @@ def _search(
     accumulator = (
         JumpCostAccumulator(grid, metric) if jump_cost == "euler" else SolverJumpCostAccumulator(grid, solver)
     )
+    fine_grid = uniform_timestep_grid(noise, 2 * grid_size - 1)
+    reference_scheduler = GITSScheduler.from_config(
+        base_config, solver=teacher, gits_sigmas={str(len(fine_grid) - 1): fine_grid.tolist()}
+    )
     teacher_finals = _record_teacher(
-        runner, teacher_scheduler, accumulator, num_warmup, num_holdout, progress, timings
+        runner, teacher_scheduler, reference_scheduler, accumulator, num_warmup, num_holdout, progress, timings
     )
 
     tic = time.perf_counter()
@@ -315,11 +319,10 @@ def _search(
             noise, k, base_config.get("timestep_spacing", "linspace"), base_config.get("steps_offset", 0)
         )
         if choosing:
-            # Two full-range baselines compete too, so the result is never worse on held-out data than they are. The
+            # The full-range baselines compete too, so the result is never worse on held-out data than they are. The
             # pipeline's own default is scored for the report only: "leading" spacing starts below sigma_max, where
             # a blurry, mean-like sample can look close to the teacher in RMSE while being a poor sample.
-            candidates["uniform_timestep"] = timestep_spacing_sigmas(noise, k, "linspace")
-            candidates["karras"] = karras_sigmas(noise.sigma_min, noise.sigma_max, k)
+            candidates.update(baseline_schedules(noise, k))
         schedules[k], report[str(k)] = _choose(candidates, default, selector, refine and k > 1, noise, grid_spacing)
     timings["selection_s"] = time.perf_counter() - tic
 
@@ -351,7 +354,10 @@ def _search(
         "num_holdout": num_holdout,
         "refine": refine,
         "seed": seed,
-        "model_calls": {"teacher": num_warmup * grid_size, "selection": selector.model_calls},
+        "model_calls": {
+            "teacher": (num_warmup - num_holdout) * grid_size + num_holdout * (2 * grid_size - 1),
+            "selection": selector.model_calls,
+        },
         "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
         "report": report,
     }
@@ -398,30 +404,37 @@ def _check_options(
     return num_holdout
 
 
-def _record_teacher(runner, teacher_scheduler, accumulator, num_warmup, num_holdout, progress, timings):
-    """Run the teacher over all warm-up samples batch by batch; feed the cost with the non-held-out trajectories.
+def _record_teacher(
+    runner, teacher_scheduler, reference_scheduler, accumulator, num_warmup, num_holdout, progress, timings
+):
+    """Run the teacher over the warm-up samples batch by batch into the cost; solve the held-out ones finely.
 
-    Returns the teacher's final samples for the held-out samples (the last `num_holdout`), or `None`.
+    The held-out samples (the last `num_holdout`) are what schedules are scored against, so they are solved with the
+    teacher solver on a grid twice as fine: the teacher's own error would otherwise bias the choice at higher NFE.
+    Returns their final samples, or `None` when there are none.
     """
     holdout_start = num_warmup - num_holdout
     grid_size = len(accumulator.grid_sigmas) - 1
-    finals = []
     bar = tqdm(total=num_warmup, desc="GITS teacher", unit="sample", disable=not progress)
-    for start in range(0, num_warmup, runner.batch_size):
-        indices = list(range(start, min(start + runner.batch_size, num_warmup)))
+    for start in range(0, holdout_start, runner.batch_size):
+        indices = list(range(start, min(start + runner.batch_size, holdout_start)))
         tic = time.perf_counter()
         trajectory = runner.run(teacher_scheduler, indices, grid_size, keep_path=True)
         toc = time.perf_counter()
-        states, denoised = torch.stack(trajectory.states), torch.stack(trajectory.denoised)
-        in_cost = [k for k, i in enumerate(indices) if i < holdout_start]
-        if in_cost:
-            accumulator.update(states[:, in_cost], denoised[:, in_cost])
-        finals += [states[-1, k] for k, i in enumerate(indices) if i >= holdout_start]
+        accumulator.update(torch.stack(trajectory.states), torch.stack(trajectory.denoised))
         timings["teacher_s"] += toc - tic
         timings["cost_s"] += time.perf_counter() - toc
         bar.update(len(indices))
+    finals = None
+    if num_holdout:
+        tic = time.perf_counter()
+        finals = runner.final_states(
+            reference_scheduler, list(range(holdout_start, num_warmup)), reference_scheduler.calibrated_steps[0]
+        )
+        timings["teacher_s"] += time.perf_counter() - tic
+        bar.update(num_holdout)
     bar.close()
-    return torch.stack(finals) if finals else None
+    return finals
 
 
 def _choose(candidates, default, selector, refine, noise, grid_spacing) -> tuple[np.ndarray, dict]:
@@ -441,6 +454,7 @@ def _choose(candidates, default, selector, refine, noise, grid_spacing) -> tuple
         "gits_error": error,
         "default_error": errors["default"],
         "candidate_errors": errors,
+        "chosen_sigmas_before_refine": [float(s) for s in candidates[name]],
     }
     return sigmas, entry
 
@@ -490,31 +504,38 @@ class _HoldoutSelector:
         return float(self.per_sample_errors(sigmas).mean())
 
     def refine(
-        self, sigmas: np.ndarray, noise: VPNoiseSchedule, grid_spacing: float, rounds: int = 3
+        self, sigmas: np.ndarray, noise: VPNoiseSchedule, grid_spacing: float, rounds: int = 4, sweeps: int = 2
     ) -> tuple[np.ndarray, float]:
-        """Coordinate descent on the interior points' timesteps, step sizes grid_spacing/2, /4, /8.
+        """Coordinate descent on the interior points' timesteps, with steps of 2, 1, 1/2 and 1/4 grid spacings.
 
-        A move is kept only if it lowers the mean error on each half of the held-out set, which guards against fitting
-        the noise of a small held-out set.
+        Each sweep tries moving every point both ways and keeps the better move if it lowers the mean error on each
+        half of the held-out set, which guards against fitting the noise of a small held-out set. A round repeats its
+        sweep (up to `sweeps` times) while some point moved.
         """
         best = np.asarray(sigmas, dtype=np.float64).copy()
         best_errors = self.per_sample_errors(best)
         half = len(self.holdout) // 2
         t = noise.sigma_to_t(best[:-1])
         for r in range(rounds):
-            delta = grid_spacing / 2 ** (r + 1)
-            for i in range(1, len(t)):
-                for direction in (-1.0, 1.0):
-                    trial_t = t.copy()
-                    trial_t[i] += direction * delta
-                    upper = trial_t[i - 1]
-                    lower = trial_t[i + 1] if i + 1 < len(trial_t) else 0.0
-                    if not lower < trial_t[i] < upper:
-                        continue
-                    trial = np.append(noise.t_to_sigma(trial_t), 0.0)
-                    errors = self.per_sample_errors(trial)
-                    gain = best_errors - errors
-                    if gain[:half].mean() > 0 and gain[half:].mean() > 0:
-                        t, best, best_errors = trial_t, trial, errors
-                        break
+            delta = 2 * grid_spacing / 2**r
+            for _ in range(sweeps):
+                moved = False
+                for i in range(1, len(t)):
+                    trials = []
+                    for direction in (-1.0, 1.0):
+                        trial_t = t.copy()
+                        trial_t[i] += direction * delta
+                        lower = trial_t[i + 1] if i + 1 < len(trial_t) else -1e-9  # the last point may reach t = 0
+                        if lower < trial_t[i] < trial_t[i - 1]:
+                            trial = np.append(noise.t_to_sigma(trial_t), 0.0)
+                            trials.append((trial_t, trial, self.per_sample_errors(trial)))
+                    improving = [
+                        trial for trial in trials
+                        if (best_errors - trial[2])[:half].mean() > 0 and (best_errors - trial[2])[half:].mean() > 0
+                    ]  # fmt: skip
+                    if improving:
+                        t, best, best_errors = min(improving, key=lambda trial: float(trial[2].mean()))
+                        moved = True
+                if not moved:
+                    break
         return best, float(best_errors.mean())

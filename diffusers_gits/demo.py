@@ -7,7 +7,6 @@ import torch
 
 from .evaluation import (
     UNetDenoiser,
-    baseline_schedules,
     load_default_pipeline,
     mean_and_ci,
     per_sample_rmse,
@@ -16,6 +15,7 @@ from .evaluation import (
     start_noise,
 )
 from .plotting import save_error_plot, save_image_grid
+from .schedules import baseline_schedules
 from .scheduling_gits import GITSScheduler
 
 

@@ -12,13 +12,7 @@ import numpy as np
 import torch
 
 from .noise import VPNoiseSchedule, alpha, denoised_from_model_output, vp_to_sigma_space
-from .schedules import (
-    align_your_steps_sd15,
-    karras_sigmas,
-    logsnr_sigmas,
-    published_gits_sd15,
-    timestep_spacing_sigmas,
-)
+from .schedules import timestep_spacing_sigmas
 from .solvers import sample
 
 
@@ -82,17 +76,6 @@ def solve(denoiser, noise_vp: torch.Tensor, sigmas, solver: str) -> torch.Tensor
 def reference_sigmas(noise: VPNoiseSchedule, num_steps: int = 500) -> np.ndarray:
     """A fine schedule for reference solutions: uniform in timestep (denser near sigma_min than Karras), then 0."""
     return timestep_spacing_sigmas(noise, num_steps, "linspace")
-
-
-def baseline_schedules(noise: VPNoiseSchedule, num_steps: int) -> dict[str, np.ndarray]:
-    """The schedules people sample with today, for `num_steps` steps (the SD1.5 tables only fit SD's noise schedule)."""
-    return {
-        "uniform": timestep_spacing_sigmas(noise, num_steps, "linspace"),
-        "karras": karras_sigmas(noise.sigma_min, noise.sigma_max, num_steps),
-        "logsnr": logsnr_sigmas(noise.sigma_min, noise.sigma_max, num_steps),
-        "ays_sd15": align_your_steps_sd15(num_steps),
-        "gits_sd15_published": published_gits_sd15(num_steps),
-    }
 
 
 def per_sample_rmse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -123,3 +123,26 @@ def published_gits_sd15(num_steps: int) -> np.ndarray:
     longer = [k for k in sorted(table) if k > num_steps]
     source = table[longer[0]] if longer else table[max(table)]
     return loglinear_interpolate(np.append(np.asarray(source[:-1], dtype=np.float64), 0.0), num_steps)
+
+
+def sd15_tables_apply(noise: VPNoiseSchedule) -> bool:
+    """Whether the published SD1.5 tables fit this noise schedule: SD's sigma range, to 1%."""
+    table = load_published_gits_sd15()
+    return bool(np.allclose([noise.sigma_min, noise.sigma_max], [table["sigma_min"], table["sigma_max"]], rtol=1e-2))
+
+
+def baseline_schedules(noise: VPNoiseSchedule, num_steps: int) -> dict[str, np.ndarray]:
+    """The full-range schedules people sample with today, for `num_steps` steps.
+
+    Uniform timesteps (diffusers' `linspace` spacing), Karras rho = 7 and log-SNR uniform always; Align-Your-Steps SD1.5
+    and the authors' published SD1.5 GITS table only when the model has SD's noise schedule.
+    """
+    schedules = {
+        "uniform": timestep_spacing_sigmas(noise, num_steps, "linspace"),
+        "karras": karras_sigmas(noise.sigma_min, noise.sigma_max, num_steps),
+        "logsnr": logsnr_sigmas(noise.sigma_min, noise.sigma_max, num_steps),
+    }
+    if sd15_tables_apply(noise):
+        schedules["ays_sd15"] = align_your_steps_sd15(num_steps)
+        schedules["gits_sd15_published"] = published_gits_sd15(num_steps)
+    return schedules

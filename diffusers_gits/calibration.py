@@ -24,7 +24,7 @@ from . import __version__
 from .errors import CalibrationError, ScheduleLoadError
 from .evaluation import per_sample_rmse
 from .hub import cache_load, cache_store, calibration_key, fetch_schedule_config
-from .noise import VPNoiseSchedule, vp_to_sigma_space
+from .noise import VPNoiseSchedule, is_vp_scheduler_config, vp_to_sigma_space
 from .schedules import baseline_schedules, timestep_spacing_sigmas
 from .scheduling_gits import GITSScheduler
 from .search import METRICS, JumpCostAccumulator, SolverJumpCostAccumulator, dp_schedules, uniform_timestep_grid
@@ -145,7 +145,7 @@ def _check_vp_pipeline(pipe) -> dict:
     if config is None:
         raise TypeError(f"expected a diffusers pipeline with a `scheduler`, got {type(pipe).__name__}")
     class_name = config.get("_class_name", type(pipe.scheduler).__name__)
-    if "FlowMatch" in class_name or "shift" in config or "beta_start" not in config:
+    if not is_vp_scheduler_config(config):
         raise ValueError(
             f"{type(pipe).__name__} uses {class_name}, a flow-matching (or non-VP) scheduler; GITSScheduler "
             "calibrates VP (DDPM-style) models only so far. Flow-matching support (SD3, Flux) is planned."

@@ -106,6 +106,11 @@ class VPNoiseSchedule:
         return np.interp(log_sigma, self.log_sigmas, np.arange(self.num_train_timesteps, dtype=np.float64))
 
 
+def is_vp_scheduler_config(config: dict) -> bool:
+    """Whether a diffusers scheduler config describes a discrete VP (DDPM-style) noise schedule, not flow matching."""
+    return "FlowMatch" not in str(config.get("_class_name", "")) and "shift" not in config and "beta_start" in config
+
+
 def alpha(sigma: float) -> float:
     """VP signal scale `alpha = 1 / sqrt(1 + sigma^2)` for a VE sigma."""
     return 1.0 / math.sqrt(1.0 + sigma * sigma)

@@ -37,8 +37,10 @@ def save_image_grid(images: torch.Tensor | Sequence[Image.Image], path: str | Pa
     return path
 
 
-def save_error_plot(errors: dict[str, dict[int, float]], path: str | Path, title: str) -> Path:
-    """Plot error against NFE, one line per schedule, log scale; write PNG to `path`."""
+def _save_log_plot(
+    lines: dict[str, tuple[list, list]], path: str | Path, xlabel: str, ylabel: str, title: str
+) -> Path:
+    """One line per entry (x values, y values) on a log y axis, written as PNG to `path`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,12 +49,11 @@ def save_error_plot(errors: dict[str, dict[int, float]], path: str | Path, title
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, per_nfe in errors.items():
-        nfes = sorted(per_nfe)
-        ax.plot(nfes, [per_nfe[n] for n in nfes], marker="o", label=name)
+    for label, (x, y) in lines.items():
+        ax.plot(x, y, marker="o", label=label)
     ax.set_yscale("log")
-    ax.set_xlabel("NFE (model calls)")
-    ax.set_ylabel("RMSE to reference")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -62,26 +63,16 @@ def save_error_plot(errors: dict[str, dict[int, float]], path: str | Path, title
     return path
 
 
+def save_error_plot(errors: dict[str, dict[int, float]], path: str | Path, title: str) -> Path:
+    """Plot error against NFE, one line per schedule, log scale; write PNG to `path`."""
+    lines = {name: (sorted(per_nfe), [per_nfe[n] for n in sorted(per_nfe)]) for name, per_nfe in errors.items()}
+    return _save_log_plot(lines, path, "NFE (model calls)", "RMSE to reference", title)
+
+
 def save_schedule_plot(schedules: dict[int, list[float]], path: str | Path) -> Path:
     """Plot each schedule's sigmas (log scale) against its step index; write PNG to `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    lines = {}
     for steps, sigmas in sorted(schedules.items()):
         positive = [s for s in sigmas if s > 0]
-        ax.plot(range(len(positive)), positive, marker="o", label=f"{steps} steps")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("sigma (the last step goes to 0)")
-    ax.set_title("GITS schedules")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        lines[f"{steps} steps"] = (list(range(len(positive))), positive)
+    return _save_log_plot(lines, path, "step", "sigma (the last step goes to 0)", "GITS schedules")

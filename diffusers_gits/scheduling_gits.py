@@ -16,6 +16,7 @@ from .noise import (
     alpha,
     alphas_cumprod_from_betas,
     denoised_from_model_output,
+    is_vp_scheduler_config,
     sigma_space_to_vp,
     vp_to_sigma_space,
 )
@@ -109,6 +110,7 @@ class GITSScheduler(SchedulerMixin, ConfigMixin):
         self._history = SolverHistory()
         self._step_index = None
         self._begin_index = None
+        self._fallbacks_logged: set[int] = set()
 
     @classmethod
     def from_calibration(cls, pipe, num_inference_steps: int | list[int], **kwargs) -> "GITSScheduler":
@@ -200,7 +202,7 @@ class GITSScheduler(SchedulerMixin, ConfigMixin):
         """
         config = dict(pipe.scheduler.config) if hasattr(pipe, "scheduler") else dict(pipe)
         source = config.get("_class_name", type(getattr(pipe, "scheduler", pipe)).__name__)
-        if "FlowMatch" in source or "shift" in config or "beta_start" not in config:
+        if not is_vp_scheduler_config(config):
             raise ValueError(
                 f"this GITS schedule is for VP (DDPM-style) models, but the pipeline uses {source}, a flow-matching "
                 "scheduler; calibrate a schedule for this pipeline instead"
@@ -253,9 +255,11 @@ class GITSScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         if num_inference_steps in self._table:
             return self._table[num_inference_steps].copy()
+        warn = logger.warning if num_inference_steps not in self._fallbacks_logged else logger.debug
+        self._fallbacks_logged.add(num_inference_steps)  # a pipeline calls this on every image: say it once per N
         if self._table:
             nearest = min(self._table, key=lambda k: (abs(k - num_inference_steps), -k))
-            logger.warning(
+            warn(
                 "GITSScheduler has no schedule calibrated for %d steps (calibrated: %s); using the %d-step schedule "
                 "stretched log-linearly.",
                 num_inference_steps,
@@ -263,7 +267,7 @@ class GITSScheduler(SchedulerMixin, ConfigMixin):
                 nearest,
             )
             return loglinear_interpolate(self._table[nearest], num_inference_steps)
-        logger.warning(
+        warn(
             "GITSScheduler is not calibrated; using the base '%s' schedule for %d steps. Calibrate with "
             "GITSScheduler.from_calibration(pipe, ...) to get GITS schedules.",
             self.config.timestep_spacing,

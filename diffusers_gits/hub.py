@@ -280,12 +280,16 @@ def _jsonable(value: Any) -> Any:
 def calibration_key(pipe, settings: dict[str, Any]) -> str:
     """A key for everything that changes a calibration's result: the weights, the pipeline class and the settings."""
     from . import __version__
+    from .scheduling_gits import GITSScheduler
 
+    noise = GITSScheduler.from_config(pipe.scheduler.config).noise_schedule
     payload = {
         "model": getattr(pipe, "name_or_path", None) or (getattr(pipe, "config", None) or {}).get("_name_or_path"),
         "weights": weights_fingerprint(pipe),
         "pipeline_class": type(pipe).__name__,
-        "scheduler_config": _jsonable({k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}),
+        # The model's noise schedule and output type, whichever scheduler class (GITS included) currently carries them.
+        "noise_schedule": hashlib.sha256(np.round(noise.train_sigmas, 10).tobytes()).hexdigest(),
+        "prediction_type": pipe.scheduler.config.get("prediction_type"),
         "settings": _jsonable(settings),
         "package_version": __version__,
     }

@@ -158,6 +158,8 @@ def test_local_cache_hit_makes_no_model_call_and_key_tracks_settings(monkeypatch
     monkeypatch.setattr(GaussianMixturePipeline, "__call__", spy)
     again = GITSScheduler.from_calibration(pipe, [3], **options)
     assert calls == [] and again.sigmas_for(3) == first.sigmas_for(3)
+    pipe.scheduler = again  # the result installed on the pipe does not change the key
+    assert GITSScheduler.from_calibration(pipe, [3], **options).sigmas_for(3) == first.sigmas_for(3) and calls == []
     GITSScheduler.from_calibration(pipe, [3], **{**options, "seed": 1})
     assert len(calls) > 0  # another seed is another calibration
 

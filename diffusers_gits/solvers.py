@@ -9,6 +9,7 @@ the denoised sample), so no solver divides by zero there. The scheduler, the cal
 these functions: nothing here knows about timesteps, prediction types or pipelines.
 """
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,7 +58,8 @@ def euler_step(x, denoised, sigma, sigma_next, history):
     return x_next, history.push(sigma, x, denoised, order=1)
 
 
-def _adams_bashforth_weights(nodes: list[float], sigma: float, sigma_next: float) -> np.ndarray:
+@functools.lru_cache(maxsize=4096)  # a scheduler reuses its schedule for every image: solve each system once
+def _adams_bashforth_weights(nodes: tuple[float, ...], sigma: float, sigma_next: float) -> np.ndarray:
     """Weights w_j with integral over [sigma, sigma_next] of the interpolant through `nodes` = sum_j w_j * d_j.
 
     In the rescaled variable u = (s - sigma) / (sigma_next - sigma) the rule must integrate 1, u, ..., u^(q-1) exactly
@@ -82,7 +84,7 @@ def ipndm_step(x, denoised, sigma, sigma_next, history, max_order: int = 4):
         past = range(len(history) - 1, len(history) - order, -1)
         nodes = [sigma] + [history.sigmas[k] for k in past]
         slopes = [d] + [(history.states[k] - history.denoised[k]) / history.sigmas[k] for k in past]
-        weights = _adams_bashforth_weights(nodes, sigma, sigma_next)
+        weights = _adams_bashforth_weights(tuple(nodes), sigma, sigma_next)
         x_next = x + (sigma_next - sigma) * sum(float(w) * s for w, s in zip(weights, slopes))
     return x_next, history.push(sigma, x, denoised, order=order)
 
@@ -103,6 +105,20 @@ def dpmpp_2m_step(x, denoised, sigma, sigma_next, history):
         d_eff, order = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * history.denoised[-1], 2
     x_next = (sigma_next / sigma) * x - math.expm1(-h) * d_eff
     return x_next, history.push(sigma, x, denoised, order=order)
+
+
+@functools.lru_cache(maxsize=4096)
+def _unipc_rhos(h: float, rks: tuple[float, ...], corrector: bool) -> tuple[float, float, tuple[float, ...]]:
+    """h_phi_1, B(h) and the combination weights rho of UniPC's predictor (`corrector=False`) or corrector."""
+    h_phi_1, b_h, r_matrix, b = _unipc_coefficients(h, list(rks))
+    order = len(rks)
+    if corrector:
+        rhos = np.array([0.5]) if order == 1 else np.linalg.solve(r_matrix, b)
+    elif order == 1:
+        rhos = np.array([])
+    else:
+        rhos = np.array([0.5]) if order == 2 else np.linalg.solve(r_matrix[:-1, :-1], b[:-1])
+    return h_phi_1, b_h, tuple(float(rho) for rho in rhos)
 
 
 def _unipc_coefficients(h: float, rks: list[float]) -> tuple[float, float, np.ndarray, np.ndarray]:
@@ -153,10 +169,9 @@ def unipc_step(x, denoised, sigma, sigma_next, history, max_order: int = 2):
         h = math.log(sigma_s / sigma)
         order = history.last_order
         rks, d1s = _unipc_differences(history.sigmas[:-1], history.denoised[:-1], sigma_s, h, order, m0)
-        h_phi_1, b_h, r_matrix, b = _unipc_coefficients(h, rks + [1.0])
-        rhos = np.array([0.5]) if order == 1 else np.linalg.solve(r_matrix, b)
+        h_phi_1, b_h, rhos = _unipc_rhos(h, tuple(rks) + (1.0,), corrector=True)
         x_base = (sigma / sigma_s) * x_s - h_phi_1 * m0
-        correction = sum(float(rho) * d1 for rho, d1 in zip(rhos[:-1], d1s)) + float(rhos[-1]) * (denoised - m0)
+        correction = sum(rho * d1 for rho, d1 in zip(rhos[:-1], d1s)) + rhos[-1] * (denoised - m0)
         x = x_base - b_h * correction
 
     if sigma_next == 0:
@@ -164,11 +179,10 @@ def unipc_step(x, denoised, sigma, sigma_next, history, max_order: int = 2):
     h = math.log(sigma / sigma_next)
     order = min(max_order, len(history) + 1)
     rks, d1s = _unipc_differences(history.sigmas, history.denoised, sigma, h, order, denoised)
-    h_phi_1, b_h, r_matrix, b = _unipc_coefficients(h, rks + [1.0])
+    h_phi_1, b_h, rhos = _unipc_rhos(h, tuple(rks) + (1.0,), corrector=False)
     x_next = (sigma_next / sigma) * x - h_phi_1 * denoised
     if order > 1:
-        rhos = np.array([0.5]) if order == 2 else np.linalg.solve(r_matrix[:-1, :-1], b[:-1])
-        x_next = x_next - b_h * sum(float(rho) * d1 for rho, d1 in zip(rhos, d1s))
+        x_next = x_next - b_h * sum(rho * d1 for rho, d1 in zip(rhos, d1s))
     return x_next, history.push(sigma, x, denoised, order=order)
 
 

@@ -120,6 +120,8 @@ def main() -> None:
     if args.speed_only:
         path = Path(__file__).parent / "results.json"
         results = json.loads(path.read_text())
+        for solver, table in results["solvers"].items():  # JSON made the NFE keys strings
+            results["solvers"][solver] = {name: {int(k): v for k, v in per_k.items()} for name, per_k in table.items()}
         results["step_overhead_vs_euler_discrete"] = step_overhead()
         results["dp_seconds_101_grid_k1_to_20"] = dp_timing()
         path.write_text(json.dumps(results, indent=1))

@@ -3,7 +3,14 @@
 __version__ = "0.1.0"
 
 from .errors import CalibrationError, ScheduleLoadError  # noqa: E402
-from .scheduling_gits import GITSScheduler, GITSSchedulerOutput  # noqa: E402
+from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler, GITSSchedulerOutput  # noqa: E402
 
 
-__all__ = ["CalibrationError", "GITSScheduler", "GITSSchedulerOutput", "ScheduleLoadError", "__version__"]
+__all__ = [
+    "CalibrationError",
+    "GITSFlowMatchScheduler",
+    "GITSScheduler",
+    "GITSSchedulerOutput",
+    "ScheduleLoadError",
+    "__version__",
+]

@@ -1,9 +1,9 @@
 """Calibration: run a diffusers pipeline to record teacher trajectories, search GITS schedules, pick and refine them.
 
-Data flows one way: the pipeline runs with a recording `GITSScheduler` over the fine grid (the teacher), the
-trajectories feed `JumpCostAccumulator` batch by batch (memory does not grow with the warm-up count), the dynamic
-program turns costs into candidate schedules, and held-out warm-up noises, sampled through the same pipeline with the
-target solver, choose among them (and optionally refine the winner).
+Data flows one way: the pipeline runs with a recording GITS scheduler of its family (VP or flow matching) over the
+fine grid (the teacher), the trajectories feed `JumpCostAccumulator` batch by batch (memory does not grow with the
+warm-up count), the dynamic program turns costs into candidate schedules, and held-out warm-up noises, sampled
+through the same pipeline with the target solver, choose among them (and optionally refine the winner).
 """
 
 import functools
@@ -23,11 +23,16 @@ from tqdm.auto import tqdm
 from . import __version__
 from .errors import CalibrationError, ScheduleLoadError
 from .evaluation import per_sample_rmse
+from .families import ModelFamily, model_family
 from .hub import cache_load, cache_store, calibration_key, fetch_schedule_config
-from .noise import VPNoiseSchedule, is_vp_scheduler_config, vp_to_sigma_space
-from .schedules import baseline_schedules, timestep_spacing_sigmas
-from .scheduling_gits import GITSScheduler
-from .search import METRICS, JumpCostAccumulator, SolverJumpCostAccumulator, dp_schedules, uniform_timestep_grid
+from .scheduling_gits import (
+    GITSFlowMatchScheduler,
+    GITSScheduler,
+    _GITSSchedulerBase,
+    is_flow_scheduler_config,
+    scheduler_from_config,
+)
+from .search import METRICS, JumpCostAccumulator, SolverJumpCostAccumulator, dp_schedules
 from .solvers import SOLVERS
 
 
@@ -38,19 +43,28 @@ JUMP_COSTS = ("euler", "solver")
 #: coeff values swept by `coeff="auto"`: the authors' range (ComfyUI ships 0.80-1.50) on both sides of 1.
 AUTO_COEFFS = (0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5)
 #: Keys of the pipeline call that calibration sets itself.
-RESERVED_KWARGS = ("prompt", "num_inference_steps", "generator", "batch_size", "output_type", "sigmas", "timesteps")
+RESERVED_KWARGS = (
+    "prompt",
+    "num_inference_steps",
+    "generator",
+    "batch_size",
+    "num_images_per_prompt",
+    "output_type",
+    "sigmas",
+    "timesteps",
+)
 
 
 @dataclass
 class Trajectory:
-    """What one teacher or student run of the pipeline leaves behind (sigma space, on CPU)."""
+    """What one teacher or student run of the pipeline leaves behind (solver coordinates, on CPU)."""
 
     states: list[torch.Tensor] = field(default_factory=list)
     denoised: list[torch.Tensor] = field(default_factory=list)
 
 
 @contextmanager
-def recording(pipe, scheduler: GITSScheduler, trajectory: Trajectory, keep_path: bool):
+def recording(pipe, scheduler: _GITSSchedulerBase, trajectory: Trajectory, keep_path: bool):
     """Install `scheduler` on `pipe` with its `step` wrapped to record every state; restore the pipe afterwards.
 
     With `keep_path=False` only the final state is kept (student runs). The pipeline's own progress bar is silenced.
@@ -74,7 +88,7 @@ def recording(pipe, scheduler: GITSScheduler, trajectory: Trajectory, keep_path:
             (output[0], output[1]) if isinstance(output, tuple) else (output.prev_sample, output.pred_original_sample)
         )
         if keep_path:
-            trajectory.states.append(vp_to_sigma_space(sample.float(), sigma).cpu())
+            trajectory.states.append(scheduler.to_solver_state(sample.float(), sigma).cpu())
             trajectory.denoised.append(denoised.float().cpu())
         if scheduler.step_index == scheduler.num_inference_steps:
             trajectory.states.append(prev_sample.float().cpu())
@@ -114,7 +128,9 @@ class PipelineRunner:
         kwargs["generator"] = [
             torch.Generator(generator_device).manual_seed(self.seed * 1_000_003 + i) for i in indices
         ]
-        if "prompt" in self.parameters and "prompt_embeds" not in kwargs:
+        if "prompt_embeds" in kwargs and "num_images_per_prompt" in self.parameters:
+            kwargs["num_images_per_prompt"] = len(indices)  # one embedded prompt (checked), a batch of noises
+        elif "prompt" in self.parameters:
             prompts = self.prompts or [""]
             kwargs["prompt"] = [prompts[i % len(prompts)] for i in indices]
         elif "batch_size" in self.parameters:
@@ -123,7 +139,9 @@ class PipelineRunner:
             kwargs["output_type"] = "latent"
         return kwargs
 
-    def run(self, scheduler: GITSScheduler, indices: Sequence[int], num_steps: int, keep_path: bool) -> Trajectory:
+    def run(
+        self, scheduler: _GITSSchedulerBase, indices: Sequence[int], num_steps: int, keep_path: bool
+    ) -> Trajectory:
         trajectory = Trajectory()
         with recording(self.pipe, scheduler, trajectory, keep_path), torch.no_grad():
             self.pipe(**self._call_kwargs(indices, num_steps))
@@ -134,23 +152,54 @@ class PipelineRunner:
             )
         return trajectory
 
-    def final_states(self, scheduler: GITSScheduler, indices: Sequence[int], num_steps: int) -> torch.Tensor:
+    def final_states(self, scheduler: _GITSSchedulerBase, indices: Sequence[int], num_steps: int) -> torch.Tensor:
         """Final samples for `indices`, run in batches of `batch_size`."""
         chunks = [indices[k : k + self.batch_size] for k in range(0, len(indices), self.batch_size)]
         return torch.cat([self.run(scheduler, chunk, num_steps, keep_path=False).states[-1] for chunk in chunks])
 
 
-def _check_vp_pipeline(pipe) -> dict:
+def _check_pipeline(pipe) -> dict:
+    """The pipeline's scheduler config, checked to be of a family GITS supports (VP or FlowMatchEuler-style flow)."""
     config = getattr(getattr(pipe, "scheduler", None), "config", None)
     if config is None:
         raise TypeError(f"expected a diffusers pipeline with a `scheduler`, got {type(pipe).__name__}")
-    class_name = config.get("_class_name", type(pipe.scheduler).__name__)
-    if not is_vp_scheduler_config(config):
-        raise ValueError(
-            f"{type(pipe).__name__} uses {class_name}, a flow-matching (or non-VP) scheduler; GITSScheduler "
-            "calibrates VP (DDPM-style) models only so far. Flow-matching support (SD3, Flux) is planned."
-        )
-    return dict(config)
+    config = dict(config)
+    if not is_flow_scheduler_config(config):
+        GITSScheduler._check_config_family(config)
+    return config
+
+
+class _ShiftProbed(Exception):
+    """Raised by the probe scheduler to stop the pipeline before its first model call."""
+
+
+def _probe_shift(runner: "PipelineRunner", base_config: dict) -> tuple[float | None, bool]:
+    """The `mu` a flow pipeline passes to `set_timesteps` at this call's resolution, and whether it passes sigmas.
+
+    Flux computes `mu` from the latent size inside `__call__`; the pipeline is run up to `set_timesteps` (prompt
+    encoding and latent preparation only, no denoiser call) to read it.
+    """
+    probe = GITSFlowMatchScheduler.from_config(base_config)
+    seen = {}
+
+    def set_timesteps(*args, **kwargs):
+        seen.update(kwargs)
+        raise _ShiftProbed
+
+    probe.set_timesteps = set_timesteps
+    original = runner.pipe.scheduler
+    runner.pipe.scheduler = probe
+    try:
+        with torch.no_grad():
+            runner.pipe(**runner._call_kwargs([0], 1))
+    except _ShiftProbed:
+        pass
+    finally:
+        runner.pipe.scheduler = original
+    mu = seen.get("mu")
+    if base_config.get("use_dynamic_shifting") and mu is None:
+        raise CalibrationError(f"{type(runner.pipe).__name__} did not pass `mu`, which dynamic shifting needs")
+    return (float(mu) if mu is not None else None), seen.get("sigmas") is not None
 
 
 def _check_steps(num_inference_steps: int | Sequence[int], grid_size: int) -> list[int]:
@@ -190,18 +239,21 @@ def calibrate(
     hub_repo: str | None = None,
     push: bool = False,
     **pipe_kwargs,
-) -> GITSScheduler:
-    """Calibrate GITS schedules for `pipe` by running it, and return a `GITSScheduler` that samples with them.
+) -> GITSScheduler | GITSFlowMatchScheduler:
+    """Calibrate GITS schedules for `pipe` by running it, and return a GITS scheduler that samples with them.
 
     Args:
-        pipe: a diffusers pipeline whose scheduler is VP / DDPM-style (SD 1.x/2.x, SDXL, PixArt, DDPMPipeline, ...).
+        pipe: a diffusers pipeline whose scheduler is VP / DDPM-style (SD 1.x/2.x, SDXL, PixArt, DDPMPipeline, ...)
+            or FlowMatchEuler-style flow matching (SD3, Flux). Flow models are calibrated at the resolution of
+            `pipe_kwargs` (`height` / `width`): the `mu` the pipeline passes there is recorded with the schedules.
         num_inference_steps: one step count or several; one calibration serves them all.
         prompts: prompts cycled over the warm-up samples; `None` for unconditional pipelines (or the empty prompt).
         num_warmup (`int`, defaults to 256): warm-up samples run by the teacher, held-out ones included.
         batch_size (`int`, defaults to 16): samples per pipeline call.
         solver (`str`, defaults to `"dpmpp_2m"`): the solver the schedules are for (`euler`, `ipndm`, `dpmpp_2m`, `unipc`).
         teacher (`str`, defaults to `"dpmpp_2m"`): the teacher solver on the fine grid (`dpmpp_2m` or `ipndm`).
-        grid_size (`int`, defaults to 61): fine-grid points uniform in timestep (plus the final sigma = 0).
+        grid_size (`int`, defaults to 61): fine-grid points (plus the final sigma = 0): uniform in timestep for VP
+            models, uniform in sigma before the model's shift for flow models (`diffusers_gits.families`).
         metric (`str`, defaults to `"l2"`): jump cost, `l2`, `l1` or `dev` (the authors' deviation from the chord).
         jump_cost (`str`, defaults to `"euler"`): how a jump is priced: `"euler"` (the paper: one Euler step from the
             teacher state) or `"solver"` (the target solver's own step, with the teacher's previous point as its
@@ -224,10 +276,10 @@ def calibrate(
         **pipe_kwargs: passed to every pipeline call (`guidance_scale`, `height`, `width`, `negative_prompt`, ...).
 
     Returns:
-        A [`GITSScheduler`] with `gits_sigmas` for every requested step count and the calibration metadata and report
-        in its config.
+        A [`GITSScheduler`] (VP) or [`GITSFlowMatchScheduler`] (flow matching) with `gits_sigmas` for every requested
+        step count and the calibration metadata and report in its config.
     """
-    base_config = _check_vp_pipeline(pipe)
+    base_config = _check_pipeline(pipe)
     steps = _check_steps(num_inference_steps, grid_size)
     choosing = coeff == "auto" or refine
     num_holdout = _check_options(
@@ -259,7 +311,7 @@ def calibrate(
     return scheduler
 
 
-def _lookup(key: str, cache: bool, cache_dir: str | Path | None, hub_repo: str | None) -> GITSScheduler | None:
+def _lookup(key: str, cache: bool, cache_dir: str | Path | None, hub_repo: str | None) -> _GITSSchedulerBase | None:
     """A previous result for `key` from the local cache, then the Hub; `None` when neither has one."""
     if cache:
         found = cache_load(key, Path(cache_dir) if cache_dir else None)
@@ -268,7 +320,7 @@ def _lookup(key: str, cache: bool, cache_dir: str | Path | None, hub_repo: str |
             return found
     if hub_repo:
         try:
-            found = GITSScheduler.from_config(fetch_schedule_config(hub_repo, subfolder=key))
+            found = scheduler_from_config(fetch_schedule_config(hub_repo, subfolder=key))
         except ScheduleLoadError as error:
             logger.warning("No usable GITS schedule for this setting in %s (%s); calibrating.", hub_repo, error)
             return None
@@ -282,22 +334,21 @@ def _lookup(key: str, cache: bool, cache_dir: str | Path | None, hub_repo: str |
 def _search(
     pipe, base_config, steps, prompts, num_warmup, batch_size, solver, teacher, grid_size, metric, jump_cost, coeff,
     num_holdout, choosing, refine, seed, progress, pipe_kwargs,
-) -> GITSScheduler:  # fmt: skip
+) -> _GITSSchedulerBase:  # fmt: skip
     """Teacher, cost, DP, held-out choice: the calibration proper (arguments as in `calibrate`)."""
     timings = {"teacher_s": 0.0, "cost_s": 0.0, "dp_s": 0.0, "selection_s": 0.0}
-    noise = GITSScheduler.from_config(base_config).noise_schedule
-    grid = uniform_timestep_grid(noise, grid_size)
     runner = PipelineRunner(pipe, prompts, seed, batch_size, pipe_kwargs)
-    teacher_scheduler = GITSScheduler.from_config(
-        base_config, solver=teacher, gits_sigmas={str(grid_size): grid.tolist()}
-    )
+    mu, passes_sigmas = _probe_shift(runner, base_config) if is_flow_scheduler_config(base_config) else (None, False)
+    family = model_family(base_config, mu, passes_sigmas)
+    grid = family.grid(grid_size)
+    teacher_scheduler = family.scheduler(teacher, {grid_size: grid})
     accumulator = (
-        JumpCostAccumulator(grid, metric) if jump_cost == "euler" else SolverJumpCostAccumulator(grid, solver)
+        JumpCostAccumulator(grid, metric)
+        if jump_cost == "euler"
+        else SolverJumpCostAccumulator(grid, solver, family.scheduler_class.path)
     )
-    fine_grid = uniform_timestep_grid(noise, 2 * grid_size - 1)
-    reference_scheduler = GITSScheduler.from_config(
-        base_config, solver=teacher, gits_sigmas={str(len(fine_grid) - 1): fine_grid.tolist()}
-    )
+    fine_steps = 2 * grid_size - 1
+    reference_scheduler = family.scheduler(teacher, {fine_steps: family.grid(fine_steps)})
     teacher_finals = _record_teacher(
         runner, teacher_scheduler, reference_scheduler, accumulator, num_warmup, num_holdout, progress, timings
     )
@@ -310,20 +361,17 @@ def _search(
 
     tic = time.perf_counter()
     holdout = list(range(num_warmup - num_holdout, num_warmup))
-    selector = _HoldoutSelector(runner, base_config, solver, holdout, teacher_finals)
-    grid_spacing = (noise.num_train_timesteps - 1) / (grid_size - 1)
+    selector = _HoldoutSelector(runner, family, solver, holdout, teacher_finals)
     schedules, report = {}, {}
     for k in tqdm(steps, desc="GITS schedule choice", unit="N", disable=not progress or not num_holdout):
         candidates = {f"gits_coeff_{c:g}": grid[dp[c][k]] for c in coeffs}
-        default = timestep_spacing_sigmas(
-            noise, k, base_config.get("timestep_spacing", "linspace"), base_config.get("steps_offset", 0)
-        )
+        default = family.default(k)
         if choosing:
             # The full-range baselines compete too, so the result is never worse on held-out data than they are. The
             # pipeline's own default is scored for the report only: "leading" spacing starts below sigma_max, where
             # a blurry, mean-like sample can look close to the teacher in RMSE while being a poor sample.
-            candidates.update(baseline_schedules(noise, k))
-        schedules[k], report[str(k)] = _choose(candidates, default, selector, refine and k > 1, noise, grid_spacing)
+            candidates.update(family.baselines(k))
+        schedules[k], report[str(k)] = _choose(candidates, default, selector, refine and k > 1, grid_size)
     timings["selection_s"] = time.perf_counter() - tic
 
     for k in steps:
@@ -345,7 +393,9 @@ def _search(
         "num_prompts": len(prompts) if prompts else 0,
         "solver": solver,
         "teacher": teacher,
-        "grid": {"type": "uniform_timestep", "size": grid_size},
+        "family": family.metadata["family"],
+        "mu": mu,
+        "grid": {"type": family.metadata["grid_type"], "size": grid_size},
         "metric": metric,
         "jump_cost": jump_cost,
         "coeff": coeff if coeff == "auto" else float(coeff),
@@ -361,12 +411,7 @@ def _search(
         "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
         "report": report,
     }
-    return GITSScheduler.from_config(
-        base_config,
-        solver=solver,
-        gits_sigmas={str(k): [float(s) for s in schedules[k]] for k in steps},
-        calibration=metadata,
-    )
+    return family.scheduler(solver, schedules, metadata)
 
 
 def _check_options(
@@ -437,7 +482,7 @@ def _record_teacher(
     return finals
 
 
-def _choose(candidates, default, selector, refine, noise, grid_spacing) -> tuple[np.ndarray, dict]:
+def _choose(candidates, default, selector, refine, grid_size) -> tuple[np.ndarray, dict]:
     """Pick the candidate closest to the teacher on held-out noises (and refine it); the only one without them."""
     if selector.teacher_finals is None:
         ((name, sigmas),) = candidates.items()
@@ -447,7 +492,7 @@ def _choose(candidates, default, selector, refine, noise, grid_spacing) -> tuple
     name = min(candidates, key=errors.get)
     sigmas, error = candidates[name], errors[name]
     if refine:
-        sigmas, error = selector.refine(sigmas, noise, grid_spacing)
+        sigmas, error = selector.refine(sigmas, grid_size)
     entry = {
         "chosen": name + ("+refined" if error < errors[name] else ""),
         "coeff": _coeff_of(name),
@@ -475,13 +520,13 @@ class _HoldoutSelector:
     def __init__(
         self,
         runner: PipelineRunner,
-        base_config: dict,
+        family: ModelFamily,
         solver: str,
         holdout: list[int],
         teacher_finals: torch.Tensor | None,
     ):
         self.runner = runner
-        self.base_config = base_config
+        self.family = family
         self.solver = solver
         self.holdout = holdout
         self.teacher_finals = teacher_finals
@@ -492,9 +537,7 @@ class _HoldoutSelector:
         key = tuple(np.round(np.asarray(sigmas, dtype=np.float64), 10))
         if key not in self._cache:
             k = len(sigmas) - 1
-            scheduler = GITSScheduler.from_config(
-                self.base_config, solver=self.solver, gits_sigmas={str(k): [float(s) for s in sigmas]}
-            )
+            scheduler = self.family.scheduler(self.solver, {k: sigmas})
             finals = self.runner.final_states(scheduler, self.holdout, k)
             self.model_calls += k * len(self.holdout)
             self._cache[key] = per_sample_rmse(finals, self.teacher_finals)
@@ -503,10 +546,8 @@ class _HoldoutSelector:
     def error(self, sigmas: np.ndarray) -> float:
         return float(self.per_sample_errors(sigmas).mean())
 
-    def refine(
-        self, sigmas: np.ndarray, noise: VPNoiseSchedule, grid_spacing: float, rounds: int = 4, sweeps: int = 2
-    ) -> tuple[np.ndarray, float]:
-        """Coordinate descent on the interior points' timesteps, with steps of 2, 1, 1/2 and 1/4 grid spacings.
+    def refine(self, sigmas: np.ndarray, grid_size: int, rounds: int = 4, sweeps: int = 2) -> tuple[np.ndarray, float]:
+        """Coordinate descent on the interior points in the grid's coordinate, by 2, 1, 1/2 and 1/4 grid spacings.
 
         Each sweep tries moving every point both ways and keeps the better move if it lowers the mean error on each
         half of the held-out set, which guards against fitting the noise of a small held-out set. A round repeats its
@@ -515,7 +556,8 @@ class _HoldoutSelector:
         best = np.asarray(sigmas, dtype=np.float64).copy()
         best_errors = self.per_sample_errors(best)
         half = len(self.holdout) // 2
-        t = noise.sigma_to_t(best[:-1])
+        t = self.family.to_coordinate(best[:-1])
+        grid_spacing = self.family.spacing(grid_size)
         for r in range(rounds):
             delta = 2 * grid_spacing / 2**r
             for _ in range(sweeps):
@@ -525,9 +567,9 @@ class _HoldoutSelector:
                     for direction in (-1.0, 1.0):
                         trial_t = t.copy()
                         trial_t[i] += direction * delta
-                        lower = trial_t[i + 1] if i + 1 < len(trial_t) else -1e-9  # the last point may reach t = 0
+                        lower = trial_t[i + 1] if i + 1 < len(trial_t) else self.family.lowest
                         if lower < trial_t[i] < trial_t[i - 1]:
-                            trial = np.append(noise.t_to_sigma(trial_t), 0.0)
+                            trial = np.append(self.family.from_coordinate(trial_t), 0.0)
                             trials.append((trial_t, trial, self.per_sample_errors(trial)))
                     improving = [
                         trial for trial in trials

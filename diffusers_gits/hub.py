@@ -21,6 +21,7 @@ from .schedules import validate_schedule_table
 
 
 CONFIG_NAME = "scheduler_config.json"
+SCHEDULER_CLASSES = ("GITSScheduler", "GITSFlowMatchScheduler")
 FORMAT_VERSION = 1
 
 
@@ -28,9 +29,9 @@ def validate_schedule_config(config: dict, source: str) -> None:
     """Check a GITS scheduler config read from `source`; raise `ScheduleLoadError` naming the source and field."""
     if not isinstance(config, dict):
         raise ScheduleLoadError(f"{source}: {CONFIG_NAME} is not a JSON object", source=source)
-    if config.get("_class_name") != "GITSScheduler":
+    if config.get("_class_name") not in SCHEDULER_CLASSES:
         raise ScheduleLoadError(
-            f"{source}: field '_class_name' is {config.get('_class_name')!r}, expected 'GITSScheduler'",
+            f"{source}: field '_class_name' is {config.get('_class_name')!r}, expected one of {SCHEDULER_CLASSES}",
             source=source,
             field="_class_name",
         )
@@ -118,8 +119,8 @@ def model_card(scheduler, repo_id: str | None = None, subfolder: str | None = No
         f"trajectories with [diffusers-gits](https://pypi.org/project/diffusers-gits/). Stored in {location}.",
         "",
         "```python",
-        "from diffusers_gits import GITSScheduler",
-        f"pipe.scheduler = GITSScheduler.from_pretrained({load_args})",
+        f"from diffusers_gits import {type(scheduler).__name__}",
+        f"pipe.scheduler = {type(scheduler).__name__}.from_pretrained({load_args})",
         "```",
         "",
         "## Calibration settings",
@@ -130,6 +131,7 @@ def model_card(scheduler, repo_id: str | None = None, subfolder: str | None = No
     for key in (
         "pipeline_class",
         "pipe_kwargs",
+        "mu",
         "solver",
         "teacher",
         "grid",
@@ -144,7 +146,8 @@ def model_card(scheduler, repo_id: str | None = None, subfolder: str | None = No
     ):
         if key in meta:
             lines.append(f"| {key} | `{json.dumps(meta[key])}` |")
-    lines += ["", "## Schedules (sigmas, Karras / VE convention)", "", "| steps | sigmas |", "|---|---|"]
+    convention = "flow sigmas, 1 to 0, shifted" if "shift" in scheduler.config else "Karras / VE convention"
+    lines += ["", f"## Schedules (sigmas, {convention})", "", "| steps | sigmas |", "|---|---|"]
     for k in scheduler.calibrated_steps:
         lines.append(f"| {k} | {', '.join(f'{s:.4g}' for s in scheduler.config.gits_sigmas[str(k)])} |")
     report = scheduler.calibration_report or {}
@@ -280,15 +283,21 @@ def _jsonable(value: Any) -> Any:
 def calibration_key(pipe, settings: dict[str, Any]) -> str:
     """A key for everything that changes a calibration's result: the weights, the pipeline class and the settings."""
     from . import __version__
-    from .scheduling_gits import GITSScheduler
+    from .scheduling_gits import GITSScheduler, is_flow_scheduler_config
 
-    noise = GITSScheduler.from_config(pipe.scheduler.config).noise_schedule
+    config = pipe.scheduler.config
+    if is_flow_scheduler_config(config):
+        keys = ("num_train_timesteps", "shift", "use_dynamic_shifting", "base_shift", "max_shift", "time_shift_type")
+        noise_schedule = {key: config.get(key) for key in keys}
+    else:
+        train_sigmas = GITSScheduler.from_config(config).noise_schedule.train_sigmas
+        noise_schedule = hashlib.sha256(np.round(train_sigmas, 10).tobytes()).hexdigest()
     payload = {
         "model": getattr(pipe, "name_or_path", None) or (getattr(pipe, "config", None) or {}).get("_name_or_path"),
         "weights": weights_fingerprint(pipe),
         "pipeline_class": type(pipe).__name__,
         # The model's noise schedule and output type, whichever scheduler class (GITS included) currently carries them.
-        "noise_schedule": hashlib.sha256(np.round(noise.train_sigmas, 10).tobytes()).hexdigest(),
+        "noise_schedule": noise_schedule,
         "prediction_type": pipe.scheduler.config.get("prediction_type"),
         "settings": _jsonable(settings),
         "package_version": __version__,
@@ -299,12 +308,12 @@ def calibration_key(pipe, settings: dict[str, Any]) -> str:
 
 def cache_load(key: str, cache_dir: Path | None = None):
     """The cached scheduler for `key`, or `None`; an unreadable entry is ignored (and reported by its error)."""
-    from .scheduling_gits import GITSScheduler
+    from .scheduling_gits import scheduler_from_config
 
     path = (cache_dir or default_cache_dir()) / key / CONFIG_NAME
     if not path.is_file():
         return None
-    return GITSScheduler.from_config(read_schedule_config(path, f"cache entry {path.parent}"))
+    return scheduler_from_config(read_schedule_config(path, f"cache entry {path.parent}"))
 
 
 def cache_store(key: str, scheduler, cache_dir: Path | None = None) -> Path:

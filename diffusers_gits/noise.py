@@ -1,21 +1,59 @@
-"""Noise parameterisation of discrete VP (DDPM-style) models: the one place that converts between conventions.
+"""Noise parameterisation of VP (DDPM-style) and flow-matching models: the one place that converts between conventions.
 
-Inside the package everything is in the sigma (VE / Karras / k-diffusion) convention: a noisy sample is
-`x = x0 + sigma * noise`, and the probability-flow ODE is `dx/dsigma = (x - D(x; sigma)) / sigma`, where `D` is the
-denoiser (the model's estimate of `x0`). diffusers' VP schedulers keep the sample normalised instead,
-`x_vp = alpha * x0 + sigma_vp * noise` with `alpha = 1 / sqrt(1 + sigma^2)` and `sigma_vp = sigma * alpha`.
-This module holds the sigma <-> timestep map, the VP <-> sigma state conversion and x0 from the model output.
+Solvers work on a state `x = signal(t) * x0 + t * noise` along one of two paths (`OdePath`), with the denoiser `D`
+(the model's estimate of `x0`) and the probability-flow ODE `dx/dt = (x - D(x; t)) / t` on both:
+
+- VP models use the sigma (VE / Karras / k-diffusion) path, `x = x0 + sigma * noise`. diffusers' VP schedulers keep the
+  sample normalised instead, `x_vp = alpha * x0 + sigma_vp * noise` with `alpha = 1 / sqrt(1 + sigma^2)` and
+  `sigma_vp = sigma * alpha`; timesteps map to sigmas through the training `alphas_cumprod`.
+- Flow-matching models (SD3, Flux) use their own path, `x = (1 - sigma) * x0 + sigma * noise` with sigma in [0, 1],
+  the sample as diffusers keeps it; the model predicts the velocity `noise - x0`, the timestep is `sigma * T`, and
+  the schedule is "shifted" towards high noise by a constant or by the resolution-dependent `mu`.
+
+Both paths are the same ODE up to a change of variables (`sigma_ve = sigma / (1 - sigma)`, `x_ve = x / (1 - sigma)`),
+but the flow path keeps pure noise (sigma = 1) finite. This module holds the sigma <-> timestep maps, the shifts, the
+state conversions and x0 from the model output.
 """
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 
 
-PredictionType = Literal["epsilon", "v_prediction", "sample"]
+@dataclass(frozen=True)
+class OdePath:
+    """The coordinates a solver steps in: `x = signal(t) * x0 + t * noise`, with `signal(t) = 1 - slope * t`.
+
+    Euler (DDIM) and iPNDM are written in `t` and `dx/dt = (x - D) / t` alone, which holds on both paths. The
+    exponential integrators (DPM-Solver++, UniPC) also need the log signal-to-noise ratio `log(signal(t) / t)`, which
+    is -inf at pure noise on the flow path (`signal(1) = 0`).
+    """
+
+    name: str
+    slope: float
+
+    def signal(self, t: float) -> float:
+        return 1.0 - self.slope * t
+
+    def log_snr(self, t: float) -> float:
+        """`log(signal(t) / t)` for t > 0; -inf where the signal is gone."""
+        signal = self.signal(t)
+        return math.log(signal / t) if signal > 0 else -math.inf
+
+
+#: VP models, in sigma space: `x = x0 + sigma * noise`.
+SIGMA_PATH = OdePath("sigma", 0.0)
+#: Flow-matching models: `x = (1 - sigma) * x0 + sigma * noise`.
+FLOW_PATH = OdePath("flow", 1.0)
+
+PredictionType = Literal["epsilon", "v_prediction", "sample", "flow_prediction"]
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+#: What flow-matching models predict (the velocity `noise - x0`), named as diffusers' multistep schedulers name it.
+FLOW_PREDICTION = "flow_prediction"
+TIME_SHIFT_TYPES = ("exponential", "linear")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
@@ -129,11 +167,14 @@ def sigma_space_to_vp(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def denoised_from_model_output(
     model_output: torch.Tensor, x: torch.Tensor, sigma: float, prediction_type: PredictionType
 ) -> torch.Tensor:
-    """The denoiser D(x; sigma), i.e. the model's x0 estimate, from a model output at the sigma-space state `x`.
+    """The denoiser D(x; sigma), i.e. the model's x0 estimate, from a model output at the solver state `x`.
 
-    epsilon: `x0 = x - sigma * eps`; v_prediction (Salimans & Ho 2022): `x0 = alpha * x_vp - sigma_vp * v`, which in
-    sigma space is `x / (1 + sigma^2) - sigma * alpha * v`; sample: the output is x0.
+    On the sigma path: epsilon: `x0 = x - sigma * eps`; v_prediction (Salimans & Ho 2022): `x0 = alpha * x_vp -
+    sigma_vp * v`, which in sigma space is `x / (1 + sigma^2) - sigma * alpha * v`; sample: the output is x0. On the
+    flow path, `flow_prediction` (the velocity `noise - x0`, diffusers' name): `x0 = x - sigma * v`.
     """
+    if prediction_type == FLOW_PREDICTION:
+        return x - sigma * model_output
     if prediction_type == "epsilon":
         return x - sigma * model_output
     if prediction_type == "v_prediction":
@@ -142,3 +183,41 @@ def denoised_from_model_output(
     if prediction_type == "sample":
         return model_output
     raise ValueError(f"prediction_type {prediction_type!r} is not supported; choose one of {PREDICTION_TYPES}")
+
+
+def flow_shift_factor(
+    shift: float = 1.0,
+    mu: float | None = None,
+    use_dynamic_shifting: bool = False,
+    time_shift_type: str = "exponential",
+) -> float:
+    """The factor `k` of a flow-matching schedule shift `sigma = k / (k + 1 / u - 1)`, as FlowMatchEuler applies it.
+
+    A static shift is `k = shift` (SD3: 3); dynamic shifting (Flux) uses the resolution-dependent `mu`: `k = e^mu`
+    for `time_shift_type="exponential"`, `k = mu` for `"linear"`.
+    """
+    if not use_dynamic_shifting:
+        if not shift > 0:
+            raise ValueError(f"shift must be > 0, got {shift}")
+        return float(shift)
+    if mu is None:
+        raise ValueError("`mu` is needed when use_dynamic_shifting=True (pipelines compute it from the image size)")
+    if time_shift_type == "exponential":
+        return math.exp(mu)
+    if time_shift_type == "linear":
+        if not mu > 0:
+            raise ValueError(f"mu must be > 0 for time_shift_type='linear', got {mu}")
+        return float(mu)
+    raise ValueError(f"time_shift_type {time_shift_type!r} is not supported; choose one of {TIME_SHIFT_TYPES}")
+
+
+def shift_flow_sigmas(u: np.ndarray | list[float], factor: float) -> np.ndarray:
+    """Shift unshifted flow sigmas `u` in [0, 1] towards high noise: `k u / (1 + (k - 1) u)`; 0 and 1 are kept."""
+    u = np.asarray(u, dtype=np.float64)
+    return factor * u / (1.0 + (factor - 1.0) * u)
+
+
+def unshift_flow_sigmas(sigmas: np.ndarray | list[float], factor: float) -> np.ndarray:
+    """The inverse of `shift_flow_sigmas`: what to hand a scheduler that will apply the shift itself."""
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    return sigmas / (factor - (factor - 1.0) * sigmas)

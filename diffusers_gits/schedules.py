@@ -1,8 +1,9 @@
 """Sigma schedules as data: descending 1-D float64 arrays that end in 0, `num_steps + 1` values for `num_steps` steps.
 
 The baseline schedules users sample with today (diffusers' timestep spacings, Karras, log-SNR uniform,
-Align-Your-Steps) and the GITS authors' published Stable Diffusion 1.5 table all live here, next to the
-log-linear interpolation that stretches a schedule to another step count.
+Align-Your-Steps; for flow-matching models uniform sigmas, shifted as Flux and SD3 do) and the GITS authors'
+published Stable Diffusion 1.5 table all live here, next to the log-linear interpolation that stretches a schedule
+to another step count. VP schedules are in VE sigmas (unbounded), flow schedules in flow sigmas (1 down to 0).
 """
 
 import json
@@ -10,7 +11,7 @@ from importlib import resources
 
 import numpy as np
 
-from .noise import VPNoiseSchedule
+from .noise import VPNoiseSchedule, shift_flow_sigmas
 
 
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
@@ -146,3 +147,29 @@ def baseline_schedules(noise: VPNoiseSchedule, num_steps: int) -> dict[str, np.n
         schedules["ays_sd15"] = align_your_steps_sd15(num_steps)
         schedules["gits_sd15_published"] = published_gits_sd15(num_steps)
     return schedules
+
+
+def flow_shifted_sigmas(num_steps: int, factor: float) -> np.ndarray:
+    """Uniform flow sigmas `1, 1 - 1/N, ..., 1/N, 0` shifted by `factor`: what Flux runs by default (it passes
+    `linspace(1, 1/N, N)` and FlowMatchEuler shifts them with `mu`), and SD3 when given uniform sigmas."""
+    return shift_flow_sigmas(np.linspace(1.0, 0.0, num_steps + 1), factor)
+
+
+def flow_stock_sigmas(num_steps: int, factor: float, train_sigma_min: float) -> np.ndarray:
+    """What `FlowMatchEulerDiscreteScheduler.set_timesteps(N)` builds without custom sigmas (SD3's default).
+
+    Uniform from 1 to the scheduler's smallest training sigma (`train_sigma_min`: the shifted `1 / T` under a static
+    shift, `1 / T` with dynamic shifting), then shifted by `factor`, then 0; under a static shift the small end is
+    therefore shifted twice, as diffusers does (issue #13243).
+    """
+    return append_zero(shift_flow_sigmas(np.linspace(1.0, train_sigma_min, num_steps), factor))
+
+
+def flow_baseline_schedules(num_steps: int, factor: float, train_sigma_min: float) -> dict[str, np.ndarray]:
+    """The flow-matching schedules people sample with today: uniform sigmas unshifted, uniform sigmas with the model's
+    shift (Flux's default) and FlowMatchEuler's own default (SD3's)."""
+    return {
+        "uniform": np.linspace(1.0, 0.0, num_steps + 1),
+        "shifted": flow_shifted_sigmas(num_steps, factor),
+        "stock_default": flow_stock_sigmas(num_steps, factor, train_sigma_min),
+    }

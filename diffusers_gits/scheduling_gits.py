@@ -1,4 +1,10 @@
-"""GITSScheduler: a drop-in diffusers scheduler that samples on GITS schedules calibrated for the model."""
+"""GITS schedulers: drop-in diffusers schedulers that sample on GITS schedules calibrated for the model.
+
+`GITSScheduler` is for VP (DDPM-style) models: SD 1.x/2.x, SDXL, PixArt, DDPMPipeline and their fine-tunes.
+`GITSFlowMatchScheduler` is for flow-matching models (SD3, Flux) and follows `FlowMatchEulerDiscreteScheduler`'s
+config keys. Both keep the same schedule table (`gits_sigmas`), calibration record and solvers; only the noise
+parameterisation differs, and it comes from `diffusers_gits.noise`.
+"""
 
 import logging
 from dataclasses import dataclass
@@ -11,16 +17,30 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 from diffusers.utils import BaseOutput
 
 from .noise import (
+    FLOW_PATH,
+    FLOW_PREDICTION,
     PREDICTION_TYPES,
+    SIGMA_PATH,
+    TIME_SHIFT_TYPES,
+    OdePath,
     VPNoiseSchedule,
     alpha,
     alphas_cumprod_from_betas,
     denoised_from_model_output,
+    flow_shift_factor,
     is_vp_scheduler_config,
+    shift_flow_sigmas,
     sigma_space_to_vp,
+    unshift_flow_sigmas,
     vp_to_sigma_space,
 )
-from .schedules import TIMESTEP_SPACINGS, loglinear_interpolate, timestep_spacing_sigmas, validate_schedule_table
+from .schedules import (
+    TIMESTEP_SPACINGS,
+    flow_stock_sigmas,
+    loglinear_interpolate,
+    timestep_spacing_sigmas,
+    validate_schedule_table,
+)
 from .solvers import SolverHistory, get_solver
 
 
@@ -31,10 +51,10 @@ SolverName = Literal["euler", "ipndm", "dpmpp_2m", "unipc"]
 
 @dataclass
 class GITSSchedulerOutput(BaseOutput):
-    """Output of [`GITSScheduler.step`].
+    """Output of [`GITSScheduler.step`] and [`GITSFlowMatchScheduler.step`].
 
     Args:
-        prev_sample (`torch.Tensor`): the sample at the next noise level, in the VP-normalised convention.
+        prev_sample (`torch.Tensor`): the sample at the next noise level, in the pipeline's convention.
         pred_original_sample (`torch.Tensor`): the model's x0 estimate at the current noise level.
     """
 
@@ -42,13 +62,239 @@ class GITSSchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
-class GITSScheduler(SchedulerMixin, ConfigMixin):
-    """Samples on GITS time schedules (Chen et al., ICML 2024) calibrated for a model, with a choice of ODE solver.
+def is_flow_scheduler_config(config: dict) -> bool:
+    """Whether a diffusers scheduler config describes a flow-matching model of FlowMatchEuler's kind (SD3, Flux)."""
+    return "FlowMatch" in str(config.get("_class_name", "")) or "shift" in config
+
+
+class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
+    """What both GITS schedulers share: the schedule table, its fallbacks, the step counter and the solver step.
+
+    Subclasses set `path` and implement `_base_schedule`, `to_solver_state`, `_from_solver_state`,
+    `_prediction_type`, `_check_config_family` and `set_timesteps`.
+    """
+
+    order = 1
+    path: OdePath
+
+    def _init_schedule_state(self, solver: str, gits_sigmas: dict[str, list[float]] | None) -> None:
+        self._solver_step = get_solver(solver, self.path)
+        self._table = validate_schedule_table(gits_sigmas or {})
+        self.num_inference_steps = None
+        self.sigmas = None
+        self.timesteps = None
+        self._history = SolverHistory()
+        self._step_index = None
+        self._begin_index = None
+        self._fallbacks_logged: set[int] = set()
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """Build from a config (of any compatible scheduler); a config of the other model family raises `ValueError`."""
+        if config is not None:
+            cls._check_config_family(dict(config))
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    @classmethod
+    def from_calibration(cls, pipe, num_inference_steps: int | list[int], **kwargs) -> "_GITSSchedulerBase":
+        """Calibrate GITS schedules for `pipe` by running it; see [`diffusers_gits.calibration.calibrate`].
+
+        Returns the scheduler of the pipeline's family: a [`GITSFlowMatchScheduler`] for SD3 / Flux pipelines.
+        """
+        from .calibration import calibrate
+
+        return calibrate(pipe, num_inference_steps, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | None = None,
+        subfolder: str | None = None,
+        return_unused_kwargs: bool = False,
+        **kwargs,
+    ) -> "_GITSSchedulerBase":
+        """Load a schedule from a local folder or a Hub model repo, strictly.
+
+        Only `scheduler_config.json` is read, and every field is validated before the scheduler is built: a wrong
+        class, a malformed table or a newer format raises [`~diffusers_gits.ScheduleLoadError`] naming the source and
+        the field. The GITS class named in the file is built (a flow-matching schedule loads as a
+        [`GITSFlowMatchScheduler`] whichever GITS class this is called on). `revision`, `token`, `cache_dir` and
+        `local_files_only` go to the download (which honours `HF_HUB_OFFLINE`); other keyword arguments override
+        config values, e.g. `solver="euler"`.
+        """
+        from .hub import fetch_schedule_config
+
+        download = {
+            key: kwargs.pop(key) for key in ("revision", "token", "cache_dir", "local_files_only") if key in kwargs
+        }
+        for ignored in ("force_download", "proxies", "user_agent", "_from_pipeline", "_commit_hash"):
+            kwargs.pop(ignored, None)
+        config = fetch_schedule_config(pretrained_model_name_or_path, subfolder=subfolder, **download)
+        scheduler = scheduler_from_config(config, **kwargs)
+        return (scheduler, {}) if return_unused_kwargs else scheduler
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+        subfolder: str | None = None,
+        revision: str | None = None,
+        **kwargs,
+    ) -> str:
+        """Upload the schedule with a model card (`README.md`) and a plot (`schedules.png`) to a Hub model repo.
+
+        One repo can hold many calibrations, one per `subfolder` (e.g. `"sd15/512-cfg7.5"`); the repo is created if
+        needed and the usual token handling applies. Returns the commit URL.
+        """
+        from .hub import push_schedule
+
+        return push_schedule(self, repo_id, subfolder, commit_message, private, token, revision, create_pr)
+
+    def check_pipeline(self, pipe) -> None:
+        """Check that this schedule fits `pipe` before `pipe.scheduler = self`; call it with the pipeline's own scheduler.
+
+        Raises `ValueError` when the pipeline is of the other model family (VP vs flow matching) or its model predicts
+        another quantity, and logs a warning when the noise schedule (VP sigma range, flow shift) differs.
+        """
+        config = dict(pipe.scheduler.config) if hasattr(pipe, "scheduler") else dict(pipe)
+        self._check_config_family(config)
+        self._check_same_model(type(self).from_config(config))
+
+    @property
+    def calibrated_steps(self) -> list[int]:
+        """The step counts that have a calibrated schedule."""
+        return sorted(self._table)
+
+    @property
+    def calibration_report(self) -> dict | None:
+        """Per step count, held-out error to the teacher of the GITS schedule and the default schedule, if stored."""
+        return (self.config.calibration or {}).get("report")
+
+    @property
+    def step_index(self) -> int | None:
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Set the index of the first step (img2img-style pipelines start part-way down the schedule)."""
+        self._begin_index = begin_index
+
+    def _table_or_fallback(self, num_inference_steps: int, mu: float | None = None) -> tuple[np.ndarray, bool]:
+        """The schedule for N steps and whether it comes from the calibrated table (exact or stretched)."""
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+            raise TypeError(f"num_inference_steps must be an int, got {num_inference_steps!r}")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if num_inference_steps in self._table:
+            return self._table[num_inference_steps].copy(), True
+        warn = logger.warning if num_inference_steps not in self._fallbacks_logged else logger.debug
+        self._fallbacks_logged.add(num_inference_steps)  # a pipeline calls this on every image: say it once per N
+        if self._table:
+            nearest = min(self._table, key=lambda k: (abs(k - num_inference_steps), -k))
+            warn(
+                "%s has no schedule calibrated for %d steps (calibrated: %s); using the %d-step schedule "
+                "stretched log-linearly.",
+                type(self).__name__,
+                num_inference_steps,
+                self.calibrated_steps,
+                nearest,
+            )
+            return loglinear_interpolate(self._table[nearest], num_inference_steps), True
+        warn(
+            "%s is not calibrated; using the stock default schedule for %d steps. Calibrate with "
+            "%s.from_calibration(pipe, ...) to get GITS schedules.",
+            type(self).__name__,
+            num_inference_steps,
+            type(self).__name__,
+        )
+        return self._base_schedule(num_inference_steps, mu), False
+
+    def _set_schedule(self, schedule: np.ndarray, model_timesteps: np.ndarray, device) -> None:
+        self.num_inference_steps = len(schedule) - 1
+        self.sigmas = torch.from_numpy(np.asarray(schedule, dtype=np.float64)).float()
+        self.timesteps = torch.from_numpy(np.asarray(model_timesteps, dtype=np.float64)).float().to(device)
+        self._history = SolverHistory()
+        self._step_index = None
+        self._begin_index = None
+
+    def index_for_timestep(
+        self, timestep: float | torch.Tensor, schedule_timesteps: torch.Tensor | None = None
+    ) -> int:
+        """Index of `timestep` in the schedule; with a repeated value the second match (diffusers' img2img rule)."""
+        schedule_timesteps = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        indices = (schedule_timesteps == timestep).nonzero()
+        if len(indices) == 0:
+            raise ValueError(f"timestep {timestep} is not in the schedule {schedule_timesteps.tolist()}")
+        return indices[1 if len(indices) > 1 else 0].item()
+
+    def _init_step_index(self, timestep: float | torch.Tensor) -> None:
+        if self._begin_index is None:
+            if isinstance(timestep, torch.Tensor):
+                timestep = timestep.to(self.timesteps.device)
+            self._step_index = self.index_for_timestep(timestep)
+        else:
+            self._step_index = self._begin_index
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ) -> GITSSchedulerOutput | tuple:
+        """Advance the sample one step down the schedule with the configured solver.
+
+        Args:
+            model_output (`torch.Tensor`): the (guided) model output at `timestep`.
+            timestep (`float` or `torch.Tensor`): the current timestep, a value of `self.timesteps`.
+            sample (`torch.Tensor`): the current sample, in the pipeline's convention.
+            generator (`torch.Generator`, *optional*): unused (the sampler is deterministic); accepted so pipelines
+                can pass it.
+            return_dict (`bool`, defaults to `True`): return a [`GITSSchedulerOutput`] rather than a tuple.
+
+        Returns:
+            [`GITSSchedulerOutput`] or `(prev_sample, pred_original_sample)`.
+        """
+        if self.num_inference_steps is None:
+            raise ValueError("call `set_timesteps` before `step`")
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        if self._step_index >= self.num_inference_steps:
+            raise ValueError(
+                f"step called {self._step_index + 1} times for a {self.num_inference_steps}-step schedule"
+            )
+        sigma = float(self.sigmas[self._step_index])
+        sigma_next = float(self.sigmas[self._step_index + 1])
+
+        x = self.to_solver_state(sample.to(torch.float32), sigma)
+        denoised = denoised_from_model_output(model_output.to(torch.float32), x, sigma, self._prediction_type)
+        x_next, self._history = self._solver_step(x, denoised, sigma, sigma_next, self._history)
+        prev_sample = self._from_solver_state(x_next, sigma_next).to(model_output.dtype)
+        denoised = denoised.to(model_output.dtype)
+        self._step_index += 1
+
+        if not return_dict:
+            return (prev_sample, denoised)
+        return GITSSchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+
+class GITSScheduler(_GITSSchedulerBase):
+    """Samples VP (DDPM-style) models on GITS time schedules (Chen et al., ICML 2024), with a choice of ODE solver.
 
     This model inherits from [`SchedulerMixin`] and [`ConfigMixin`]. The schedules are searched by dynamic programming
     on the model's own sampling trajectories by [`GITSScheduler.from_calibration`]; they are stored in the config
-    (`gits_sigmas`, one list of sigmas per step count) with the calibration's settings and report (`calibration`),
-    so `save_pretrained` / `from_pretrained` / `push_to_hub` carry them as plain JSON.
+    (`gits_sigmas`, one list of VE sigmas per step count) with the calibration's settings and report
+    (`calibration`), so `save_pretrained` / `from_pretrained` / `push_to_hub` carry them as plain JSON.
 
     The sample is kept in the VP-normalised convention (like [`DPMSolverMultistepScheduler`]): `init_noise_sigma` is 1
     and `scale_model_input` is the identity, so the scheduler also works in pipelines that never call them.
@@ -71,7 +317,7 @@ class GITSScheduler(SchedulerMixin, ConfigMixin):
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
-    order = 1
+    path = SIGMA_PATH
 
     @register_to_config
     def __init__(
@@ -91,59 +337,45 @@ class GITSScheduler(SchedulerMixin, ConfigMixin):
     ):
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type {prediction_type!r} is not supported; choose one of {PREDICTION_TYPES}")
-        self._solver_step = get_solver(solver)
+        if timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(
+                f"timestep_spacing {timestep_spacing!r} is not supported; choose one of {TIMESTEP_SPACINGS}"
+            )
         alphas_cumprod = alphas_cumprod_from_betas(
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
         )
         self.noise_schedule = VPNoiseSchedule(alphas_cumprod)
         self.alphas_cumprod = torch.from_numpy(alphas_cumprod).float()
-        self._table = validate_schedule_table(gits_sigmas or {})
-        if timestep_spacing not in TIMESTEP_SPACINGS:
+        self.init_noise_sigma = 1.0
+        self._init_schedule_state(solver, gits_sigmas)
+
+    @classmethod
+    def _check_config_family(cls, config: dict) -> None:
+        source = config.get("_class_name", "this config")
+        if config.get("use_flow_sigmas") or config.get("prediction_type") == FLOW_PREDICTION:
             raise ValueError(
-                f"timestep_spacing {timestep_spacing!r} is not supported; choose one of {TIMESTEP_SPACINGS}"
+                f"{source} samples a flow-matching model through flow sigmas (use_flow_sigmas / flow_prediction, as "
+                "Sana and Wan do); GITS supports flow models through FlowMatchEuler-style schedulers only"
+            )
+        if not is_vp_scheduler_config(config):
+            raise ValueError(
+                f"GITSScheduler is for VP (DDPM-style) models, but {source} is a flow-matching scheduler (SD3, Flux): "
+                "use GITSFlowMatchScheduler, or calibrate with GITSScheduler.from_calibration(pipe, ...), which picks it"
             )
 
-        self.init_noise_sigma = 1.0
-        self.num_inference_steps = None
-        self.sigmas = None
-        self.timesteps = None
-        self._history = SolverHistory()
-        self._step_index = None
-        self._begin_index = None
-        self._fallbacks_logged: set[int] = set()
-
-    @classmethod
-    def from_calibration(cls, pipe, num_inference_steps: int | list[int], **kwargs) -> "GITSScheduler":
-        """Calibrate GITS schedules for `pipe` by running it; see [`diffusers_gits.calibration.calibrate`]."""
-        from .calibration import calibrate
-
-        return calibrate(pipe, num_inference_steps, **kwargs)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | None = None,
-        subfolder: str | None = None,
-        return_unused_kwargs: bool = False,
-        **kwargs,
-    ) -> "GITSScheduler":
-        """Load a schedule from a local folder or a Hub model repo, strictly.
-
-        Only `scheduler_config.json` is read, and every field is validated before the scheduler is built: a wrong
-        class, a malformed table or a newer format raises [`~diffusers_gits.ScheduleLoadError`] naming the source and
-        the field. `revision`, `token`, `cache_dir` and `local_files_only` go to the download (which honours
-        `HF_HUB_OFFLINE`); other keyword arguments override config values, e.g. `solver="euler"`.
-        """
-        from .hub import fetch_schedule_config
-
-        download = {
-            key: kwargs.pop(key) for key in ("revision", "token", "cache_dir", "local_files_only") if key in kwargs
-        }
-        for ignored in ("force_download", "proxies", "user_agent", "_from_pipeline", "_commit_hash"):
-            kwargs.pop(ignored, None)
-        config = fetch_schedule_config(pretrained_model_name_or_path, subfolder=subfolder, **download)
-        scheduler = cls.from_config(config, **kwargs)
-        return (scheduler, {}) if return_unused_kwargs else scheduler
+    def _check_same_model(self, theirs: "GITSScheduler") -> None:
+        if theirs.config.prediction_type != self.config.prediction_type:
+            raise ValueError(
+                f"this schedule is for prediction_type={self.config.prediction_type!r} but the pipeline's model "
+                f"predicts {theirs.config.prediction_type!r}"
+            )
+        ours, other = self.noise_schedule, theirs.noise_schedule
+        if not np.allclose([ours.sigma_min, ours.sigma_max], [other.sigma_min, other.sigma_max], rtol=1e-2):
+            logger.warning(
+                "this GITS schedule was made for sigmas %.4g..%.4g, but the pipeline's noise schedule spans %.4g..%.4g: "
+                "it was calibrated for another model family or beta schedule",
+                ours.sigma_min, ours.sigma_max, other.sigma_min, other.sigma_max,
+            )  # fmt: skip
 
     @classmethod
     def from_preset(cls, name: str = "sd15", coeff: float = 1.2, solver: SolverName = "dpmpp_2m") -> "GITSScheduler":
@@ -174,74 +406,21 @@ class GITSScheduler(SchedulerMixin, ConfigMixin):
             calibration={"format_version": 1, "preset": name, "coeff": coeff, "source": table["source"]},
         )
 
-    def push_to_hub(
-        self,
-        repo_id: str,
-        commit_message: str | None = None,
-        private: bool | None = None,
-        token: str | None = None,
-        create_pr: bool = False,
-        subfolder: str | None = None,
-        revision: str | None = None,
-        **kwargs,
-    ) -> str:
-        """Upload the schedule with a model card (`README.md`) and a plot (`schedules.png`) to a Hub model repo.
-
-        One repo can hold many calibrations, one per `subfolder` (e.g. `"sd15/512-cfg7.5"`); the repo is created if
-        needed and the usual token handling applies. Returns the commit URL.
-        """
-        from .hub import push_schedule
-
-        return push_schedule(self, repo_id, subfolder, commit_message, private, token, revision, create_pr)
-
-    def check_pipeline(self, pipe) -> None:
-        """Check that this schedule fits `pipe` before `pipe.scheduler = self`; call it with the pipeline's own scheduler.
-
-        Raises `ValueError` for a flow-matching pipeline (SD3, Flux) or a different `prediction_type`, and logs a
-        warning when the pipeline's noise schedule has another sigma range (another model family or beta schedule).
-        """
-        config = dict(pipe.scheduler.config) if hasattr(pipe, "scheduler") else dict(pipe)
-        source = config.get("_class_name", type(getattr(pipe, "scheduler", pipe)).__name__)
-        if not is_vp_scheduler_config(config):
-            raise ValueError(
-                f"this GITS schedule is for VP (DDPM-style) models, but the pipeline uses {source}, a flow-matching "
-                "scheduler; calibrate a schedule for this pipeline instead"
-            )
-        theirs = GITSScheduler.from_config(config)
-        if theirs.config.prediction_type != self.config.prediction_type:
-            raise ValueError(
-                f"this schedule is for prediction_type={self.config.prediction_type!r} but the pipeline's model "
-                f"predicts {theirs.config.prediction_type!r}"
-            )
-        ours, other = self.noise_schedule, theirs.noise_schedule
-        if not np.allclose([ours.sigma_min, ours.sigma_max], [other.sigma_min, other.sigma_max], rtol=1e-2):
-            logger.warning(
-                "this GITS schedule was made for sigmas %.4g..%.4g, but the pipeline's noise schedule spans %.4g..%.4g: "
-                "it was calibrated for another model family or beta schedule",
-                ours.sigma_min, ours.sigma_max, other.sigma_min, other.sigma_max,
-            )  # fmt: skip
-
     @property
-    def calibrated_steps(self) -> list[int]:
-        """The step counts that have a calibrated schedule."""
-        return sorted(self._table)
+    def _prediction_type(self) -> str:
+        return self.config.prediction_type
 
-    @property
-    def calibration_report(self) -> dict | None:
-        """Per step count, held-out error to the teacher of the GITS schedule and the default schedule, if stored."""
-        return (self.config.calibration or {}).get("report")
+    def _base_schedule(self, num_inference_steps: int, mu: float | None) -> np.ndarray:
+        return timestep_spacing_sigmas(
+            self.noise_schedule, num_inference_steps, self.config.timestep_spacing, self.config.steps_offset
+        )
 
-    @property
-    def step_index(self) -> int | None:
-        return self._step_index
+    def to_solver_state(self, sample: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The pipeline's VP-normalised sample in the solvers' sigma-space coordinates."""
+        return vp_to_sigma_space(sample, sigma)
 
-    @property
-    def begin_index(self) -> int | None:
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Set the index of the first step (img2img-style pipelines start part-way down the schedule)."""
-        self._begin_index = begin_index
+    def _from_solver_state(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        return sigma_space_to_vp(x, sigma)
 
     def schedule_for(self, num_inference_steps: int) -> np.ndarray:
         """The sigmas (`num_inference_steps + 1` values, ending in 0) that `set_timesteps(num_inference_steps)` uses.
@@ -249,33 +428,7 @@ class GITSScheduler(SchedulerMixin, ConfigMixin):
         The calibrated schedule when there is one; otherwise the nearest calibrated schedule stretched log-linearly,
         or the base schedule (`timestep_spacing`) when nothing is calibrated. The fallback is logged.
         """
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-            raise TypeError(f"num_inference_steps must be an int, got {num_inference_steps!r}")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        if num_inference_steps in self._table:
-            return self._table[num_inference_steps].copy()
-        warn = logger.warning if num_inference_steps not in self._fallbacks_logged else logger.debug
-        self._fallbacks_logged.add(num_inference_steps)  # a pipeline calls this on every image: say it once per N
-        if self._table:
-            nearest = min(self._table, key=lambda k: (abs(k - num_inference_steps), -k))
-            warn(
-                "GITSScheduler has no schedule calibrated for %d steps (calibrated: %s); using the %d-step schedule "
-                "stretched log-linearly.",
-                num_inference_steps,
-                self.calibrated_steps,
-                nearest,
-            )
-            return loglinear_interpolate(self._table[nearest], num_inference_steps)
-        warn(
-            "GITSScheduler is not calibrated; using the base '%s' schedule for %d steps. Calibrate with "
-            "GITSScheduler.from_calibration(pipe, ...) to get GITS schedules.",
-            self.config.timestep_spacing,
-            num_inference_steps,
-        )
-        return timestep_spacing_sigmas(
-            self.noise_schedule, num_inference_steps, self.config.timestep_spacing, self.config.steps_offset
-        )
+        return self._table_or_fallback(num_inference_steps)[0]
 
     def sigmas_for(self, num_inference_steps: int) -> list[float]:
         """The schedule for N steps as `pipe(..., sigmas=...)` of `EulerDiscreteScheduler` accepts it (N + 1 values)."""
@@ -312,7 +465,7 @@ class GITSScheduler(SchedulerMixin, ConfigMixin):
         if kwargs.get("mu") is not None:
             raise ValueError(
                 "GITSScheduler is for VP (DDPM-style) models and got `mu`, which flow-matching pipelines (SD3, Flux) "
-                "pass; flow-matching models are not supported yet."
+                "pass: use GITSFlowMatchScheduler, or calibrate with GITSScheduler.from_calibration(pipe, ...)"
             )
         unexpected = sorted(k for k, v in kwargs.items() if k != "mu" and v is not None)
         if unexpected:
@@ -345,82 +498,16 @@ class GITSScheduler(SchedulerMixin, ConfigMixin):
         else:
             schedule = self.schedule_for(num_inference_steps)
 
-        self.num_inference_steps = len(schedule) - 1
-        self.sigmas = torch.from_numpy(schedule).float()
         model_timesteps = (
             self.noise_schedule.sigma_to_t(schedule[:-1])
             if timesteps is None
             else np.asarray(timesteps, dtype=np.float64)
         )
-        self.timesteps = torch.from_numpy(model_timesteps).float().to(device)
-        self._history = SolverHistory()
-        self._step_index = None
-        self._begin_index = None
-
-    def index_for_timestep(
-        self, timestep: float | torch.Tensor, schedule_timesteps: torch.Tensor | None = None
-    ) -> int:
-        """Index of `timestep` in the schedule; with a repeated value the second match (diffusers' img2img rule)."""
-        schedule_timesteps = self.timesteps if schedule_timesteps is None else schedule_timesteps
-        indices = (schedule_timesteps == timestep).nonzero()
-        if len(indices) == 0:
-            raise ValueError(f"timestep {timestep} is not in the schedule {schedule_timesteps.tolist()}")
-        return indices[1 if len(indices) > 1 else 0].item()
-
-    def _init_step_index(self, timestep: float | torch.Tensor) -> None:
-        if self._begin_index is None:
-            if isinstance(timestep, torch.Tensor):
-                timestep = timestep.to(self.timesteps.device)
-            self._step_index = self.index_for_timestep(timestep)
-        else:
-            self._step_index = self._begin_index
+        self._set_schedule(schedule, model_timesteps, device)
 
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
         """Identity: the sample is already in the VP-normalised convention the model expects."""
         return sample
-
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: float | torch.Tensor,
-        sample: torch.Tensor,
-        generator: torch.Generator | None = None,
-        return_dict: bool = True,
-    ) -> GITSSchedulerOutput | tuple:
-        """Advance the sample one step down the schedule with the configured solver.
-
-        Args:
-            model_output (`torch.Tensor`): the (guided) model output at `timestep`.
-            timestep (`float` or `torch.Tensor`): the current timestep, a value of `self.timesteps`.
-            sample (`torch.Tensor`): the current sample (VP-normalised).
-            generator (`torch.Generator`, *optional*): unused (the sampler is deterministic); accepted so pipelines
-                can pass it.
-            return_dict (`bool`, defaults to `True`): return a [`GITSSchedulerOutput`] rather than a tuple.
-
-        Returns:
-            [`GITSSchedulerOutput`] or `(prev_sample, pred_original_sample)`.
-        """
-        if self.num_inference_steps is None:
-            raise ValueError("call `set_timesteps` before `step`")
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        if self._step_index >= self.num_inference_steps:
-            raise ValueError(
-                f"step called {self._step_index + 1} times for a {self.num_inference_steps}-step schedule"
-            )
-        sigma = float(self.sigmas[self._step_index])
-        sigma_next = float(self.sigmas[self._step_index + 1])
-
-        x = vp_to_sigma_space(sample.to(torch.float32), sigma)
-        denoised = denoised_from_model_output(model_output.to(torch.float32), x, sigma, self.config.prediction_type)
-        x_next, self._history = self._solver_step(x, denoised, sigma, sigma_next, self._history)
-        prev_sample = sigma_space_to_vp(x_next, sigma_next).to(model_output.dtype)
-        denoised = denoised.to(model_output.dtype)
-        self._step_index += 1
-
-        if not return_dict:
-            return (prev_sample, denoised)
-        return GITSSchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Noise clean samples to `timesteps` (fractional allowed), VP-normalised: `alpha * (x0 + sigma * noise)`."""
@@ -431,5 +518,254 @@ class GITSScheduler(SchedulerMixin, ConfigMixin):
         noisy = scale.view(shape) * (original_samples.float() + sigma.view(shape) * noise.float())
         return noisy.to(original_samples.dtype)
 
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
+    def scale_noise(self, sample: torch.Tensor, timestep: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Not for VP models: flow-matching img2img pipelines (SD3, Flux) call it, so refuse clearly."""
+        raise ValueError(
+            "GITSScheduler is for VP (DDPM-style) models, but this pipeline called scale_noise, as flow-matching "
+            "pipelines (SD3, Flux) do: use GITSFlowMatchScheduler"
+        )
+
+
+class GITSFlowMatchScheduler(_GITSSchedulerBase):
+    """Samples flow-matching models (SD3, Flux) on GITS time schedules, with a choice of ODE solver.
+
+    The flow-matching counterpart of [`GITSScheduler`], with `FlowMatchEulerDiscreteScheduler`'s config keys (so
+    `from_config(pipe.scheduler.config)` keeps the model's shift settings) and its conventions: sigmas in [0, 1], the
+    model predicts the velocity `noise - x0`, timesteps are `sigma * num_train_timesteps`, and the sample is the
+    pipeline's own (`x = (1 - sigma) x0 + sigma * noise`). Schedules are stored shifted, as they are sampled.
+
+    Shifting and `mu`: a calibration records the shift it was made for (`calibration["mu"]` under dynamic shifting,
+    which Flux computes from the image size). Sampling with another `mu` (another resolution) maps the calibrated
+    schedule through the inverse shift at the calibration's `mu` and the shift at the new one, and warns once: the
+    schedule was not calibrated at that resolution.
+
+    Custom `sigmas` (Flux always passes some): `linspace(1, 1/N, N)` is what Flux sends when the user asked for
+    nothing, so it is read as "N steps" and the calibrated N-step schedule wins (logged at INFO); any other sigmas are
+    the caller's own and are shifted as FlowMatchEuler shifts them. `sigmas_for(N)` exports a calibrated schedule in
+    that unshifted form, so a stock FlowMatchEuler scheduler reproduces it.
+
+    Args:
+        num_train_timesteps (`int`, defaults to 1000): training timesteps; the model's timestep is `sigma * this`.
+        shift (`float`, defaults to 1.0): static shift (SD3: 3.0).
+        use_dynamic_shifting (`bool`, defaults to `False`): shift by the resolution-dependent `mu` (Flux).
+        base_shift (`float`, defaults to 0.5): read by pipelines to compute `mu`.
+        max_shift (`float`, defaults to 1.15): read by pipelines to compute `mu`.
+        base_image_seq_len (`int`, defaults to 256): read by pipelines to compute `mu`.
+        max_image_seq_len (`int`, defaults to 4096): read by pipelines to compute `mu`.
+        time_shift_type (`str`, defaults to `"exponential"`): dynamic shift form, `"exponential"` or `"linear"`.
+        solver (`str`, defaults to `"dpmpp_2m"`): `"euler"` (FlowMatchEuler's step), `"ipndm"`, `"dpmpp_2m"` or
+            `"unipc"`.
+        gits_sigmas (`dict[str, list[float]]`, *optional*): calibrated schedules, `{"6": [1.0, ..., 0.0]}`.
+        calibration (`dict`, *optional*): how the schedules were calibrated (with `mu`) and the calibration report.
+    """
+
+    _compatibles = ["FlowMatchEulerDiscreteScheduler"]
+    path = FLOW_PATH
+    _prediction_type = FLOW_PREDICTION
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        shift: float = 1.0,
+        use_dynamic_shifting: bool = False,
+        base_shift: float = 0.5,
+        max_shift: float = 1.15,
+        base_image_seq_len: int = 256,
+        max_image_seq_len: int = 4096,
+        time_shift_type: str = "exponential",
+        solver: SolverName = "dpmpp_2m",
+        gits_sigmas: dict[str, list[float]] | None = None,
+        calibration: dict[str, Any] | None = None,
+    ):
+        if time_shift_type not in TIME_SHIFT_TYPES:
+            raise ValueError(f"time_shift_type {time_shift_type!r} is not supported; choose one of {TIME_SHIFT_TYPES}")
+        flow_shift_factor(shift)
+        self._init_schedule_state(solver, gits_sigmas)
+        for steps, sigmas in self._table.items():
+            if sigmas[0] > 1:
+                raise ValueError(f"gits_sigmas[{str(steps)!r}]: flow sigmas must lie in [0, 1], got {sigmas.tolist()}")
+        self._reshifts_logged: set[tuple[int, float]] = set()
+        self._default_sigmas_logged: set[int] = set()
+
+    @classmethod
+    def _check_config_family(cls, config: dict) -> None:
+        if not is_flow_scheduler_config(config):
+            raise ValueError(
+                f"GITSFlowMatchScheduler is for flow-matching models (SD3, Flux), but "
+                f"{config.get('_class_name', 'this config')} is a VP (DDPM-style) scheduler: use GITSScheduler"
+            )
+
+    def _check_same_model(self, theirs: "GITSFlowMatchScheduler") -> None:
+        keys = ("shift", "use_dynamic_shifting", "base_shift", "max_shift", "time_shift_type")
+        differ = {k: (self.config[k], theirs.config[k]) for k in keys if self.config[k] != theirs.config[k]}
+        if differ:
+            logger.warning(
+                "this GITS schedule was made for other shift settings than the pipeline's (ours, theirs): %s", differ
+            )
+
+    @property
+    def calibration_mu(self) -> float | None:
+        """The `mu` the schedules were calibrated at (dynamic shifting only)."""
+        return (self.config.calibration or {}).get("mu")
+
+    @property
+    def init_noise_sigma(self) -> float:
+        raise ValueError(
+            "GITSFlowMatchScheduler is for flow-matching models (SD3, Flux), but this pipeline reads "
+            "init_noise_sigma, as VP (DDPM-style) pipelines do: use GITSScheduler"
+        )
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
+        """Not for flow models: VP pipelines call it, so refuse clearly."""
+        raise ValueError(
+            "GITSFlowMatchScheduler is for flow-matching models (SD3, Flux), but this pipeline called "
+            "scale_model_input, as VP (DDPM-style) pipelines do: use GITSScheduler"
+        )
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Not for flow models: VP img2img pipelines call it, so refuse clearly (flow pipelines use `scale_noise`)."""
+        raise ValueError(
+            "GITSFlowMatchScheduler is for flow-matching models (SD3, Flux), but this pipeline called add_noise, as "
+            "VP (DDPM-style) img2img pipelines do: use GITSScheduler"
+        )
+
+    def scale_noise(self, sample: torch.Tensor, timestep: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Noise clean samples to `timestep` (img2img): `(1 - sigma) * sample + sigma * noise`, sigma = t / T."""
+        sigma = torch.as_tensor(timestep, dtype=torch.float32, device=sample.device).reshape(-1)
+        sigma = (sigma / self.config.num_train_timesteps).view((-1,) + (1,) * (sample.ndim - 1))
+        return ((1 - sigma) * sample.float() + sigma * noise.float()).to(sample.dtype)
+
+    def shift_factor(self, mu: float | None = None) -> float:
+        """The shift factor `k` (sigma = k u / (1 + (k - 1) u)) for this config and `mu`."""
+        return flow_shift_factor(self.config.shift, mu, self.config.use_dynamic_shifting, self.config.time_shift_type)
+
+    @property
+    def train_sigma_min(self) -> float:
+        """The smallest training sigma as FlowMatchEuler holds it: `1 / T`, shifted under a static shift."""
+        sigma_min = 1.0 / self.config.num_train_timesteps
+        if self.config.use_dynamic_shifting:
+            return sigma_min
+        return float(shift_flow_sigmas(sigma_min, self.config.shift))
+
+    def _base_schedule(self, num_inference_steps: int, mu: float | None) -> np.ndarray:
+        """FlowMatchEuler's own default for N steps, so an uncalibrated scheduler samples as the stock one does."""
+        return flow_stock_sigmas(num_inference_steps, self.shift_factor(mu), self.train_sigma_min)
+
+    def to_solver_state(self, sample: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The pipeline's sample is already in the flow path's coordinates."""
+        return sample
+
+    def _from_solver_state(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        return x
+
+    def schedule_for(self, num_inference_steps: int, mu: float | None = None) -> np.ndarray:
+        """The sigmas (`num_inference_steps + 1` values, 1 down to 0) that `set_timesteps` uses at `mu`.
+
+        The calibrated schedule when there is one (stretched log-linearly from the nearest calibrated one otherwise,
+        or FlowMatchEuler's default when nothing is calibrated; the fallback is logged). Under dynamic shifting, a
+        `mu` other than the calibration's moves the schedule to that `mu`'s shift, with a warning.
+        """
+        schedule, calibrated = self._table_or_fallback(num_inference_steps, mu)
+        calibrated_mu = self.calibration_mu
+        if not (calibrated and self.config.use_dynamic_shifting and mu is not None and calibrated_mu is not None):
+            return schedule
+        if abs(mu - calibrated_mu) <= 1e-6:
+            return schedule
+        key = (num_inference_steps, round(float(mu), 6))
+        if key not in self._reshifts_logged:
+            self._reshifts_logged.add(key)
+            logger.warning(
+                "GITS schedules were calibrated at mu=%.4g (another image size); sampling at mu=%.4g re-shifts the "
+                "%d-step schedule to it. Calibrate at this resolution for a schedule made for it.",
+                calibrated_mu, mu, num_inference_steps,
+            )  # fmt: skip
+        unshifted = unshift_flow_sigmas(schedule, self.shift_factor(calibrated_mu))
+        return shift_flow_sigmas(unshifted, self.shift_factor(mu))
+
+    def sigmas_for(self, num_inference_steps: int, mu: float | None = None) -> list[float]:
+        """The schedule for N steps as `pipe(..., sigmas=...)` of `FlowMatchEulerDiscreteScheduler` accepts it.
+
+        N values (no final 0), unshifted, because FlowMatchEuler shifts custom sigmas with its `shift` (or with the
+        `mu` the pipeline passes): with the same shift settings and `mu` it then samples at this schedule's sigmas.
+        """
+        if mu is None:
+            mu = self.calibration_mu
+        schedule = self.schedule_for(num_inference_steps, mu)
+        return unshift_flow_sigmas(schedule[:-1], self.shift_factor(mu)).tolist()
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        sigmas: list[float] | np.ndarray | None = None,
+        mu: float | None = None,
+        timesteps: list[float] | np.ndarray | None = None,
+        **kwargs,
+    ) -> None:
+        """Set the schedule for sampling, with FlowMatchEuler's arguments.
+
+        Args:
+            num_inference_steps (`int`, *optional*): steps; the calibrated schedule for that count (see
+                [`~GITSFlowMatchScheduler.schedule_for`]).
+            device (`str` or `torch.device`, *optional*): where `timesteps` go.
+            sigmas (`list[float]`, *optional*): N unshifted sigmas, shifted as FlowMatchEuler does; the pipeline
+                default `linspace(1, 1/N, N)` selects the calibrated N-step schedule instead (see the class docs).
+            mu (`float`, *optional*): the dynamic-shift parameter pipelines compute from the image size.
+            timesteps (`list[float]`, *optional*): N descending timesteps used as given (sigma = t / T, no shift).
+        """
+        unexpected = sorted(k for k, v in kwargs.items() if v is not None)
+        if unexpected:
+            raise TypeError(f"set_timesteps got unexpected arguments {unexpected}")
+        if sigmas is not None and timesteps is not None:
+            raise ValueError("pass `sigmas` or `timesteps`, not both")
+        custom = sigmas if sigmas is not None else timesteps
+        if custom is not None:
+            custom = np.asarray(custom, dtype=np.float64)
+            if num_inference_steps is not None and len(custom) != num_inference_steps:
+                raise ValueError(
+                    f"got {len(custom)} {'sigmas' if sigmas is not None else 'timesteps'} for "
+                    f"num_inference_steps={num_inference_steps}; they must match"
+                )
+        elif num_inference_steps is None:
+            raise ValueError("pass `num_inference_steps`, `sigmas` or `timesteps`")
+
+        if sigmas is not None and self._table and _is_pipeline_default(custom):
+            steps = len(custom)
+            if steps not in self._default_sigmas_logged:
+                self._default_sigmas_logged.add(steps)
+                logger.info("the pipeline passed its default sigmas for %d steps: using the GITS schedule", steps)
+            schedule = self.schedule_for(steps, mu)
+        elif sigmas is not None:
+            _check_unit_interval(custom, "sigmas")
+            schedule = np.append(shift_flow_sigmas(custom, self.shift_factor(mu)), 0.0)
+        elif timesteps is not None:
+            _check_unit_interval(custom / self.config.num_train_timesteps, "timesteps / num_train_timesteps")
+            schedule = np.append(custom / self.config.num_train_timesteps, 0.0)
+        else:
+            schedule = self.schedule_for(num_inference_steps, mu)
+        self._set_schedule(schedule, schedule[:-1] * self.config.num_train_timesteps, device)
+
+
+def _is_pipeline_default(sigmas: np.ndarray) -> bool:
+    """Whether `sigmas` is `linspace(1, 1/N, N)`, what Flux passes when the user gave no schedule."""
+    n = len(sigmas)
+    return n > 0 and np.allclose(sigmas, np.linspace(1.0, 1.0 / n, n), rtol=0, atol=1e-6)
+
+
+def _check_unit_interval(values: np.ndarray, name: str) -> None:
+    if values.ndim != 1 or len(values) < 1 or not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} must be a non-empty 1-D list of finite values, got {values.tolist()}")
+    if values[0] > 1 or values[-1] <= 0 or np.any(np.diff(values) >= 0):
+        raise ValueError(f"{name} must be strictly decreasing within (0, 1], got {values.tolist()}")
+
+
+GITS_SCHEDULERS = {cls.__name__: cls for cls in (GITSScheduler, GITSFlowMatchScheduler)}
+
+
+def scheduler_from_config(config: dict, **kwargs) -> _GITSSchedulerBase:
+    """Build the GITS scheduler class a saved config names (`_class_name`)."""
+    name = config.get("_class_name")
+    if name not in GITS_SCHEDULERS:
+        raise ValueError(f"{name!r} is not a GITS scheduler; expected one of {sorted(GITS_SCHEDULERS)}")
+    return GITS_SCHEDULERS[name].from_config(config, **kwargs)

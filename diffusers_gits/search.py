@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .noise import VPNoiseSchedule
+from .noise import SIGMA_PATH, OdePath, VPNoiseSchedule
 from .solvers import SolverHistory, get_solver
 
 
@@ -34,7 +34,8 @@ class JumpCostAccumulator:
     """Running mean over samples of the cost of one Euler jump from grid point i to grid point j > i.
 
     For teacher states X_i and denoised values D_i along the grid, the jump lands at
-    `X_i + (sigma_j - sigma_i) * (X_i - D_i) / sigma_i = D_i + sigma_j * d_i`, and its cost is the distance to the
+    `X_i + (sigma_j - sigma_i) * (X_i - D_i) / sigma_i = D_i + sigma_j * d_i` (the same formula on the sigma and the
+    flow path, see `diffusers_gits.noise.OdePath`), and its cost is the distance to the
     teacher state X_j: `l2` (unsquared L2 norm per sample), `l1`, or `dev` (the authors' signed deviation from the
     chord X_0 -> X_end: dev(jump) - dev(X_j)).
 
@@ -140,12 +141,13 @@ class SolverJumpCostAccumulator:
     Args:
         grid_sigmas (`np.ndarray`): the fine grid, descending, ending in 0 (length P).
         solver (`str`): a solver of `diffusers_gits.solvers.SOLVERS`.
+        path (`OdePath`, defaults to `SIGMA_PATH`): the coordinates of the trajectories (`FLOW_PATH` for flow models).
     """
 
-    def __init__(self, grid_sigmas: np.ndarray, solver: str):
+    def __init__(self, grid_sigmas: np.ndarray, solver: str, path: OdePath = SIGMA_PATH):
         self.grid_sigmas = np.asarray(grid_sigmas, dtype=np.float64)
         self.solver = solver
-        step = get_solver(solver)
+        step = get_solver(solver, path)
         size = len(self.grid_sigmas)
         basis = torch.eye(4, dtype=torch.float64)
         triples, weights = [], []

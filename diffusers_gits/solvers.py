@@ -1,12 +1,14 @@
-"""ODE solvers for diffusion sampling, each one step function in sigma space.
+"""ODE solvers for diffusion sampling, each one step function, implemented once for every model family.
 
-Every solver has the signature `step(x, denoised, sigma, sigma_next, history) -> (x_next, history)`, where `x` is the
-sigma-space state at noise level `sigma`, `denoised` is D(x; sigma), and `history` is an immutable
-`SolverHistory` returned by the previous step (empty at the start). The probability-flow ODE is
-`dx/dsigma = (x - D(x; sigma)) / sigma`; multistep solvers use log-sigma time `lambda = -log(sigma)`. The order
-drops where history is missing, and every solver takes a first-order step into `sigma_next = 0` (that step returns
-the denoised sample), so no solver divides by zero there. The scheduler, the calibration and the tests all call
-these functions: nothing here knows about timesteps, prediction types or pipelines.
+Every solver has the signature `step(x, denoised, sigma, sigma_next, history, path) -> (x_next, history)`, where `x`
+is the state at noise level `sigma` on `path` (`SIGMA_PATH` for VP models, `FLOW_PATH` for flow matching; see
+`diffusers_gits.noise.OdePath`), `denoised` is D(x; sigma), and `history` is an immutable `SolverHistory` returned by
+the previous step (empty at the start). The probability-flow ODE is `dx/dsigma = (x - D(x; sigma)) / sigma` on both
+paths; the exponential integrators use the log-SNR `lambda = log(signal(sigma) / sigma)` (`-log sigma` on the sigma
+path). The order drops where history is missing or lies at pure noise (lambda = -inf), and every solver takes a
+first-order step into `sigma_next = 0` (that step returns the denoised sample), so no solver divides by zero there.
+The scheduler, the calibration and the tests all call these functions: nothing here knows about timesteps,
+prediction types or pipelines.
 """
 
 import functools
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from .noise import SIGMA_PATH, OdePath
 
 
 @dataclass(frozen=True)
@@ -49,11 +53,14 @@ class SolverHistory:
         return len(self.sigmas)
 
 
-StepFunction = Callable[[torch.Tensor, torch.Tensor, float, float, SolverHistory], tuple[torch.Tensor, SolverHistory]]
+StepFunction = Callable[..., tuple[torch.Tensor, SolverHistory]]
 
 
-def euler_step(x, denoised, sigma, sigma_next, history):
-    """First-order Euler step of the probability-flow ODE; identical to deterministic DDIM (Song et al. 2021)."""
+def euler_step(x, denoised, sigma, sigma_next, history, path: OdePath = SIGMA_PATH):
+    """First-order Euler step of the probability-flow ODE; identical to deterministic DDIM (Song et al. 2021).
+
+    The same formula is DDIM on either path: on the flow path it is also FlowMatchEuler's step.
+    """
     x_next = denoised + (sigma_next / sigma) * (x - denoised)
     return x_next, history.push(sigma, x, denoised, order=1)
 
@@ -70,11 +77,12 @@ def _adams_bashforth_weights(nodes: tuple[float, ...], sigma: float, sigma_next:
     return np.linalg.solve(u[None, :] ** powers[:, None], 1.0 / (powers + 1))
 
 
-def ipndm_step(x, denoised, sigma, sigma_next, history, max_order: int = 4):
+def ipndm_step(x, denoised, sigma, sigma_next, history, path: OdePath = SIGMA_PATH, max_order: int = 4):
     """Variable-step improved PNDM (Zhang & Chen 2023, "iPNDM-v"): Adams-Bashforth in sigma of order <= `max_order`.
 
     The slope `d = (x - D) / sigma` at this point and at up to `max_order - 1` remembered points is interpolated by a
-    polynomial in sigma, which is integrated exactly over [sigma, sigma_next]; the order rises by one per step.
+    polynomial in sigma, which is integrated exactly over [sigma, sigma_next]; the order rises by one per step. On
+    the flow path the slope is the velocity and sigma the flow time, which stays finite at pure noise.
     """
     order = 1 if sigma_next == 0 else min(max_order, len(history) + 1)
     d = (x - denoised) / sigma
@@ -89,21 +97,33 @@ def ipndm_step(x, denoised, sigma, sigma_next, history, max_order: int = 4):
     return x_next, history.push(sigma, x, denoised, order=order)
 
 
-def dpmpp_2m_step(x, denoised, sigma, sigma_next, history):
-    """DPM-Solver++(2M) (Lu et al. 2022), data prediction, midpoint form, in sigma space.
+def _usable_history(history: SolverHistory, path: OdePath) -> int:
+    """How many of the most recent remembered points have a finite log-SNR (a point at pure noise carries no slope)."""
+    count = 0
+    for sigma in reversed(history.sigmas):
+        if path.log_snr(sigma) == -math.inf:
+            break
+        count += 1
+    return count
 
-    With h = log(sigma / sigma_next) and r = h_last / h: `x_next = (sigma_next / sigma) x + (1 - e^-h) D_eff`, where
-    `D_eff = (1 + 1 / 2r) D - (1 / 2r) D_last`; first order (D_eff = D) without history or into sigma_next = 0.
+
+def dpmpp_2m_step(x, denoised, sigma, sigma_next, history, path: OdePath = SIGMA_PATH):
+    """DPM-Solver++(2M) (Lu et al. 2022), data prediction, midpoint form.
+
+    With h = lambda_next - lambda and r = h_last / h: `x_next = (sigma_next / sigma) x - a_next (e^-h - 1) D_eff`,
+    where `a_next = signal(sigma_next)` and `D_eff = (1 + 1 / 2r) D - (1 / 2r) D_last`; first order (D_eff = D) without
+    usable history or into sigma_next = 0. From pure noise (h = inf) the step is `sigma_next x + a_next D`.
     """
     if sigma_next == 0:
         return denoised, history.push(sigma, x, denoised, order=1)
-    h = math.log(sigma / sigma_next)
-    if len(history) == 0:
+    lam = path.log_snr(sigma)
+    h = path.log_snr(sigma_next) - lam
+    if _usable_history(history, path) == 0:
         d_eff, order = denoised, 1
     else:
-        r = math.log(history.sigmas[-1] / sigma) / h
+        r = (lam - path.log_snr(history.sigmas[-1])) / h
         d_eff, order = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * history.denoised[-1], 2
-    x_next = (sigma_next / sigma) * x - math.expm1(-h) * d_eff
+    x_next = (sigma_next / sigma) * x - path.signal(sigma_next) * math.expm1(-h) * d_eff
     return x_next, history.push(sigma, x, denoised, order=order)
 
 
@@ -148,41 +168,43 @@ def _unipc_differences(
     h: float,
     order: int,
     m0: torch.Tensor,
+    path: OdePath,
 ):
     """Ratios r_k and scaled differences (D_k - m0) / r_k for the `order - 1` points before the current one."""
     rks, d1s = [], []
     for k in range(1, order):
-        r_k = math.log(sigma_s / sigmas[-k]) / h
+        r_k = (path.log_snr(sigmas[-k]) - path.log_snr(sigma_s)) / h
         rks.append(r_k)
         d1s.append((denoised[-k] - m0) / r_k)
     return rks, d1s
 
 
-def unipc_step(x, denoised, sigma, sigma_next, history, max_order: int = 2):
+def unipc_step(x, denoised, sigma, sigma_next, history, path: OdePath = SIGMA_PATH, max_order: int = 2):
     """UniPC with the bh2 variant (Zhao et al. 2023): the UniC corrector on `x`, then the UniP predictor.
 
     The corrector refines the state reached by the previous step using the new denoised value at no extra model call;
-    it has the previous step's order. The predictor has order min(`max_order`, points available), 1 into sigma = 0.
+    it has the previous step's order. The predictor has order min(`max_order`, usable points), 1 into sigma = 0.
+    The data terms carry the signal scale `signal(sigma_next)` (1 on the sigma path).
     """
     if len(history) > 0:
         sigma_s, x_s, m0 = history.sigmas[-1], history.states[-1], history.denoised[-1]
-        h = math.log(sigma_s / sigma)
+        h = path.log_snr(sigma) - path.log_snr(sigma_s)
         order = history.last_order
-        rks, d1s = _unipc_differences(history.sigmas[:-1], history.denoised[:-1], sigma_s, h, order, m0)
+        rks, d1s = _unipc_differences(history.sigmas[:-1], history.denoised[:-1], sigma_s, h, order, m0, path)
         h_phi_1, b_h, rhos = _unipc_rhos(h, tuple(rks) + (1.0,), corrector=True)
-        x_base = (sigma / sigma_s) * x_s - h_phi_1 * m0
+        x_base = (sigma / sigma_s) * x_s - path.signal(sigma) * h_phi_1 * m0
         correction = sum(rho * d1 for rho, d1 in zip(rhos[:-1], d1s)) + rhos[-1] * (denoised - m0)
-        x = x_base - b_h * correction
+        x = x_base - path.signal(sigma) * b_h * correction
 
     if sigma_next == 0:
         return denoised, history.push(sigma, x, denoised, order=1)
-    h = math.log(sigma / sigma_next)
-    order = min(max_order, len(history) + 1)
-    rks, d1s = _unipc_differences(history.sigmas, history.denoised, sigma, h, order, denoised)
+    h = path.log_snr(sigma_next) - path.log_snr(sigma)
+    order = min(max_order, _usable_history(history, path) + 1)
+    rks, d1s = _unipc_differences(history.sigmas, history.denoised, sigma, h, order, denoised, path)
     h_phi_1, b_h, rhos = _unipc_rhos(h, tuple(rks) + (1.0,), corrector=False)
-    x_next = (sigma_next / sigma) * x - h_phi_1 * denoised
+    x_next = (sigma_next / sigma) * x - path.signal(sigma_next) * h_phi_1 * denoised
     if order > 1:
-        x_next = x_next - b_h * sum(rho * d1 for rho, d1 in zip(rhos, d1s))
+        x_next = x_next - path.signal(sigma_next) * b_h * sum(rho * d1 for rho, d1 in zip(rhos, d1s))
     return x_next, history.push(sigma, x, denoised, order=order)
 
 
@@ -194,11 +216,11 @@ SOLVERS: dict[str, StepFunction] = {
 }
 
 
-def get_solver(name: str) -> StepFunction:
-    """The step function registered under `name`; raises `ValueError` naming the allowed solvers otherwise."""
+def get_solver(name: str, path: OdePath = SIGMA_PATH) -> StepFunction:
+    """The step function registered under `name`, stepping on `path`; raises `ValueError` naming the allowed solvers."""
     if name not in SOLVERS:
         raise ValueError(f"solver {name!r} is not supported; choose one of {sorted(SOLVERS)}")
-    return SOLVERS[name]
+    return functools.partial(SOLVERS[name], path=path)
 
 
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
@@ -210,20 +232,22 @@ def sample(
     sigmas: torch.Tensor | list[float],
     solver: str = "euler",
     callback: Callable[[int, float, torch.Tensor, torch.Tensor], None] | None = None,
+    path: OdePath = SIGMA_PATH,
 ) -> torch.Tensor:
     """Integrate the probability-flow ODE from `x` at `sigmas[0]` down the schedule `sigmas` (descending).
 
     Args:
         denoiser: `D(x, sigma) -> x0 estimate`, called once per step.
-        x: the sigma-space start state, e.g. `sigmas[0] * noise`.
+        x: the start state on `path`, e.g. `sigmas[0] * noise` (sigma path) or `noise` (flow path, sigma 1).
         sigmas: the schedule, descending, usually ending in 0.
         solver: one of `SOLVERS`.
         callback: called as `callback(i, sigma_i, x_i, denoised_i)` after each model call.
+        path: the coordinates of `x` and `sigmas`.
 
     Returns:
         The state at `sigmas[-1]`.
     """
-    step = get_solver(solver)
+    step = get_solver(solver, path)
     sigmas = [float(s) for s in sigmas]
     history = SolverHistory()
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):

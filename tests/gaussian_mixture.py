@@ -25,6 +25,13 @@ class GaussianMixture:
         per_component = self.means[None] + shrink * (x64[:, None, :] - self.means[None])
         return (resp[..., None] * per_component).sum(1).to(x.dtype)
 
+    def flow_denoiser(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The same optimal denoiser on the flow-matching path `x = (1 - sigma) x0 + sigma * noise`, sigma in [0, 1]."""
+        if sigma >= 1:  # pure noise: the data mean
+            mean = (self.log_weights.exp()[:, None] * self.means).sum(0)
+            return mean.expand_as(x).to(x.dtype)
+        return self.denoiser(x / (1 - sigma), sigma / (1 - sigma))
+
     def exact_solution(self, x: torch.Tensor, sigmas: list[float], steps_per_interval: int = 400) -> torch.Tensor:
         """A converged reference: iPNDM on a very fine log-sigma grid between consecutive `sigmas`."""
         fine = []

@@ -134,13 +134,6 @@ def test_bad_input_fails_before_any_model_call(kwargs, error, match):
     assert calls == []
 
 
-def test_flow_matching_pipeline_is_refused_with_a_clear_message():
-    pipe = GaussianMixturePipeline(GaussianMixture(), DDPMScheduler(**SD_BETAS))
-    pipe.scheduler = FlowMatchEulerDiscreteScheduler()
-    with pytest.raises(ValueError, match="flow-matching"):
-        GITSScheduler.from_calibration(pipe, [4], num_warmup=16, batch_size=16, progress=False)
-
-
 def test_nan_model_output_names_the_grid_step():
     class Broken(GaussianMixture):
         def denoiser(self, x, sigma):

@@ -5,6 +5,7 @@ import pytest
 import torch
 from gaussian_mixture import GaussianMixture
 
+from diffusers_gits.noise import FLOW_PATH, SIGMA_PATH
 from diffusers_gits.solvers import SOLVERS, SolverHistory, get_solver, ipndm_step, sample
 
 
@@ -96,3 +97,55 @@ def test_solvers_agree_with_exact_solution_on_fine_grid():
 def test_unknown_solver_names_choices():
     with pytest.raises(ValueError, match="'heun'.*dpmpp_2m"):
         get_solver("heun")
+
+
+@pytest.fixture(scope="module")
+def smooth_flow_problem(smooth_problem):
+    gm = smooth_problem[0]
+    noise = torch.randn(32, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    return gm, noise, sample(gm.flow_denoiser, noise, np.linspace(1, 0.1, 8001), "ipndm", path=FLOW_PATH)
+
+
+@pytest.mark.parametrize(
+    "solver,steps,min_order",
+    [
+        ("euler", (128, 256, 512), 0.9),
+        ("dpmpp_2m", (32, 64, 128), 1.7),
+        ("ipndm", (32, 64, 128), 1.9),  # its first step is Euler: the warm-up caps the global order at 2 from pure noise
+        ("unipc", (32, 64, 128), 2.5),
+    ],
+)
+def test_flow_path_convergence_order_from_pure_noise(smooth_flow_problem, solver, steps, min_order):
+    """On the flow path every solver starts at sigma = 1 (signal 0, log-SNR -inf) and still converges at its order."""
+    gm, noise, reference = smooth_flow_problem
+    errors = [
+        (sample(gm.flow_denoiser, noise, np.linspace(1, 0.1, n + 1), solver, path=FLOW_PATH) - reference)
+        .pow(2)
+        .mean()
+        .sqrt()
+        .item()
+        for n in steps
+    ]
+    orders = [math.log2(a / b) for a, b in zip(errors[:-1], errors[1:])]
+    assert min(orders) > min_order, (errors, orders)
+
+
+@pytest.mark.parametrize("solver", ["euler", "dpmpp_2m", "unipc"])
+def test_exponential_integrators_are_the_same_method_on_both_paths(solver):
+    """DDIM, DPM-Solver++ and UniPC are invariant to the change of variables between the flow and sigma paths."""
+    gm = GaussianMixture()
+    flow_sigmas = [0.95, 0.8, 0.6, 0.45, 0.3, 0.15, 0.05, 0.0]
+    x = 0.95 * torch.randn(16, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    on_flow = sample(gm.flow_denoiser, x, flow_sigmas, solver, path=FLOW_PATH)
+    on_sigma = sample(gm.denoiser, x / (1 - 0.95), [s / (1 - s) for s in flow_sigmas], solver, path=SIGMA_PATH)
+    torch.testing.assert_close(on_flow, on_sigma, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("solver", ["dpmpp_2m", "unipc"])
+def test_first_step_from_pure_noise_is_the_ddim_limit(solver):
+    """From sigma = 1 the exponential integrators reduce to `sigma_next * x + (1 - sigma_next) * D`, finite."""
+    x, denoised = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    x_next, history = get_solver(solver, FLOW_PATH)(x, denoised, 1.0, 0.7, SolverHistory())
+    torch.testing.assert_close(x_next, 0.7 * x + 0.3 * denoised)
+    x_after, _ = get_solver(solver, FLOW_PATH)(x_next, denoised, 0.7, 0.4, history)
+    assert torch.isfinite(x_after).all()

@@ -1,0 +1,109 @@
+"""What calibration needs to know about a model family: its fine grid, baselines, default and refinement coordinate.
+
+A VP model (SD, SDXL, PixArt, DDPM) is searched on a grid uniform in its training timesteps; a flow-matching model
+(SD3, Flux) on a grid uniform in sigma before the model's shift, i.e. the shifted schedule the model itself samples
+with at `grid_size` steps (Flux's default), so the grid is dense where the model's designers put their steps at that
+resolution. Refinement moves schedule points in the same coordinate the grid is uniform in.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .noise import shift_flow_sigmas, unshift_flow_sigmas
+from .schedules import (
+    baseline_schedules,
+    flow_baseline_schedules,
+    flow_shifted_sigmas,
+    flow_stock_sigmas,
+    timestep_spacing_sigmas,
+)
+from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler, is_flow_scheduler_config
+from .search import uniform_timestep_grid
+
+
+@dataclass
+class ModelFamily:
+    """A model family as calibration sees it.
+
+    Attributes:
+        scheduler_class: the GITS scheduler class for the family.
+        base_config: the pipeline's scheduler config (the model's noise schedule).
+        grid: `grid(size)` -> fine grid of `size` non-zero sigmas, then 0.
+        baselines: `baselines(N)` -> the schedules people use today, by name.
+        default: `default(N)` -> the schedule the pipeline itself runs for N steps.
+        to_coordinate / from_coordinate: sigmas <-> the coordinate the grid is uniform in.
+        lowest: the coordinate the last non-zero point must stay above.
+        spacing: `spacing(grid_size)` -> grid spacing in that coordinate.
+        metadata: what the calibration records about the family (grid type, shift, mu).
+    """
+
+    scheduler_class: type
+    base_config: dict
+    grid: Callable[[int], np.ndarray]
+    baselines: Callable[[int], dict[str, np.ndarray]]
+    default: Callable[[int], np.ndarray]
+    to_coordinate: Callable[[np.ndarray], np.ndarray]
+    from_coordinate: Callable[[np.ndarray], np.ndarray]
+    lowest: float
+    spacing: Callable[[int], float]
+    metadata: dict = field(default_factory=dict)
+
+    def scheduler(self, solver: str, schedules: dict[int, np.ndarray], calibration: dict | None = None):
+        """A scheduler of this family sampling `schedules` with `solver`."""
+        table = {str(k): [float(s) for s in sigmas] for k, sigmas in schedules.items()}
+        return self.scheduler_class.from_config(
+            self.base_config, solver=solver, gits_sigmas=table, calibration=calibration
+        )
+
+
+def vp_family(base_config: dict) -> ModelFamily:
+    noise = GITSScheduler.from_config(base_config).noise_schedule
+    spacing, offset = base_config.get("timestep_spacing", "linspace"), base_config.get("steps_offset", 0)
+    return ModelFamily(
+        scheduler_class=GITSScheduler,
+        base_config=base_config,
+        grid=lambda size: uniform_timestep_grid(noise, size),
+        baselines=lambda k: baseline_schedules(noise, k),
+        default=lambda k: timestep_spacing_sigmas(noise, k, spacing, offset),
+        to_coordinate=noise.sigma_to_t,
+        from_coordinate=noise.t_to_sigma,
+        lowest=-1e-9,  # the last point may reach timestep 0
+        spacing=lambda size: (noise.num_train_timesteps - 1) / (size - 1),
+        metadata={"family": "vp", "grid_type": "uniform_timestep"},
+    )
+
+
+def flow_family(base_config: dict, mu: float | None, pipeline_passes_sigmas: bool) -> ModelFamily:
+    """The flow family at the shift the pipeline samples with (`mu` under dynamic shifting).
+
+    `pipeline_passes_sigmas`: the pipeline sends `linspace(1, 1/N, N)` itself (Flux), so its default is the shifted
+    uniform schedule; otherwise (SD3) it is FlowMatchEuler's own default.
+    """
+    scheduler = GITSFlowMatchScheduler.from_config(base_config)
+    factor = scheduler.shift_factor(mu)
+    sigma_min = scheduler.train_sigma_min
+
+    def default(k: int) -> np.ndarray:
+        return flow_shifted_sigmas(k, factor) if pipeline_passes_sigmas else flow_stock_sigmas(k, factor, sigma_min)
+
+    return ModelFamily(
+        scheduler_class=GITSFlowMatchScheduler,
+        base_config=base_config,
+        grid=lambda size: flow_shifted_sigmas(size, factor),
+        baselines=lambda k: flow_baseline_schedules(k, factor, sigma_min),
+        default=default,
+        to_coordinate=lambda sigmas: unshift_flow_sigmas(sigmas, factor),
+        from_coordinate=lambda u: shift_flow_sigmas(u, factor),
+        lowest=0.0,
+        spacing=lambda size: 1.0 / size,
+        metadata={"family": "flow", "grid_type": "shifted_uniform_sigma", "mu": mu, "shift_factor": factor},
+    )
+
+
+def model_family(base_config: dict, mu: float | None = None, pipeline_passes_sigmas: bool = False) -> ModelFamily:
+    """The family of a pipeline's scheduler config (the flow arguments as in `flow_family`)."""
+    if is_flow_scheduler_config(base_config):
+        return flow_family(base_config, mu, pipeline_passes_sigmas)
+    return vp_family(base_config)

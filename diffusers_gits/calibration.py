@@ -182,6 +182,7 @@ def _probe_shift(runner: "PipelineRunner", base_config: dict) -> tuple[float | N
     probe = GITSFlowMatchScheduler.from_config(base_config)
     seen = {}
 
+    @functools.wraps(probe.set_timesteps)  # pipelines inspect its signature for `sigmas`
     def set_timesteps(*args, **kwargs):
         seen.update(kwargs)
         raise _ShiftProbed
@@ -567,8 +568,9 @@ class _HoldoutSelector:
                     for direction in (-1.0, 1.0):
                         trial_t = t.copy()
                         trial_t[i] += direction * delta
-                        lower = trial_t[i + 1] if i + 1 < len(trial_t) else self.family.lowest
-                        if lower < trial_t[i] < trial_t[i - 1]:
+                        # Keep half a move from the neighbours: landing on one would make a zero-length step.
+                        lower = trial_t[i + 1] + delta / 2 if i + 1 < len(trial_t) else self.family.lowest
+                        if lower < trial_t[i] < trial_t[i - 1] - delta / 2:
                             trial = np.append(self.family.from_coordinate(trial_t), 0.0)
                             trials.append((trial_t, trial, self.per_sample_errors(trial)))
                     improving = [

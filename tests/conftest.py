@@ -46,9 +46,77 @@ def local_clip_tokenizer(folder: Path):
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
 
 
-def tiny_sd_pipe(folder: Path, scheduler=None):
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def tiny_clip_text_encoder(tokenizer, projection: bool = False):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_size=8,
+        intermediate_size=16,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        projection_dim=8,
+        vocab_size=max(1000, len(tokenizer)),
+    )
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+
+def tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[4, 8],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=2,
+    )
+
+
+def tiny_sd_components(folder: Path, scheduler=None, in_channels: int = 4) -> dict:
+    """SD 1.x-style components (`in_channels=9` for inpainting)."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=8,
+        norm_num_groups=2,
+    )
+    tokenizer = local_clip_tokenizer(folder)
+    return {
+        "unet": unet,
+        "vae": tiny_vae(),
+        "text_encoder": tiny_clip_text_encoder(tokenizer),
+        "tokenizer": tokenizer,
+        "scheduler": scheduler or DDIMScheduler(clip_sample=False, set_alpha_to_one=False, steps_offset=1, **SD_BETAS),
+        "safety_checker": None,
+        "feature_extractor": None,
+        "requires_safety_checker": False,
+    }
+
+
+def tiny_sd_pipe(folder: Path, scheduler=None, pipeline_class=None, in_channels: int = 4):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = (pipeline_class or StableDiffusionPipeline)(**tiny_sd_components(folder, scheduler, in_channels))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sdxl_pipe(folder: Path):
+    """SDXL: two CLIP text encoders (the second with projection), text-time added conditioning, Euler scheduler."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -59,41 +127,24 @@ def tiny_sd_pipe(folder: Path, scheduler=None):
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=8,
-        norm_num_groups=2,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=[4, 8],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 8,
+        cross_attention_dim=16,
         norm_num_groups=2,
     )
     tokenizer = local_clip_tokenizer(folder)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            hidden_size=8,
-            intermediate_size=16,
-            num_attention_heads=2,
-            num_hidden_layers=2,
-            vocab_size=max(1000, len(tokenizer)),
-        )
-    )
-    scheduler = scheduler or DDIMScheduler(clip_sample=False, set_alpha_to_one=False, steps_offset=1, **SD_BETAS)
-    pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
+    scheduler = EulerDiscreteScheduler(steps_offset=1, timestep_spacing="leading", **SD_BETAS)
+    pipe = StableDiffusionXLPipeline(
+        vae=tiny_vae(),
+        text_encoder=tiny_clip_text_encoder(tokenizer),
+        text_encoder_2=tiny_clip_text_encoder(tokenizer, projection=True),
         tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
         scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -139,3 +190,169 @@ def no_backoff(monkeypatch):
     import huggingface_hub.utils._http as http
 
     monkeypatch.setattr(http.time, "sleep", lambda seconds: None)
+
+
+def tiny_flux_pipe():
+    """Flux with dynamic shifting; no text encoders (pass `prompt_embeds` and `pooled_prompt_embeds`)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],
+    )
+    vae = AutoencoderKL(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4,),
+        layers_per_block=1,
+        latent_channels=1,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    pipe = FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=transformer,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def flux_inputs():
+    g = torch.Generator().manual_seed(5)
+    return {
+        "prompt_embeds": torch.randn(1, 8, 32, generator=g),
+        "pooled_prompt_embeds": torch.randn(1, 32, generator=g),
+        "height": 16,
+        "width": 16,
+        "guidance_scale": 1.0,
+    }
+
+
+def tiny_sd3_pipe():
+    """SD3 with a static shift of 3; no text encoders (pass the embeddings)."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=32,
+        pooled_projection_dim=64,
+        out_channels=4,
+    )
+    vae = AutoencoderKL(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4,),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+    pipe = StableDiffusion3Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        text_encoder_3=None,
+        tokenizer_3=None,
+        transformer=transformer,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sd3_inputs():
+    g = torch.Generator().manual_seed(5)
+    return {
+        "prompt_embeds": torch.randn(1, 8, 32, generator=g),
+        "pooled_prompt_embeds": torch.randn(1, 64, generator=g),
+        "height": 8,
+        "width": 8,
+        "guidance_scale": 1.0,
+    }
+
+
+def tiny_pixart_sigma_pipe():
+    """PixArt-Sigma (learned sigma: 8 output channels for 4 latent ones) on a DDIM scheduler; no text encoder."""
+    from diffusers import AutoencoderKL, DDIMScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = PixArtTransformer2DModel(
+        sample_size=8,
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=3,
+        caption_channels=32,
+        in_channels=4,
+        cross_attention_dim=24,
+        out_channels=8,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[4],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=2,
+    )
+    pipe = PixArtSigmaPipeline(
+        tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=DDIMScheduler(**SD_BETAS)
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def pixart_inputs():
+    g = torch.Generator().manual_seed(5)
+    return {
+        "prompt_embeds": torch.randn(1, 8, 32, generator=g),
+        "prompt_attention_mask": torch.ones(1, 8, dtype=torch.long),
+        "negative_prompt": None,
+        "height": 8,
+        "width": 8,
+        "guidance_scale": 1.0,
+        "use_resolution_binning": False,
+    }

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers import DDPMScheduler
 from gaussian_mixture import GaussianMixture, GaussianMixturePipeline
 
 from diffusers_gits import CalibrationError, GITSScheduler

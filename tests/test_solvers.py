@@ -111,7 +111,11 @@ def smooth_flow_problem(smooth_problem):
     [
         ("euler", (128, 256, 512), 0.9),
         ("dpmpp_2m", (32, 64, 128), 1.7),
-        ("ipndm", (32, 64, 128), 1.9),  # its first step is Euler: the warm-up caps the global order at 2 from pure noise
+        (
+            "ipndm",
+            (32, 64, 128),
+            1.9,
+        ),  # its first step is Euler: the warm-up caps the global order at 2 from pure noise
         ("unipc", (32, 64, 128), 2.5),
     ],
 )

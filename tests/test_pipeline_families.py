@@ -1,0 +1,223 @@
+"""Every pipeline family through its own `__call__`: calibrated, sampled, saved and reloaded, offline and tiny."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from conftest import (
+    SD_BETAS,
+    flux_inputs,
+    pixart_inputs,
+    sd3_inputs,
+    tiny_flux_pipe,
+    tiny_pixart_sigma_pipe,
+    tiny_sd3_pipe,
+    tiny_sd_pipe,
+    tiny_sdxl_pipe,
+)
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, StableDiffusionInpaintPipeline
+
+from diffusers_gits import GITSFlowMatchScheduler, GITSScheduler
+from diffusers_gits.noise import shift_flow_sigmas, unshift_flow_sigmas
+
+
+STEPS = [3, 5]
+FAST = {"num_warmup": 8, "batch_size": 4, "grid_size": 12, "progress": False, "cache": False}
+
+
+def inpaint_inputs():
+    g = torch.Generator().manual_seed(3)
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 4:12, 4:12] = 1
+    return {"image": torch.rand(1, 3, 16, 16, generator=g), "mask_image": mask, "height": 16, "width": 16}
+
+
+FAMILIES = {
+    "sd2_vpred_zero_snr": (
+        lambda d: tiny_sd_pipe(
+            d,
+            scheduler=DDIMScheduler(
+                prediction_type="v_prediction",
+                rescale_betas_zero_snr=True,
+                timestep_spacing="trailing",
+                steps_offset=1,
+                clip_sample=False,
+                **SD_BETAS,
+            ),
+        ),
+        lambda: {"height": 16, "width": 16},
+        GITSScheduler,
+    ),
+    "sdxl": (tiny_sdxl_pipe, lambda: {"height": 16, "width": 16}, GITSScheduler),
+    "pixart_sigma": (lambda d: tiny_pixart_sigma_pipe(), pixart_inputs, GITSScheduler),
+    "inpainting": (
+        lambda d: tiny_sd_pipe(d, pipeline_class=StableDiffusionInpaintPipeline, in_channels=9),
+        inpaint_inputs,
+        GITSScheduler,
+    ),
+    "sd3": (lambda d: tiny_sd3_pipe(), sd3_inputs, GITSFlowMatchScheduler),
+    "flux": (lambda d: tiny_flux_pipe(), flux_inputs, GITSFlowMatchScheduler),
+}
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """family -> (pipe, inputs, calibrated scheduler), each calibrated once through the pipeline's own __call__."""
+    results = {}
+
+    def get(name):
+        if name not in results:
+            build, inputs, _ = FAMILIES[name]
+            pipe = build(tmp_path_factory.mktemp(name))
+            prompts = None if "prompt_embeds" in inputs() else ["a red fox", "a blue car"]
+            scheduler = GITSScheduler.from_calibration(pipe, STEPS, prompts=prompts, **FAST, **inputs())
+            results[name] = (pipe, inputs, scheduler)
+        return results[name]
+
+    return get
+
+
+def public_config(scheduler) -> dict:
+    return {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
+
+
+def run(pipe, inputs, steps, seed=0, **kwargs):
+    generator = torch.Generator().manual_seed(seed)
+    call = {**inputs(), **kwargs}
+    if "prompt_embeds" not in call:
+        call["prompt"] = "a red fox"
+    return pipe(**call, num_inference_steps=steps, output_type="latent", generator=generator).images
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_is_calibrated_sampled_saved_and_reloaded(calibrated, family, tmp_path):
+    pipe, inputs, scheduler = calibrated(family)
+    original = pipe.scheduler
+    assert type(scheduler) is FAMILIES[family][2]
+    assert scheduler.calibrated_steps == STEPS
+    assert scheduler.config.calibration["pipeline_class"] == type(pipe).__name__
+    assert all("gits_error" in scheduler.calibration_report[str(k)] for k in STEPS)
+    try:
+        pipe.scheduler = scheduler
+        latents = run(pipe, inputs, 5)
+        assert torch.isfinite(latents).all()
+        np.testing.assert_allclose(pipe.scheduler.sigmas.numpy(), scheduler.schedule_for(5), rtol=1e-6)
+
+        scheduler.save_pretrained(tmp_path)
+        reloaded = GITSScheduler.from_pretrained(tmp_path)
+        assert type(reloaded) is type(scheduler)
+        assert public_config(reloaded) == public_config(scheduler)
+        pipe.scheduler = reloaded
+        torch.testing.assert_close(run(pipe, inputs, 5), latents, rtol=0, atol=0)
+    finally:
+        pipe.scheduler = original
+
+
+@pytest.mark.parametrize("strength", [0.4, 0.7, 1.0])
+def test_inpainting_honours_the_step_count_at_every_strength(calibrated, strength):
+    pipe, inputs, scheduler = calibrated("inpainting")
+    original, pipe.scheduler = pipe.scheduler, scheduler
+    calls = []
+    step = scheduler.step
+    scheduler.step = lambda *args, **kwargs: calls.append(1) or step(*args, **kwargs)
+    try:
+        latents = run(pipe, inputs, 5, strength=strength)
+    finally:
+        pipe.scheduler = original
+        del scheduler.step
+    assert len(scheduler.timesteps) == 5 and torch.isfinite(latents).all()
+    assert len(calls) == min(int(5 * strength), 5)
+
+
+def test_flux_calibration_records_mu_and_wins_over_the_default_sigmas(calibrated, caplog):
+    pipe, inputs, scheduler = calibrated("flux")
+    seq_len = run(pipe, inputs, 1).shape[1]  # Flux packs latents into (batch, tokens, channels); mu follows tokens
+    config = pipe.scheduler.config
+    expected_mu = config.base_shift + (config.max_shift - config.base_shift) * (
+        seq_len - config.base_image_seq_len
+    ) / (config.max_image_seq_len - config.base_image_seq_len)
+    assert scheduler.calibration_mu == pytest.approx(expected_mu)
+    assert scheduler.config.calibration["grid"]["type"] == "shifted_uniform_sigma"
+    fresh = GITSFlowMatchScheduler.from_config(scheduler.config)  # it says so once per step count
+    with caplog.at_level(logging.INFO, logger="diffusers_gits"):
+        fresh.set_timesteps(5, sigmas=np.linspace(1, 1 / 5, 5), mu=expected_mu)
+    np.testing.assert_allclose(fresh.sigmas.numpy(), scheduler.schedule_for(5), rtol=1e-6)
+    assert "default sigmas" in caplog.text
+
+
+def test_flux_at_another_resolution_reshifts_the_schedule_with_a_warning(calibrated, caplog):
+    _, _, scheduler = calibrated("flux")
+    mu = scheduler.calibration_mu
+    with caplog.at_level(logging.WARNING, logger="diffusers_gits"):
+        moved = scheduler.schedule_for(5, mu=mu + 0.5)
+    assert "re-shifts" in caplog.text
+    same_unshifted = unshift_flow_sigmas(scheduler.schedule_for(5), np.exp(mu))
+    np.testing.assert_allclose(moved, shift_flow_sigmas(same_unshifted, np.exp(mu + 0.5)))
+    assert moved[1] > scheduler.schedule_for(5)[1]  # a larger image shifts towards more noise
+
+
+def test_custom_sigmas_are_shifted_as_flowmatch_shifts_them():
+    for config in ({"shift": 3.0}, {"use_dynamic_shifting": True}):
+        stock = FlowMatchEulerDiscreteScheduler(**config)
+        ours = GITSFlowMatchScheduler.from_config(stock.config)
+        stock.set_timesteps(sigmas=[1.0, 0.6, 0.3], mu=0.8)
+        ours.set_timesteps(sigmas=[1.0, 0.6, 0.3], mu=0.8)
+        torch.testing.assert_close(ours.sigmas, stock.sigmas)
+        torch.testing.assert_close(ours.timesteps, stock.timesteps)
+
+
+@pytest.mark.parametrize("num_steps", [1, 4, 9, 28])
+@pytest.mark.parametrize("config", [{"shift": 3.0}, {"use_dynamic_shifting": True}, {"shift": 1.0}])
+def test_uncalibrated_flow_scheduler_runs_flowmatch_default(config, num_steps):
+    stock = FlowMatchEulerDiscreteScheduler(**config)
+    ours = GITSFlowMatchScheduler.from_config(stock.config)
+    stock.set_timesteps(num_steps, mu=0.7)
+    ours.set_timesteps(num_steps, mu=0.7)
+    torch.testing.assert_close(ours.sigmas, stock.sigmas)
+    torch.testing.assert_close(ours.timesteps, stock.timesteps)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_stock_flowmatch_with_exported_sigmas_reproduces_gits_euler(calibrated, family):
+    pipe, inputs, scheduler = calibrated(family)
+    stock = pipe.scheduler
+    try:
+        pipe.scheduler = GITSFlowMatchScheduler.from_config(scheduler.config, solver="euler")
+        ours = run(pipe, inputs, 5)
+        pipe.scheduler = stock
+        theirs = run(pipe, inputs, 5, sigmas=scheduler.sigmas_for(5))
+        np.testing.assert_allclose(stock.sigmas.numpy(), scheduler.schedule_for(5), rtol=1e-5, atol=1e-6)
+    finally:
+        pipe.scheduler = stock
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_sd_schedule_on_a_flow_pipeline_raises(calibrated):
+    flux, flux_in, _ = calibrated("flux")
+    sd3, _, _ = calibrated("sd3")
+    vp = GITSScheduler.from_preset("sd15")
+    original, flux.scheduler = flux.scheduler, vp
+    try:
+        with pytest.raises(ValueError, match="GITSFlowMatchScheduler"):
+            run(flux, flux_in, 5)
+    finally:
+        flux.scheduler = original
+    with pytest.raises(ValueError, match="flow-matching"):
+        vp.check_pipeline(sd3)  # SD3 without dynamic shifting passes no `mu`: check_pipeline is how to tell
+    with pytest.raises(ValueError, match="GITSFlowMatchScheduler"):
+        GITSScheduler.from_config(sd3.scheduler.config)
+
+
+@pytest.mark.parametrize("family", ["sdxl", "pixart_sigma", "inpainting"])
+def test_flow_schedule_on_a_vp_pipeline_raises(calibrated, family):
+    pipe, inputs, _ = calibrated(family)
+    _, _, flow = calibrated("sd3")
+    original, pipe.scheduler = pipe.scheduler, flow
+    try:
+        with pytest.raises(ValueError, match="use GITSScheduler"):
+            run(pipe, inputs, 5)
+    finally:
+        pipe.scheduler = original
+    with pytest.raises(ValueError, match="use GITSScheduler"):
+        flow.check_pipeline(pipe)

@@ -5,11 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler
-from gaussian_mixture import GaussianMixture, GaussianMixturePipeline
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+from gaussian_mixture import GaussianMixturePipeline
 
-from diffusers_gits import CalibrationError, GITSScheduler
-from diffusers_gits.schedules import karras_sigmas, timestep_spacing_sigmas, validate_sigmas
+from diffusers_gits import CalibrationError, GITSFlowMatchScheduler, GITSScheduler
+from diffusers_gits.gaussian_mixture import GaussianMixture, MixtureFlowPipeline
+from diffusers_gits.noise import FLOW_PATH, shift_flow_sigmas
+from diffusers_gits.schedules import flow_baseline_schedules, karras_sigmas, timestep_spacing_sigmas, validate_sigmas
 from diffusers_gits.solvers import sample
 
 
@@ -18,7 +20,7 @@ SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_l
 
 @pytest.fixture(scope="module")
 def mixture_problem():
-    mixture = GaussianMixture()
+    mixture = GaussianMixture.random()
     pipe = GaussianMixturePipeline(mixture, DDPMScheduler(**SD_BETAS))
     z = torch.randn(256, mixture.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(123))
     sigma_max = pipe.noise.sigma_max
@@ -45,6 +47,37 @@ def test_calibrated_schedule_beats_uniform_and_karras_on_exact_model(mixture_pro
         uniform = error(timestep_spacing_sigmas(noise, k, "linspace"), solver)
         karras = error(karras_sigmas(noise.sigma_min, noise.sigma_max, k), solver)
         assert gits < min(uniform, karras), (k, gits, uniform, karras)
+
+
+@pytest.fixture(scope="module")
+def flow_mixture_problem():
+    """The exact mixture as a Flux-like flow model (dynamic shifting at mu = 1.15, Flux's 1024 x 1024 value)."""
+    mixture = GaussianMixture.random()
+    pipe = MixtureFlowPipeline(mixture, FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), mu=1.15)
+    z = torch.randn(256, mixture.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(123))
+    fine = np.append(shift_flow_sigmas(np.linspace(1, 1e-4, 4000), np.exp(1.15)), 0.0)
+    reference = sample(mixture.flow_denoiser, z, fine, "ipndm", path=FLOW_PATH)
+
+    def error(sigmas, solver):
+        return (sample(mixture.flow_denoiser, z, sigmas, solver, path=FLOW_PATH) - reference).pow(2).mean(1).sqrt()
+
+    return pipe, error
+
+
+@pytest.mark.parametrize("solver,coeff,refine", [("euler", 1.0, False), ("dpmpp_2m", "auto", True)])
+def test_flow_calibration_beats_the_flux_and_stock_defaults_on_exact_model(
+    flow_mixture_problem, solver, coeff, refine
+):
+    pipe, error = flow_mixture_problem
+    scheduler = GITSScheduler.from_calibration(
+        pipe, [6, 8], num_warmup=128, batch_size=64, solver=solver, coeff=coeff, refine=refine, progress=False
+    )
+    assert isinstance(scheduler, GITSFlowMatchScheduler) and scheduler.calibration_mu == pytest.approx(1.15)
+    for k in (6, 8):
+        gits = error(scheduler.schedule_for(k), solver).mean().item()
+        baselines = flow_baseline_schedules(k, np.exp(1.15), 1e-3)
+        best = min(error(sigmas, solver).mean().item() for sigmas in baselines.values())
+        assert gits < best, (k, gits, best)
 
 
 def test_report_and_metadata_are_recorded(mixture_problem):
@@ -126,7 +159,7 @@ def test_memory_does_not_grow_with_warmup(mixture_problem, monkeypatch):
 )
 def test_bad_input_fails_before_any_model_call(kwargs, error, match):
     calls = []
-    pipe = GaussianMixturePipeline(GaussianMixture(), DDPMScheduler(**SD_BETAS))
+    pipe = GaussianMixturePipeline(GaussianMixture.random(), DDPMScheduler(**SD_BETAS))
     pipe.__class__ = type("Spy", (GaussianMixturePipeline,), {"__call__": lambda self, **kw: calls.append(kw)})
     args = {"num_inference_steps": [4], "num_warmup": 64, "batch_size": 16, "progress": False, **kwargs}
     with pytest.raises(error, match=match):
@@ -140,7 +173,7 @@ def test_nan_model_output_names_the_grid_step():
             out = super().denoiser(x, sigma)
             return out * float("nan") if sigma < 1.0 else out
 
-    pipe = GaussianMixturePipeline(Broken(), DDPMScheduler(**SD_BETAS))
+    pipe = GaussianMixturePipeline(Broken.random(), DDPMScheduler(**SD_BETAS))
     with pytest.raises(CalibrationError, match="grid step") as info:
         GITSScheduler.from_calibration(pipe, [4], num_warmup=16, batch_size=16, progress=False)
     assert info.value.grid_step is not None and info.value.sigma < 1.0

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
-from gaussian_mixture import GaussianMixture, GaussianMixturePipeline
+from gaussian_mixture import GaussianMixturePipeline
 
 from diffusers_gits import GITSScheduler, ScheduleLoadError
+from diffusers_gits.gaussian_mixture import GaussianMixture
 from diffusers_gits.hub import cache_load, cache_store, list_schedules
 
 
@@ -124,7 +125,7 @@ def test_invalid_schedules_name_the_repo_and_field(hub, tmp_path, edit, field):
 
 
 def test_from_calibration_publishes_and_reuses_through_the_hub(hub, tmp_path, monkeypatch):
-    pipe = GaussianMixturePipeline(GaussianMixture(), DDPMScheduler(**SD))
+    pipe = GaussianMixturePipeline(GaussianMixture.random(), DDPMScheduler(**SD))
     pipe.components = {}
     options = {
         "num_warmup": 32,
@@ -144,7 +145,7 @@ def test_from_calibration_publishes_and_reuses_through_the_hub(hub, tmp_path, mo
 
 
 def test_local_cache_hit_makes_no_model_call_and_key_tracks_settings(monkeypatch):
-    pipe = GaussianMixturePipeline(GaussianMixture(), DDPMScheduler(**SD))
+    pipe = GaussianMixturePipeline(GaussianMixture.random(), DDPMScheduler(**SD))
     pipe.components = {}
     options = {"num_warmup": 32, "batch_size": 16, "coeff": 1.0, "refine": False, "progress": False}
     first = GITSScheduler.from_calibration(pipe, [3], **options)
@@ -198,19 +199,23 @@ def test_sd15_preset_needs_no_calibration_or_network():
 
 def test_check_pipeline_catches_family_and_prediction_mismatches(caplog):
     from diffusers import FlowMatchEulerDiscreteScheduler
-    from gaussian_mixture import GaussianMixture, GaussianMixturePipeline
+    from gaussian_mixture import GaussianMixturePipeline
+
+    from diffusers_gits.gaussian_mixture import GaussianMixture
 
     sd15 = GITSScheduler.from_preset("sd15")
-    sd_pipe = GaussianMixturePipeline(GaussianMixture(), DDPMScheduler(**SD))
+    sd_pipe = GaussianMixturePipeline(GaussianMixture.random(), DDPMScheduler(**SD))
     sd15.check_pipeline(sd_pipe)
-    flow_pipe = GaussianMixturePipeline(GaussianMixture(), DDPMScheduler(**SD))
+    flow_pipe = GaussianMixturePipeline(GaussianMixture.random(), DDPMScheduler(**SD))
     flow_pipe.scheduler = FlowMatchEulerDiscreteScheduler()
     with pytest.raises(ValueError, match="flow-matching"):
         sd15.check_pipeline(flow_pipe)
     with pytest.raises(ValueError, match="v_prediction"):
         sd15.check_pipeline(
-            GaussianMixturePipeline(GaussianMixture(), DDPMScheduler(**SD, prediction_type="v_prediction"))
+            GaussianMixturePipeline(GaussianMixture.random(), DDPMScheduler(**SD, prediction_type="v_prediction"))
         )
     with caplog.at_level("WARNING"):
-        sd15.check_pipeline(GaussianMixturePipeline(GaussianMixture(), DDPMScheduler()))  # linear betas: another range
+        sd15.check_pipeline(
+            GaussianMixturePipeline(GaussianMixture.random(), DDPMScheduler())
+        )  # linear betas: another range
     assert "another model family" in caplog.text

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from gaussian_mixture import GaussianMixture
 
+from diffusers_gits.gaussian_mixture import GaussianMixture
 from diffusers_gits.noise import FLOW_PATH, SIGMA_PATH
 from diffusers_gits.solvers import SOLVERS, SolverHistory, get_solver, ipndm_step, sample
 
@@ -15,7 +15,7 @@ def log_spaced(n, sigma_max=10.0, sigma_min=0.1):
 
 @pytest.fixture(scope="module")
 def smooth_problem():
-    gm = GaussianMixture()
+    gm = GaussianMixture.random()
     gm.stds = gm.stds + 0.5  # wider components: a smooth ODE where the asymptotic order shows at moderate N
     x = torch.randn(32, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 10
     return gm, x, gm.exact_solution(x, [10.0, 0.1], steps_per_interval=4000)
@@ -63,7 +63,7 @@ def test_ipndm_local_error_is_fourth_order_with_exact_history():
 @pytest.mark.parametrize("solver", sorted(SOLVERS))
 @pytest.mark.parametrize("num_steps", [1, 2])
 def test_every_solver_runs_one_and_two_steps_to_zero(solver, num_steps):
-    gm = GaussianMixture()
+    gm = GaussianMixture.random()
     x = 14.6 * torch.randn(16, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     sigmas = np.append(np.exp(np.linspace(np.log(14.6), np.log(0.5), num_steps)), 0.0)
     out = sample(gm.denoiser, x, sigmas, solver)
@@ -86,7 +86,7 @@ def test_euler_equals_ddim_update():
 
 
 def test_solvers_agree_with_exact_solution_on_fine_grid():
-    gm = GaussianMixture()
+    gm = GaussianMixture.random()
     x = 10 * torch.randn(16, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     reference = gm.exact_solution(x, [10.0, 0.1])
     for solver in SOLVERS:
@@ -137,7 +137,7 @@ def test_flow_path_convergence_order_from_pure_noise(smooth_flow_problem, solver
 @pytest.mark.parametrize("solver", ["euler", "dpmpp_2m", "unipc"])
 def test_exponential_integrators_are_the_same_method_on_both_paths(solver):
     """DDIM, DPM-Solver++ and UniPC are invariant to the change of variables between the flow and sigma paths."""
-    gm = GaussianMixture()
+    gm = GaussianMixture.random()
     flow_sigmas = [0.95, 0.8, 0.6, 0.45, 0.3, 0.15, 0.05, 0.0]
     x = 0.95 * torch.randn(16, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     on_flow = sample(gm.flow_denoiser, x, flow_sigmas, solver, path=FLOW_PATH)

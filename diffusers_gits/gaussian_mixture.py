@@ -1,0 +1,125 @@
+"""An exact diffusion model: a Gaussian mixture with isotropic components, whose optimal denoiser is closed form.
+
+With a component on every training image (a kernel density estimate) it is a model of real data whose sampling ODE
+can be solved to any accuracy, for tests and benchmarks. `MixtureFlowPipeline` samples it as a flow-matching model
+through a diffusers scheduler, with Flux's scheduler protocol, so calibration can run on it like on Flux.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .solvers import sample
+
+
+class GaussianMixture:
+    """Mixture of N(mean_k, std_k^2 I); `denoiser(x, sigma)` is E[x0 | x0 + sigma * noise = x] on the sigma path.
+
+    Args:
+        means (`torch.Tensor`): (K, D) component means.
+        stds (`torch.Tensor`): (K,) component standard deviations.
+        log_weights (`torch.Tensor`): (K,) log mixture weights (normalised here).
+    """
+
+    def __init__(self, means: torch.Tensor, stds: torch.Tensor, log_weights: torch.Tensor):
+        self.means = means.to(torch.float64)
+        self.stds = stds.to(torch.float64)
+        self.log_weights = torch.log_softmax(log_weights.to(torch.float64), 0)
+        self.dim = self.means.shape[1]
+
+    @classmethod
+    def random(cls, dim: int = 8, num_components: int = 3, seed: int = 0) -> "GaussianMixture":
+        """A few well-separated random components (means ~ N(0, 1.5^2), stds in [0.15, 0.5])."""
+        g = torch.Generator().manual_seed(seed)
+        means = torch.randn(num_components, dim, generator=g, dtype=torch.float64) * 1.5
+        stds = 0.15 + 0.35 * torch.rand(num_components, generator=g, dtype=torch.float64)
+        return cls(means, stds, torch.randn(num_components, generator=g, dtype=torch.float64))
+
+    @classmethod
+    def kde(cls, data: torch.Tensor, bandwidth: float) -> "GaussianMixture":
+        """The Gaussian kernel density estimate of `data` (N, ...): one equal-weight component per sample."""
+        means = data.reshape(len(data), -1).to(torch.float64)
+        return cls(means, torch.full((len(means),), float(bandwidth)), torch.zeros(len(means)))
+
+    def denoiser(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The optimal denoiser on the sigma path (`x = x0 + sigma * noise`), batched over rows of `x` (B, D)."""
+        x64 = x.to(torch.float64)
+        var = self.stds**2 + sigma**2  # (K,)
+        sq = torch.cdist(x64, self.means) ** 2  # (B, K)
+        logp = self.log_weights - 0.5 * sq / var - 0.5 * self.dim * torch.log(var)
+        resp = torch.softmax(logp, dim=1)  # (B, K)
+        shrink = self.stds**2 / var  # (K,)
+        # sum_k r_k (m_k + s_k (x - m_k)) = (r @ ((1 - s) m)) + (r @ s) x
+        return ((resp * (1 - shrink)) @ self.means + (resp @ shrink)[:, None] * x64).to(x.dtype)
+
+    def flow_denoiser(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The same denoiser on the flow path `x = (1 - sigma) x0 + sigma * noise`, sigma in [0, 1]."""
+        if sigma >= 1:  # pure noise: the data mean
+            mean = self.log_weights.exp() @ self.means
+            return mean.expand_as(x).to(x.dtype)
+        return self.denoiser(x / (1 - sigma), sigma / (1 - sigma))
+
+    def exact_solution(self, x: torch.Tensor, sigmas: list[float], steps_per_interval: int = 400) -> torch.Tensor:
+        """A converged reference on the sigma path: iPNDM on a fine log-sigma grid between consecutive `sigmas`."""
+        fine = []
+        for a, b in zip(sigmas[:-1], sigmas[1:]):
+            if b == 0:
+                fine.append(torch.tensor([a]))
+                continue
+            fine.append(torch.exp(torch.linspace(math.log(a), math.log(b), steps_per_interval + 1))[:-1])
+        grid = torch.cat(fine).tolist() + [sigmas[-1]]
+        return sample(self.denoiser, x, grid, solver="ipndm")
+
+
+@dataclass
+class MixtureOutput:
+    images: torch.Tensor
+
+
+class MixtureFlowPipeline:
+    """A Gaussian mixture sampled as a flow-matching model through `scheduler`, the way FluxPipeline drives one.
+
+    Each call draws one noise per generator, calls `set_timesteps(sigmas=linspace(1, 1/N, N), mu=mu)` (Flux always
+    passes its default sigmas and, under dynamic shifting, `mu`), then feeds the exact velocity `(x - D(x)) / sigma`
+    to `scheduler.step` at every timestep. It has what calibration uses of a pipeline.
+
+    Args:
+        mixture (`GaussianMixture`): the data model.
+        scheduler: a flow-matching scheduler (FlowMatchEulerDiscreteScheduler, GITSFlowMatchScheduler).
+        mu (`float`, *optional*): the dynamic-shift parameter to pass (Flux at 1024x1024: 1.15).
+    """
+
+    def __init__(self, mixture: GaussianMixture, scheduler, mu: float | None = None):
+        self.mixture = mixture
+        self.scheduler = scheduler
+        self.mu = mu
+        self._progress_bar_config = {}
+
+    def set_progress_bar_config(self, **kwargs):
+        self._progress_bar_config.update(kwargs)
+
+    def start_noise(self, generators: list[torch.Generator]) -> torch.Tensor:
+        return torch.cat([torch.randn(1, self.mixture.dim, generator=g, dtype=torch.float64) for g in generators])
+
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 28,
+        sigmas: list[float] | None = None,
+        output_type: str = "latent",
+    ) -> MixtureOutput:
+        generators = generator if isinstance(generator, list) else [generator or torch.Generator()] * batch_size
+        x = self.start_noise(generators)
+        if sigmas is None:
+            sigmas = np.linspace(1.0, 1.0 / num_inference_steps, num_inference_steps)
+        self.scheduler.set_timesteps(sigmas=sigmas, mu=self.mu)
+        self.scheduler.set_begin_index(0)
+        num_train_timesteps = self.scheduler.config.num_train_timesteps
+        for t in self.scheduler.timesteps:
+            sigma = float(t) / num_train_timesteps
+            velocity = (x - self.mixture.flow_denoiser(x, sigma)) / sigma
+            x = self.scheduler.step(velocity.float(), t, x.float(), return_dict=False)[0].to(torch.float64)
+        return MixtureOutput(images=x)

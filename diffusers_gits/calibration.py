@@ -289,12 +289,17 @@ def calibrate(
 
     if push and not hub_repo:
         raise ValueError("push=True needs hub_repo= (the Hub model repo to publish to)")
+    runner = PipelineRunner(pipe, prompts, seed, batch_size, pipe_kwargs)
+    # A flow pipeline's shift depends on the resolution it computes inside __call__: read it (no denoiser call) first,
+    # so that it keys the cache too.
+    mu, passes_sigmas = _probe_shift(runner, base_config) if is_flow_scheduler_config(base_config) else (None, False)
+    family = model_family(base_config, mu, passes_sigmas)
     key = None
     if cache or hub_repo:
         settings = {
             "steps": steps, "prompts": list(prompts or []), "num_warmup": num_warmup, "solver": solver,
             "teacher": teacher, "grid_size": grid_size, "metric": metric, "jump_cost": jump_cost, "coeff": coeff,
-            "num_holdout": num_holdout, "refine": refine, "seed": seed, "pipe_kwargs": pipe_kwargs,
+            "num_holdout": num_holdout, "refine": refine, "seed": seed, "pipe_kwargs": pipe_kwargs, "mu": mu,
         }  # fmt: skip
         key = calibration_key(pipe, settings)
         found = _lookup(key, cache, cache_dir, hub_repo)
@@ -302,8 +307,8 @@ def calibrate(
             return found
 
     scheduler = _search(
-        pipe, base_config, steps, prompts, num_warmup, batch_size, solver, teacher, grid_size, metric, jump_cost,
-        coeff, num_holdout, choosing, refine, seed, progress, pipe_kwargs,
+        runner, family, steps, num_warmup, solver, teacher, grid_size, metric, jump_cost, coeff, num_holdout,
+        choosing, refine, seed, progress, pipe_kwargs,
     )  # fmt: skip
     if cache:
         cache_store(key, scheduler, Path(cache_dir) if cache_dir else None)
@@ -333,14 +338,12 @@ def _lookup(key: str, cache: bool, cache_dir: str | Path | None, hub_repo: str |
 
 
 def _search(
-    pipe, base_config, steps, prompts, num_warmup, batch_size, solver, teacher, grid_size, metric, jump_cost, coeff,
-    num_holdout, choosing, refine, seed, progress, pipe_kwargs,
+    runner, family, steps, num_warmup, solver, teacher, grid_size, metric, jump_cost, coeff, num_holdout, choosing,
+    refine, seed, progress, pipe_kwargs,
 ) -> _GITSSchedulerBase:  # fmt: skip
     """Teacher, cost, DP, held-out choice: the calibration proper (arguments as in `calibrate`)."""
     timings = {"teacher_s": 0.0, "cost_s": 0.0, "dp_s": 0.0, "selection_s": 0.0}
-    runner = PipelineRunner(pipe, prompts, seed, batch_size, pipe_kwargs)
-    mu, passes_sigmas = _probe_shift(runner, base_config) if is_flow_scheduler_config(base_config) else (None, False)
-    family = model_family(base_config, mu, passes_sigmas)
+    pipe, prompts = runner.pipe, runner.prompts
     grid = family.grid(grid_size)
     teacher_scheduler = family.scheduler(teacher, {grid_size: grid})
     accumulator = (
@@ -395,7 +398,7 @@ def _search(
         "solver": solver,
         "teacher": teacher,
         "family": family.metadata["family"],
-        "mu": mu,
+        "mu": family.metadata.get("mu"),
         "grid": {"type": family.metadata["grid_type"], "size": grid_size},
         "metric": metric,
         "jump_cost": jump_cost,

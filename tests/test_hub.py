@@ -165,6 +165,29 @@ def test_local_cache_hit_makes_no_model_call_and_key_tracks_settings(monkeypatch
     assert len(calls) > 0  # another seed is another calibration
 
 
+def test_flow_calibration_is_cached_as_a_flow_scheduler_and_keyed_by_mu(monkeypatch):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from diffusers_gits import GITSFlowMatchScheduler
+    from diffusers_gits.gaussian_mixture import MixtureFlowPipeline
+
+    mixture = GaussianMixture.random()
+    pipe = MixtureFlowPipeline(mixture, FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), mu=0.5)
+    pipe.components = {}
+    options = {"num_warmup": 32, "batch_size": 16, "coeff": 1.0, "refine": False, "progress": False}
+    first = GITSScheduler.from_calibration(pipe, [3], **options)
+    calls = []
+    denoiser = mixture.flow_denoiser
+    monkeypatch.setattr(mixture, "flow_denoiser", lambda x, sigma: calls.append(sigma) or denoiser(x, sigma))
+    pipe.scheduler = first  # installed: the key still comes from the same shift settings
+    again = GITSScheduler.from_calibration(pipe, [3], **options)
+    assert isinstance(again, GITSFlowMatchScheduler) and again.sigmas_for(3) == first.sigmas_for(3)
+    assert calls == [] and again.calibration_mu == 0.5
+    pipe.mu = 1.0  # another resolution: another shift, another calibration
+    other = GITSScheduler.from_calibration(pipe, [3], **options)
+    assert calls and other.calibration_mu == 1.0
+
+
 def test_cache_writes_are_atomic(tmp_path, monkeypatch):
     scheduler = calibrated()
 

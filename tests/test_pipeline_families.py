@@ -221,3 +221,62 @@ def test_flow_schedule_on_a_vp_pipeline_raises(calibrated, family):
         pipe.scheduler = original
     with pytest.raises(ValueError, match="use GITSScheduler"):
         flow.check_pipeline(pipe)
+
+
+@pytest.mark.parametrize("solver,order", [("euler", 1), ("dpmpp_2m", 2)])
+def test_stock_dpm_solver_with_exported_timesteps_reproduces_gits(sd_pipe, solver, order):
+    """DPMSolverMultistepScheduler takes only integer timesteps: on those it runs GITS's DDIM / DPM-Solver++(2M)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    preset = GITSScheduler.from_preset("sd15")
+    timesteps = preset.timesteps_for(5)
+    stock = sd_pipe.scheduler
+    try:
+        sd_pipe.scheduler = GITSScheduler.from_config(stock.config, solver=solver)
+        ours = sd_pipe(
+            "a red fox", timesteps=timesteps, output_type="latent", generator=torch.Generator().manual_seed(0)
+        )
+        sd_pipe.scheduler = DPMSolverMultistepScheduler.from_config(stock.config, solver_order=order)
+        theirs = sd_pipe(
+            "a red fox", timesteps=timesteps, output_type="latent", generator=torch.Generator().manual_seed(0)
+        )
+    finally:
+        sd_pipe.scheduler = stock
+    torch.testing.assert_close(ours.images, theirs.images, rtol=1e-4, atol=1e-4)
+
+
+def test_sdxl_denoising_end_runs_the_first_part_of_the_schedule(calibrated):
+    pipe, inputs, scheduler = calibrated("sdxl")
+    original, pipe.scheduler = pipe.scheduler, scheduler
+    calls = []
+    step = scheduler.step
+    scheduler.step = lambda *args, **kwargs: calls.append(args[1]) or step(*args, **kwargs)
+    try:
+        latents = run(pipe, inputs, 5, denoising_end=0.3)
+    finally:
+        pipe.scheduler = original
+        del scheduler.step
+    cutoff = 1000 - 0.3 * 1000
+    assert torch.isfinite(latents).all()
+    assert [float(t) for t in calls] == [float(t) for t in scheduler.timesteps if t >= cutoff]
+    assert 0 < len(calls) < 5
+
+
+@pytest.mark.parametrize("strength", [0.4, 0.7, 1.0])
+def test_flux_img2img_runs_the_calibrated_schedule_from_its_strength(calibrated, strength):
+    from diffusers import FluxImg2ImgPipeline
+
+    flux, inputs, scheduler = calibrated("flux")
+    pipe = FluxImg2ImgPipeline(**{**flux.components, "scheduler": scheduler})
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    calls = []
+    step = scheduler.step
+    scheduler.step = lambda *args, **kwargs: calls.append(float(args[1])) or step(*args, **kwargs)
+    try:
+        latents = run(pipe, inputs, 5, image=image, strength=strength)
+    finally:
+        del scheduler.step
+    assert torch.isfinite(latents).all() and len(scheduler.timesteps) == 5
+    start = int(5 - 5 * strength)  # Flux's rule: t_start = int(N - N * strength)
+    assert calls == scheduler.timesteps.tolist()[start:]

@@ -166,6 +166,12 @@ def _check_pipeline(pipe) -> dict:
     config = dict(config)
     if not is_flow_scheduler_config(config):
         GITSScheduler._check_config_family(config)
+    elif GITSFlowMatchScheduler.unreproduced_options(config):
+        logger.warning(
+            "the pipeline's FlowMatchEulerDiscreteScheduler sets %s; the baselines and the default schedule this "
+            "calibration compares with are the plain shifted ones, without them",
+            GITSFlowMatchScheduler.unreproduced_options(config),
+        )
     return config
 
 

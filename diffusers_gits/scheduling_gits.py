@@ -595,6 +595,14 @@ class GITSFlowMatchScheduler(_GITSSchedulerBase):
                 f"GITSFlowMatchScheduler is for flow-matching models (SD3, Flux), but "
                 f"{config.get('_class_name', 'this config')} is a VP (DDPM-style) scheduler: use GITSScheduler"
             )
+        if config.get("invert_sigmas"):
+            raise ValueError("invert_sigmas=True (Mochi's convention) is not supported by GITSFlowMatchScheduler")
+
+    @staticmethod
+    def unreproduced_options(config: dict) -> list[str]:
+        """FlowMatchEuler options set in `config` that change its default schedule but not GITS's fallback."""
+        keys = ("shift_terminal", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+        return [key for key in keys if config.get(key)]
 
     def _check_same_model(self, theirs: "GITSFlowMatchScheduler") -> None:
         keys = ("shift", "use_dynamic_shifting", "base_shift", "max_shift", "time_shift_type")

@@ -456,6 +456,11 @@ def _check_options(
     reserved = sorted(set(pipe_kwargs) & set(RESERVED_KWARGS))
     if reserved:
         raise ValueError(f"calibration sets {reserved} itself; pass prompts=, num_inference_steps= and seed= instead")
+    embeds = pipe_kwargs.get("prompt_embeds")
+    if embeds is not None and len(embeds) != 1:
+        raise ValueError(
+            f"prompt_embeds must hold one prompt (batch 1; the warm-up noises are its images), got batch {len(embeds)}"
+        )
     return num_holdout
 
 

@@ -155,6 +155,8 @@ def test_memory_does_not_grow_with_warmup(mixture_problem, monkeypatch):
         ({"coeff": "best"}, ValueError, "coeff"),
         ({"num_holdout": 64}, ValueError, "num_holdout"),
         ({"generator": None}, ValueError, "generator"),
+        ({"num_images_per_prompt": 2}, ValueError, "num_images_per_prompt"),
+        ({"prompt_embeds": torch.zeros(2, 8, 32)}, ValueError, "batch 2"),
     ],
 )
 def test_bad_input_fails_before_any_model_call(kwargs, error, match):

@@ -20,23 +20,28 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from quality import step_overhead
+from quality import (
+    NFES,
+    SOLVERS,
+    calibrate_variants,
+    ratio_cells,
+    schedule_table_lines,
+    score_schedules,
+    step_overhead,
+)
 
-from diffusers_gits import GITSFlowMatchScheduler, GITSScheduler, __version__
+from diffusers_gits import GITSFlowMatchScheduler, __version__
 from diffusers_gits.data import digits_images
 from diffusers_gits.demo import TEST_SEED
-from diffusers_gits.evaluation import mean_and_ci, per_sample_rmse, sliced_wasserstein
+from diffusers_gits.evaluation import per_sample_rmse, sliced_wasserstein
 from diffusers_gits.gaussian_mixture import GaussianMixture, MixtureFlowPipeline
 from diffusers_gits.noise import FLOW_PATH, shift_flow_sigmas
 from diffusers_gits.schedules import flow_baseline_schedules
 from diffusers_gits.solvers import sample
 
 
-SOLVERS = ("euler", "dpmpp_2m", "unipc", "ipndm")
-NFES = (4, 5, 6, 8, 10)
 MUS = (0.5, 1.15)
 BANDWIDTH = 0.25
-VARIANTS = {"gits_paper": {"coeff": 1.2, "refine": False, "num_holdout": 0}, "gits_auto": {}}
 BASELINE_LABELS = {
     "uniform": "uniform sigma, no shift",
     "shifted": "uniform sigma with the model's shift (Flux's default)",
@@ -105,34 +110,13 @@ def run(mixture, real, mu, num_test, num_warmup, ref_steps, log) -> dict:
         "reference_swd_to_real": swd_reference,
     }
     for solver in SOLVERS:
-        schedules, costs = {}, {}
-        for name, options in VARIANTS.items():
-            tic = time.perf_counter()
-            gits = GITSScheduler.from_calibration(
-                pipe, list(NFES), num_warmup=num_warmup, batch_size=64, solver=solver, progress=False, cache=False,
-                **options,
-            )  # fmt: skip
-            meta = gits.config.calibration
-            costs[name] = {
-                "wall_s": time.perf_counter() - tic,
-                **meta["timings"],
-                **{f"calls_{k}": v for k, v in meta["model_calls"].items()},
-                "chosen": {k: v["chosen"] for k, v in meta["report"].items()},
-            }
-            schedules[name] = {k: gits.schedule_for(k) for k in NFES}
-            log(f"  calibrated {name} for {solver} in {costs[name]['wall_s']:.1f} s: {costs[name]['chosen']}")
-        table = {}
-        for k in NFES:
-            candidates = {**flow_baseline_schedules(k, factor, 1.0 / 1000), **{n: s[k] for n, s in schedules.items()}}
-            for name, sigmas in candidates.items():
-                out = solve(sigmas, solver)
-                rmse, ci = mean_and_ci(per_sample_rmse(out, reference))
-                table.setdefault(name, {})[k] = {
-                    "rmse": rmse,
-                    "ci": ci,
-                    "swd": sliced_wasserstein(out, real),
-                    "sigmas": [round(float(s), 5) for s in sigmas],
-                }
+        schedules, costs = calibrate_variants(pipe, solver, num_warmup, log)
+        table = score_schedules(
+            lambda k: {**flow_baseline_schedules(k, factor, 1.0 / 1000), **{n: s[k] for n, s in schedules.items()}},
+            lambda sigmas: solve(sigmas, solver),
+            reference,
+            real,
+        )
         results["solvers"][solver] = table
         results["calibration_cost"][solver] = costs
         log(f"  {solver}: " + ", ".join(f"NFE {k}: gits_auto {table['gits_auto'][k]['rmse']:.4f}" for k in NFES))
@@ -160,11 +144,7 @@ def render(results: dict) -> str:
     ]
     for mu, run_results in results["runs"].items():
         for solver, table in run_results["solvers"].items():
-            cells = []
-            for k in NFES:
-                best = min(BASELINE_LABELS, key=lambda n: table[n][k]["rmse"])
-                cells.append(f"{table['gits_auto'][k]['rmse'] / table[best][k]['rmse']:.2f} (vs {best})")
-            lines.append(f"| {mu} | {solver} | " + " | ".join(cells) + " |")
+            lines.append(f"| {mu} | {solver} | " + " | ".join(ratio_cells(table, list(BASELINE_LABELS))) + " |")
     lines += [
         "",
         "The same, as a ratio to Flux's own default (`shifted`: uniform sigma with the model's shift):",
@@ -195,15 +175,7 @@ def render(results: dict) -> str:
         for metric, title in (("rmse", "RMSE to reference (mean ± 95% CI)"), ("swd", "Sliced Wasserstein distance")):
             lines += ["", f"### {title}", ""]
             for solver, table in run_results["solvers"].items():
-                lines += [f"#### {solver}", "", "| schedule | " + " | ".join(f"NFE {k}" for k in NFES) + " |"]
-                lines.append("|---|" + "---|" * len(NFES))
-                for name, per_k in table.items():
-                    if metric == "rmse":
-                        cells = [f"{per_k[k]['rmse']:.4f} ± {per_k[k]['ci']:.4f}" for k in NFES]
-                    else:
-                        cells = [f"{per_k[k]['swd']:.4f}" for k in NFES]
-                    lines.append(f"| {name} | " + " | ".join(cells) + " |")
-                lines.append("")
+                lines += [f"#### {solver}", "", *schedule_table_lines(table, metric), ""]
         lines += [
             "### Calibration cost (seconds, all five NFEs at once)",
             "",

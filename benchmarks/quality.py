@@ -78,6 +78,22 @@ def calibrate_variants(pipe, solver, num_warmup, log):
     return schedules, costs
 
 
+def score_schedules(candidates_for, solve, reference: torch.Tensor, real: torch.Tensor) -> dict:
+    """`{name: {N: rmse, ci, swd, sigmas}}` for every schedule `candidates_for(N)` gives, sampled by `solve(sigmas)`."""
+    table = {}
+    for k in NFES:
+        for name, sigmas in candidates_for(k).items():
+            out = solve(sigmas)
+            rmse, ci = mean_and_ci(per_sample_rmse(out, reference))
+            table.setdefault(name, {})[k] = {
+                "rmse": rmse,
+                "ci": ci,
+                "swd": sliced_wasserstein(out, real),
+                "sigmas": [round(float(s), 5) for s in sigmas],
+            }
+    return table
+
+
 def step_overhead(
     stock_class=EulerDiscreteScheduler, gits_class=GITSScheduler, config: dict | None = None, repeats: int = 200
 ) -> dict[str, float]:
@@ -164,18 +180,12 @@ def main() -> None:
     for solver in SOLVERS:
         schedulers, costs = calibrate_variants(pipe, solver, num_warmup, log)
         results["calibration_cost"][solver] = costs
-        table = {}
-        for k in NFES:
-            schedules = {**baseline_schedules(noise, k), **{name: per_k[k] for name, per_k in schedulers.items()}}
-            for name, sigmas in schedules.items():
-                out = solve(denoiser, z, sigmas, solver)
-                rmse, ci = mean_and_ci(per_sample_rmse(out, reference))
-                table.setdefault(name, {})[k] = {
-                    "rmse": rmse,
-                    "ci": ci,
-                    "swd": sliced_wasserstein(out, real),
-                    "sigmas": [round(float(s), 5) for s in sigmas],
-                }
+        table = score_schedules(
+            lambda k: {**baseline_schedules(noise, k), **{name: per_k[k] for name, per_k in schedulers.items()}},
+            lambda sigmas: solve(denoiser, z, sigmas, solver),
+            reference,
+            real,
+        )
         results["solvers"][solver] = table
         log(f"  {solver}: " + ", ".join(f"NFE {k}: gits_auto {table['gits_auto'][k]['rmse']:.4f}" for k in NFES))
         write(results, out_dir, start, num_test, num_warmup, ref_steps, reference_error, swd_reference)
@@ -203,6 +213,27 @@ def write(results, out_dir, start, num_test, num_warmup, ref_steps, reference_er
     (out_dir / "RESULTS.md").write_text(render(results))
 
 
+def ratio_cells(table: dict, baselines: list[str]) -> list[str]:
+    """Per NFE, GITS's (package default) RMSE over the best of `baselines`, naming that baseline."""
+    cells = []
+    for k in NFES:
+        best = min(baselines, key=lambda name: table[name][k]["rmse"])
+        cells.append(f"{table['gits_auto'][k]['rmse'] / table[best][k]['rmse']:.2f} (vs {best})")
+    return cells
+
+
+def schedule_table_lines(table: dict, metric: str) -> list[str]:
+    """One solver's markdown table: a row per schedule, per NFE its RMSE ± 95% CI (`"rmse"`) or SWD (`"swd"`)."""
+    lines = ["| schedule | " + " | ".join(f"NFE {k}" for k in NFES) + " |", "|---|" + "---|" * len(NFES)]
+    for name, per_k in table.items():
+        if metric == "rmse":
+            cells = [f"{per_k[k]['rmse']:.4f} ± {per_k[k]['ci']:.4f}" for k in NFES]
+        else:
+            cells = [f"{per_k[k]['swd']:.4f}" for k in NFES]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render(results: dict) -> str:
     setup = results["setup"]
     baselines = ["uniform", "karras", "logsnr", "ays_sd15", "gits_sd15_published"]
@@ -225,11 +256,7 @@ def render(results: dict) -> str:
         "|---|" + "---|" * len(NFES),
     ]
     for solver, table in results["solvers"].items():
-        cells = []
-        for k in NFES:
-            best_name = min(baselines, key=lambda n: table[n][k]["rmse"])
-            cells.append(f"{table['gits_auto'][k]['rmse'] / table[best_name][k]['rmse']:.2f} (vs {best_name})")
-        lines.append(f"| {solver} | " + " | ".join(cells) + " |")
+        lines.append(f"| {solver} | " + " | ".join(ratio_cells(table, baselines)) + " |")
     for metric, title in (
         ("rmse", "RMSE to reference (mean ± 95% CI)"),
         (
@@ -239,19 +266,7 @@ def render(results: dict) -> str:
     ):
         lines += ["", f"## {title}", ""]
         for solver, table in results["solvers"].items():
-            lines += [
-                f"### {solver}",
-                "",
-                "| schedule | " + " | ".join(f"NFE {k}" for k in NFES) + " |",
-                "|---|" + "---|" * len(NFES),
-            ]
-            for name, per_k in table.items():
-                if metric == "rmse":
-                    cells = [f"{per_k[k]['rmse']:.4f} ± {per_k[k]['ci']:.4f}" for k in NFES]
-                else:
-                    cells = [f"{per_k[k]['swd']:.4f}" for k in NFES]
-                lines.append(f"| {name} | " + " | ".join(cells) + " |")
-            lines.append("")
+            lines += [f"### {solver}", "", *schedule_table_lines(table, metric), ""]
     lines += [
         "## Calibration cost",
         "",

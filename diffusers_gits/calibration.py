@@ -25,6 +25,7 @@ from .errors import CalibrationError, ScheduleLoadError
 from .evaluation import per_sample_rmse
 from .families import ModelFamily, model_family
 from .hub import cache_load, cache_store, calibration_key, fetch_schedule_config
+from .schedules import check_step_count
 from .scheduling_gits import (
     GITSFlowMatchScheduler,
     GITSScheduler,
@@ -214,10 +215,7 @@ def _check_steps(num_inference_steps: int | Sequence[int], grid_size: int) -> li
     if not steps:
         raise ValueError("num_inference_steps is empty; pass step counts such as [5, 6, 8, 10]")
     for k in steps:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise TypeError(f"num_inference_steps must hold ints, got {k!r}")
-        if k < 1:
-            raise ValueError(f"num_inference_steps must be positive, got {k}")
+        check_step_count(k, "each of num_inference_steps")
         if k > grid_size:
             raise ValueError(
                 f"num_inference_steps {k} is larger than the grid allows (grid_size={grid_size}); raise grid_size"

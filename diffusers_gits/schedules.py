@@ -17,6 +17,15 @@ from .noise import VPNoiseSchedule, shift_flow_sigmas
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 
 
+def check_step_count(num_steps, name: str = "num_inference_steps") -> int:
+    """`num_steps` as an int >= 1; `TypeError` for a non-integer (bools included), `ValueError` below 1."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {num_steps!r}")
+    if num_steps < 1:
+        raise ValueError(f"{name} must be >= 1, got {num_steps}")
+    return int(num_steps)
+
+
 def validate_sigmas(sigmas: np.ndarray | list[float], name: str = "sigmas") -> np.ndarray:
     """Check that `sigmas` is a usable schedule (>= 2 finite values, strictly decreasing, ending in 0) and return it."""
     sigmas = np.asarray(sigmas, dtype=np.float64)

@@ -36,6 +36,7 @@ from .noise import (
 )
 from .schedules import (
     TIMESTEP_SPACINGS,
+    check_step_count,
     flow_stock_sigmas,
     loglinear_interpolate,
     timestep_spacing_sigmas,
@@ -187,10 +188,7 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
 
     def _table_or_fallback(self, num_inference_steps: int, mu: float | None = None) -> tuple[np.ndarray, bool]:
         """The schedule for N steps and whether it comes from the calibrated table (exact or stretched)."""
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-            raise TypeError(f"num_inference_steps must be an int, got {num_inference_steps!r}")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        num_inference_steps = check_step_count(num_inference_steps)
         if num_inference_steps in self._table:
             return self._table[num_inference_steps].copy(), True
         warn = logger.warning if num_inference_steps not in self._fallbacks_logged else logger.debug

@@ -30,6 +30,16 @@ def uniform_timestep_grid(noise: VPNoiseSchedule, grid_size: int = 61) -> np.nda
     return np.append(noise.t_to_sigma(timesteps), 0.0)
 
 
+def _check_trajectory(grid_sigmas: np.ndarray, states: torch.Tensor, denoised: torch.Tensor) -> None:
+    """Check that a batch of trajectories fits the P-point grid: P states and P - 1 denoised values."""
+    size = len(grid_sigmas)
+    if states.shape[0] != size or denoised.shape[0] != size - 1:
+        raise ValueError(
+            f"expected {size} states and {size - 1} denoised values for a {size}-point grid, "
+            f"got {states.shape[0]} and {denoised.shape[0]}"
+        )
+
+
 class JumpCostAccumulator:
     """Running mean over samples of the cost of one Euler jump from grid point i to grid point j > i.
 
@@ -77,12 +87,8 @@ class JumpCostAccumulator:
             states: (M + 1, B, ...) teacher states at every grid point, the last at sigma = 0.
             denoised: (M, B, ...) D(X_i; sigma_i) at every grid point but the last.
         """
+        _check_trajectory(self.grid_sigmas, states, denoised)
         size = len(self.grid_sigmas)
-        if states.shape[0] != size or denoised.shape[0] != size - 1:
-            raise ValueError(
-                f"expected {size} states and {size - 1} denoised values for a {size}-point grid, "
-                f"got {states.shape[0]} and {denoised.shape[0]}"
-            )
         states = states.flatten(2).to(torch.float32)
         denoised = denoised.flatten(2).to(torch.float32)
         sigmas = torch.tensor(self.grid_sigmas, dtype=torch.float32)
@@ -172,12 +178,7 @@ class SolverJumpCostAccumulator:
 
     def update(self, states: torch.Tensor, denoised: torch.Tensor, chunk: int = 8) -> None:
         """Add one batch of teacher trajectories: states (P, B, ...), denoised (P - 1, B, ...)."""
-        size = len(self.grid_sigmas)
-        if states.shape[0] != size or denoised.shape[0] != size - 1:
-            raise ValueError(
-                f"expected {size} states and {size - 1} denoised values for a {size}-point grid, "
-                f"got {states.shape[0]} and {denoised.shape[0]}"
-            )
+        _check_trajectory(self.grid_sigmas, states, denoised)
         vectors = torch.cat([states, denoised]).flatten(2).transpose(0, 1).to(torch.float64)  # (B, 2P - 1, F)
         sums = torch.zeros(len(self.triples), dtype=torch.float64)
         for start in range(0, vectors.shape[0], chunk):

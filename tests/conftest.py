@@ -192,9 +192,27 @@ def no_backoff(monkeypatch):
     monkeypatch.setattr(http.time, "sleep", lambda seconds: None)
 
 
+def tiny_flow_vae(latent_channels: int):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4,),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+
+
 def tiny_flux_pipe():
     """Flux with dynamic shifting; no text encoders (pass `prompt_embeds` and `pooled_prompt_embeds`)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     torch.manual_seed(0)
     transformer = FluxTransformer2DModel(
@@ -208,19 +226,7 @@ def tiny_flux_pipe():
         pooled_projection_dim=32,
         axes_dims_rope=[4, 4, 8],
     )
-    vae = AutoencoderKL(
-        sample_size=32,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(4,),
-        layers_per_block=1,
-        latent_channels=1,
-        norm_num_groups=1,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
-    )
+    vae = tiny_flow_vae(latent_channels=1)
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
     pipe = FluxPipeline(
         scheduler=scheduler,
@@ -235,25 +241,25 @@ def tiny_flux_pipe():
     return pipe
 
 
-def flux_inputs():
+def embedded_prompt_inputs(pooled_dim: int, size: int) -> dict:
+    """Call arguments for a T5-based pipeline without text encoders: one embedded prompt, no guidance."""
     g = torch.Generator().manual_seed(5)
     return {
         "prompt_embeds": torch.randn(1, 8, 32, generator=g),
-        "pooled_prompt_embeds": torch.randn(1, 32, generator=g),
-        "height": 16,
-        "width": 16,
+        "pooled_prompt_embeds": torch.randn(1, pooled_dim, generator=g),
+        "height": size,
+        "width": size,
         "guidance_scale": 1.0,
     }
 
 
+def flux_inputs():
+    return embedded_prompt_inputs(pooled_dim=32, size=16)
+
+
 def tiny_sd3_pipe():
     """SD3 with a static shift of 3; no text encoders (pass the embeddings)."""
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        SD3Transformer2DModel,
-        StableDiffusion3Pipeline,
-    )
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     torch.manual_seed(0)
     transformer = SD3Transformer2DModel(
@@ -268,19 +274,7 @@ def tiny_sd3_pipe():
         pooled_projection_dim=64,
         out_channels=4,
     )
-    vae = AutoencoderKL(
-        sample_size=32,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(4,),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=1,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
-    )
+    vae = tiny_flow_vae(latent_channels=4)
     pipe = StableDiffusion3Pipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=vae,
@@ -297,14 +291,7 @@ def tiny_sd3_pipe():
 
 
 def sd3_inputs():
-    g = torch.Generator().manual_seed(5)
-    return {
-        "prompt_embeds": torch.randn(1, 8, 32, generator=g),
-        "pooled_prompt_embeds": torch.randn(1, 64, generator=g),
-        "height": 8,
-        "width": 8,
-        "guidance_scale": 1.0,
-    }
+    return embedded_prompt_inputs(pooled_dim=64, size=8)
 
 
 def tiny_pixart_sigma_pipe():

@@ -1,6 +1,7 @@
 """Every pipeline family through its own `__call__`: calibrated, sampled, saved and reloaded, offline and tiny."""
 
 import logging
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -78,6 +79,20 @@ def calibrated(tmp_path_factory):
     return get
 
 
+@contextmanager
+def installed(pipe, scheduler):
+    """`scheduler` on `pipe`, yielding the timesteps its `step` is called with; the pipe's scheduler restored after."""
+    original, pipe.scheduler = pipe.scheduler, scheduler
+    calls = []
+    step = scheduler.step
+    scheduler.step = lambda *args, **kwargs: calls.append(float(args[1])) or step(*args, **kwargs)
+    try:
+        yield calls
+    finally:
+        pipe.scheduler = original
+        del scheduler.step
+
+
 def public_config(scheduler) -> dict:
     return {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
 
@@ -117,15 +132,8 @@ def test_family_is_calibrated_sampled_saved_and_reloaded(calibrated, family, tmp
 @pytest.mark.parametrize("strength", [0.4, 0.7, 1.0])
 def test_inpainting_honours_the_step_count_at_every_strength(calibrated, strength):
     pipe, inputs, scheduler = calibrated("inpainting")
-    original, pipe.scheduler = pipe.scheduler, scheduler
-    calls = []
-    step = scheduler.step
-    scheduler.step = lambda *args, **kwargs: calls.append(1) or step(*args, **kwargs)
-    try:
+    with installed(pipe, scheduler) as calls:
         latents = run(pipe, inputs, 5, strength=strength)
-    finally:
-        pipe.scheduler = original
-        del scheduler.step
     assert len(scheduler.timesteps) == 5 and torch.isfinite(latents).all()
     assert len(calls) == min(int(5 * strength), 5)
 
@@ -247,18 +255,11 @@ def test_stock_dpm_solver_with_exported_timesteps_reproduces_gits(sd_pipe, solve
 
 def test_sdxl_denoising_end_runs_the_first_part_of_the_schedule(calibrated):
     pipe, inputs, scheduler = calibrated("sdxl")
-    original, pipe.scheduler = pipe.scheduler, scheduler
-    calls = []
-    step = scheduler.step
-    scheduler.step = lambda *args, **kwargs: calls.append(args[1]) or step(*args, **kwargs)
-    try:
+    with installed(pipe, scheduler) as calls:
         latents = run(pipe, inputs, 5, denoising_end=0.3)
-    finally:
-        pipe.scheduler = original
-        del scheduler.step
     cutoff = 1000 - 0.3 * 1000
     assert torch.isfinite(latents).all()
-    assert [float(t) for t in calls] == [float(t) for t in scheduler.timesteps if t >= cutoff]
+    assert calls == [float(t) for t in scheduler.timesteps if t >= cutoff]
     assert 0 < len(calls) < 5
 
 
@@ -270,13 +271,8 @@ def test_flux_img2img_runs_the_calibrated_schedule_from_its_strength(calibrated,
     pipe = FluxImg2ImgPipeline(**{**flux.components, "scheduler": scheduler})
     pipe.set_progress_bar_config(disable=True)
     image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(4))
-    calls = []
-    step = scheduler.step
-    scheduler.step = lambda *args, **kwargs: calls.append(float(args[1])) or step(*args, **kwargs)
-    try:
+    with installed(pipe, scheduler) as calls:
         latents = run(pipe, inputs, 5, image=image, strength=strength)
-    finally:
-        del scheduler.step
     assert torch.isfinite(latents).all() and len(scheduler.timesteps) == 5
     start = int(5 - 5 * strength)  # Flux's rule: t_start = int(N - N * strength)
     assert calls == scheduler.timesteps.tolist()[start:]

@@ -1,0 +1,143 @@
+"""GITSFlowMatchScheduler: FlowMatchEuler's contract, its sigmas / mu policy, and its errors."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from diffusers_gits import GITSFlowMatchScheduler, GITSScheduler
+from diffusers_gits.hub import model_card
+from diffusers_gits.noise import shift_flow_sigmas, unshift_flow_sigmas
+
+
+TABLE = {"3": [1.0, 0.8, 0.45, 0.0], "5": [1.0, 0.9, 0.7, 0.45, 0.2, 0.0]}
+
+
+def make(**kwargs):
+    options = {"use_dynamic_shifting": True, "gits_sigmas": TABLE, "calibration": {"format_version": 1, "mu": 0.7}}
+    return GITSFlowMatchScheduler(**{**options, **kwargs})
+
+
+def full_loop(scheduler, num_steps=5, mu=0.7):
+    scheduler.set_timesteps(num_steps, mu=mu)
+    sample = torch.randn(2, 16, 4, generator=torch.Generator().manual_seed(0))
+    for t in scheduler.timesteps:
+        velocity = torch.cos(sample * (1 + float(t) / 1000))
+        sample = scheduler.step(velocity, t, sample).prev_sample
+    return sample
+
+
+@pytest.mark.parametrize("solver", ["euler", "ipndm", "dpmpp_2m", "unipc"])
+def test_save_load_round_trip_gives_identical_steps(tmp_path, solver):
+    scheduler = make(solver=solver)
+    scheduler.save_pretrained(tmp_path)
+    loaded = GITSScheduler.from_pretrained(tmp_path)  # the class named in the file, whichever GITS class loads it
+    assert type(loaded) is GITSFlowMatchScheduler and loaded.calibration_mu == 0.7
+    torch.testing.assert_close(full_loop(loaded), full_loop(scheduler), rtol=0, atol=0)
+    json.loads((tmp_path / "scheduler_config.json").read_text())
+
+
+def test_euler_solver_is_flowmatch_euler_on_the_same_sigmas():
+    ours = make(solver="euler")
+    stock = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    stock.set_timesteps(sigmas=ours.sigmas_for(5), mu=0.7)
+    ours.set_timesteps(5, mu=0.7)
+    torch.testing.assert_close(stock.sigmas, ours.sigmas)
+    sample = torch.randn(2, 16, 4, generator=torch.Generator().manual_seed(1))
+    a, b = sample.clone(), sample.clone()
+    for t_ours, t_stock in zip(ours.timesteps, stock.timesteps):
+        velocity = torch.sin(a)
+        a = ours.step(velocity, t_ours, a).prev_sample
+        b = stock.step(velocity, t_stock, b).prev_sample
+    torch.testing.assert_close(a, b)
+
+
+def test_step_returns_the_x0_estimate_and_honours_return_dict():
+    scheduler = make(solver="euler")
+    scheduler.set_timesteps(3, mu=0.7)
+    sample, velocity = torch.randn(1, 4, 2), torch.randn(1, 4, 2)
+    prev, x0 = scheduler.step(velocity, scheduler.timesteps[1], sample, return_dict=False)
+    torch.testing.assert_close(x0, sample - 0.8 * velocity)  # begin index from the timestep: sigma 0.8
+    torch.testing.assert_close(prev, sample + (0.45 - 0.8) * velocity)
+
+
+def test_scale_noise_interpolates_towards_noise():
+    scheduler = make()
+    sample, noise = torch.randn(2, 4, 3), torch.randn(2, 4, 3)
+    noisy = scheduler.scale_noise(sample, torch.tensor([250.0, 250.0]), noise)
+    torch.testing.assert_close(noisy, 0.75 * sample + 0.25 * noise)
+
+
+def test_uncalibrated_counts_fall_back_with_one_warning(caplog):
+    scheduler = make()
+    with caplog.at_level(logging.WARNING, logger="diffusers_gits"):
+        scheduler.set_timesteps(4, mu=0.7)
+        scheduler.set_timesteps(4, mu=0.7)
+    assert caplog.text.count("stretched log-linearly") == 1
+    assert len(scheduler.timesteps) == 4 and scheduler.sigmas[0] == 1.0 and scheduler.sigmas[-1] == 0.0
+
+
+def test_static_shift_export_round_trips_through_the_shift():
+    scheduler = make(use_dynamic_shifting=False, shift=3.0, calibration=None)
+    exported = scheduler.sigmas_for(5)
+    np.testing.assert_allclose(shift_flow_sigmas(exported, 3.0), scheduler.schedule_for(5)[:-1])
+    np.testing.assert_allclose(unshift_flow_sigmas(shift_flow_sigmas([0.3, 0.7], 3.0), 3.0), [0.3, 0.7])
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({}, ValueError, "num_inference_steps"),
+        ({"num_inference_steps": 3, "sigmas": [1.0, 0.5]}, ValueError, "must match"),
+        ({"sigmas": [1.0, 0.5], "timesteps": [1000.0, 500.0]}, ValueError, "not both"),
+        ({"sigmas": [1.0, 1.2]}, ValueError, r"\(0, 1\]"),
+        ({"sigmas": [1.0, 0.0]}, ValueError, r"\(0, 1\]"),
+        ({"timesteps": [1500.0, 500.0]}, ValueError, r"\(0, 1\]"),
+        ({"num_inference_steps": 4.5}, TypeError, "int"),
+        ({"num_inference_steps": 3, "eta": 0.1}, TypeError, "eta"),
+    ],
+)
+def test_set_timesteps_rejects_bad_input(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        make().set_timesteps(**kwargs)
+
+
+def test_dynamic_shifting_needs_mu_only_where_it_shifts():
+    scheduler = make()
+    scheduler.set_timesteps(3)  # calibrated: sampled at the calibration's own mu
+    np.testing.assert_allclose(scheduler.sigmas.numpy(), TABLE["3"], rtol=1e-6)
+    with pytest.raises(ValueError, match="mu"):
+        GITSFlowMatchScheduler(use_dynamic_shifting=True).set_timesteps(3)
+    with pytest.raises(ValueError, match="mu"):
+        scheduler.set_timesteps(sigmas=[1.0, 0.6, 0.3])
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"time_shift_type": "cubic"}, "time_shift_type"),
+        ({"shift": 0.0}, "shift"),
+        ({"gits_sigmas": {"2": [1.5, 0.5, 0.0]}}, r"\[0, 1\]"),
+        ({"solver": "heun"}, "heun"),
+    ],
+)
+def test_bad_config_is_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make(**kwargs)
+
+
+def test_vp_configs_and_inverted_sigmas_are_refused():
+    from diffusers import DDIMScheduler
+
+    with pytest.raises(ValueError, match="use GITSScheduler"):
+        GITSFlowMatchScheduler.from_config(DDIMScheduler().config)
+    with pytest.raises(ValueError, match="invert_sigmas"):
+        GITSFlowMatchScheduler.from_config(FlowMatchEulerDiscreteScheduler(invert_sigmas=True).config)
+
+
+def test_model_card_names_the_flow_class_and_its_mu():
+    card = model_card(make(), "me/flux-gits")
+    assert "GITSFlowMatchScheduler.from_pretrained" in card and "flow sigmas" in card and "| mu | `0.7` |" in card

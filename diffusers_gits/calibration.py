@@ -25,12 +25,12 @@ from .errors import CalibrationError, ScheduleLoadError
 from .evaluation import per_sample_rmse
 from .families import ModelFamily, model_family
 from .hub import cache_load, cache_store, calibration_key, fetch_schedule_config
+from .noise import is_flow_scheduler_config
 from .schedules import check_step_count
 from .scheduling_gits import (
     GITSFlowMatchScheduler,
     GITSScheduler,
     _GITSSchedulerBase,
-    is_flow_scheduler_config,
     scheduler_from_config,
 )
 from .search import METRICS, JumpCostAccumulator, SolverJumpCostAccumulator, dp_schedules

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .noise import shift_flow_sigmas, unshift_flow_sigmas
+from .noise import is_flow_scheduler_config, shift_flow_sigmas, unshift_flow_sigmas
 from .schedules import (
     baseline_schedules,
     flow_baseline_schedules,
@@ -19,7 +19,7 @@ from .schedules import (
     flow_stock_sigmas,
     timestep_spacing_sigmas,
 )
-from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler, is_flow_scheduler_config
+from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler
 from .search import uniform_timestep_grid
 
 

@@ -283,7 +283,8 @@ def _jsonable(value: Any) -> Any:
 def calibration_key(pipe, settings: dict[str, Any]) -> str:
     """A key for everything that changes a calibration's result: the weights, the pipeline class and the settings."""
     from . import __version__
-    from .scheduling_gits import GITSScheduler, is_flow_scheduler_config
+    from .noise import is_flow_scheduler_config
+    from .scheduling_gits import GITSScheduler
 
     config = pipe.scheduler.config
     if is_flow_scheduler_config(config):

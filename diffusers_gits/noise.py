@@ -144,6 +144,11 @@ class VPNoiseSchedule:
         return np.interp(log_sigma, self.log_sigmas, np.arange(self.num_train_timesteps, dtype=np.float64))
 
 
+def is_flow_scheduler_config(config: dict) -> bool:
+    """Whether a diffusers scheduler config describes a flow-matching model of FlowMatchEuler's kind (SD3, Flux)."""
+    return "FlowMatch" in str(config.get("_class_name", "")) or "shift" in config
+
+
 def is_vp_scheduler_config(config: dict) -> bool:
     """Whether a diffusers scheduler config describes a discrete VP (DDPM-style) noise schedule, not flow matching."""
     return "FlowMatch" not in str(config.get("_class_name", "")) and "shift" not in config and "beta_start" in config

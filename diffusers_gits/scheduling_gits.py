@@ -28,6 +28,7 @@ from .noise import (
     alphas_cumprod_from_betas,
     denoised_from_model_output,
     flow_shift_factor,
+    is_flow_scheduler_config,
     is_vp_scheduler_config,
     shift_flow_sigmas,
     sigma_space_to_vp,
@@ -61,11 +62,6 @@ class GITSSchedulerOutput(BaseOutput):
 
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
-
-
-def is_flow_scheduler_config(config: dict) -> bool:
-    """Whether a diffusers scheduler config describes a flow-matching model of FlowMatchEuler's kind (SD3, Flux)."""
-    return "FlowMatch" in str(config.get("_class_name", "")) or "shift" in config
 
 
 class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
@@ -355,10 +351,15 @@ class GITSScheduler(_GITSSchedulerBase):
                 f"{source} samples a flow-matching model through flow sigmas (use_flow_sigmas / flow_prediction, as "
                 "Sana and Wan do); GITS supports flow models through FlowMatchEuler-style schedulers only"
             )
-        if not is_vp_scheduler_config(config):
+        if is_flow_scheduler_config(config):
             raise ValueError(
                 f"GITSScheduler is for VP (DDPM-style) models, but {source} is a flow-matching scheduler (SD3, Flux): "
                 "use GITSFlowMatchScheduler, or calibrate with GITSScheduler.from_calibration(pipe, ...), which picks it"
+            )
+        if not is_vp_scheduler_config(config):
+            raise ValueError(
+                f"GITSScheduler needs a DDPM-style scheduler config with betas, and {source} has none (EDM-style and "
+                "other parameterisations are not supported)"
             )
 
     def _check_same_model(self, theirs: "GITSScheduler") -> None:
@@ -578,7 +579,7 @@ class GITSFlowMatchScheduler(_GITSSchedulerBase):
     ):
         if time_shift_type not in TIME_SHIFT_TYPES:
             raise ValueError(f"time_shift_type {time_shift_type!r} is not supported; choose one of {TIME_SHIFT_TYPES}")
-        flow_shift_factor(shift)
+        flow_shift_factor(shift)  # refuses shift <= 0
         self._init_schedule_state(solver, gits_sigmas)
         for steps, sigmas in self._table.items():
             if sigmas[0] > 1:

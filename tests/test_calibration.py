@@ -64,14 +64,18 @@ def flow_mixture_problem():
     return pipe, error
 
 
-@pytest.mark.parametrize("solver,coeff,refine", [("euler", 1.0, False), ("dpmpp_2m", "auto", True)])
+@pytest.mark.parametrize(
+    "solver,coeff,refine,jump_cost",
+    [("euler", 1.0, False, "euler"), ("dpmpp_2m", "auto", True, "euler"), ("unipc", 1.0, False, "solver")],
+)
 def test_flow_calibration_beats_the_flux_and_stock_defaults_on_exact_model(
-    flow_mixture_problem, solver, coeff, refine
+    flow_mixture_problem, solver, coeff, refine, jump_cost
 ):
     pipe, error = flow_mixture_problem
     scheduler = GITSScheduler.from_calibration(
-        pipe, [6, 8], num_warmup=128, batch_size=64, solver=solver, coeff=coeff, refine=refine, progress=False
-    )
+        pipe, [6, 8], num_warmup=128, batch_size=64, solver=solver, coeff=coeff, refine=refine, jump_cost=jump_cost,
+        progress=False,
+    )  # fmt: skip
     assert isinstance(scheduler, GITSFlowMatchScheduler) and scheduler.calibration_mu == pytest.approx(1.15)
     for k in (6, 8):
         gits = error(scheduler.schedule_for(k), solver).mean().item()

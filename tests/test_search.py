@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_gits.noise import VPNoiseSchedule, alphas_cumprod_from_betas
+from diffusers_gits.noise import FLOW_PATH, SIGMA_PATH, VPNoiseSchedule, alphas_cumprod_from_betas
 from diffusers_gits.search import JumpCostAccumulator, dp_schedules, path_cost, uniform_timestep_grid
 
 
@@ -157,16 +157,18 @@ def test_history_dp_finds_the_brute_force_optimum(seed, coeff):
 
 
 @pytest.mark.parametrize("solver", ["euler", "dpmpp_2m", "ipndm", "unipc"])
-def test_solver_cost_matches_stepping_the_teacher_states(solver):
+@pytest.mark.parametrize("path", [SIGMA_PATH, FLOW_PATH], ids=lambda path: path.name)
+def test_solver_cost_matches_stepping_the_teacher_states(solver, path):
+    """Also on the flow path, whose grid starts at pure noise (sigma = 1, log-SNR -inf)."""
     from diffusers_gits.search import SolverJumpCostAccumulator
     from diffusers_gits.solvers import SolverHistory, get_solver
 
-    grid = np.array([5.0, 2.0, 1.0, 0.4, 0.0])
+    grid = np.array([5.0, 2.0, 1.0, 0.4, 0.0]) if path is SIGMA_PATH else np.array([1.0, 0.7, 0.4, 0.1, 0.0])
     states, denoised = random_trajectories(5, 3, 1)
-    acc = SolverJumpCostAccumulator(grid, solver)
+    acc = SolverJumpCostAccumulator(grid, solver, path)
     acc.update(states, denoised)
     cost = acc.mean()
-    step = get_solver(solver)
+    step = get_solver(solver, path)
     x, d = states.double(), denoised.double()
     for h, i, j in [(0, 0, 1), (0, 0, 4), (0, 1, 3), (1, 2, 4), (0, 3, 4)]:
         history = SolverHistory() if h == i else SolverHistory().push(grid[h], x[h], d[h], order=1)

@@ -151,7 +151,7 @@ def is_flow_scheduler_config(config: dict) -> bool:
 
 def is_vp_scheduler_config(config: dict) -> bool:
     """Whether a diffusers scheduler config describes a discrete VP (DDPM-style) noise schedule, not flow matching."""
-    return "FlowMatch" not in str(config.get("_class_name", "")) and "shift" not in config and "beta_start" in config
+    return not is_flow_scheduler_config(config) and "beta_start" in config
 
 
 def alpha(sigma: float) -> float:
@@ -178,16 +178,16 @@ def denoised_from_model_output(
     sigma_vp * v`, which in sigma space is `x / (1 + sigma^2) - sigma * alpha * v`; sample: the output is x0. On the
     flow path, `flow_prediction` (the velocity `noise - x0`, diffusers' name): `x0 = x - sigma * v`.
     """
-    if prediction_type == FLOW_PREDICTION:
-        return x - sigma * model_output
-    if prediction_type == "epsilon":
+    if prediction_type in ("epsilon", FLOW_PREDICTION):  # both are the slope (x - x0) / sigma on their path
         return x - sigma * model_output
     if prediction_type == "v_prediction":
         a = alpha(sigma)
         return x * a * a - sigma * a * model_output
     if prediction_type == "sample":
         return model_output
-    raise ValueError(f"prediction_type {prediction_type!r} is not supported; choose one of {PREDICTION_TYPES}")
+    raise ValueError(
+        f"prediction_type {prediction_type!r} is not supported; choose one of {PREDICTION_TYPES + (FLOW_PREDICTION,)}"
+    )
 
 
 def flow_shift_factor(

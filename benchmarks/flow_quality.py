@@ -90,6 +90,7 @@ def run(mixture, real, mu, num_test, num_warmup, ref_steps, log) -> dict:
     """Reference, calibrations and the error table for one shift."""
     pipe = MixtureFlowPipeline(mixture, FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), mu=mu)
     factor = float(np.exp(mu))
+    sigma_min = GITSFlowMatchScheduler.from_config(pipe.scheduler.config).train_sigma_min
     z = pipe.start_noise([torch.Generator().manual_seed(TEST_SEED + i) for i in range(num_test)])
 
     def solve(sigmas, solver):
@@ -112,7 +113,7 @@ def run(mixture, real, mu, num_test, num_warmup, ref_steps, log) -> dict:
     for solver in SOLVERS:
         schedules, costs = calibrate_variants(pipe, solver, num_warmup, log)
         table = score_schedules(
-            lambda k: {**flow_baseline_schedules(k, factor, 1.0 / 1000), **{n: s[k] for n, s in schedules.items()}},
+            lambda k: {**flow_baseline_schedules(k, factor, sigma_min), **{n: s[k] for n, s in schedules.items()}},
             lambda sigmas: solve(sigmas, solver),
             reference,
             real,

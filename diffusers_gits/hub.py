@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .errors import ScheduleLoadError
+from .noise import is_flow_scheduler_config
 from .schedules import validate_schedule_table
 
 
@@ -131,6 +132,7 @@ def model_card(scheduler, repo_id: str | None = None, subfolder: str | None = No
     for key in (
         "pipeline_class",
         "pipe_kwargs",
+        "family",
         "mu",
         "solver",
         "teacher",
@@ -146,7 +148,9 @@ def model_card(scheduler, repo_id: str | None = None, subfolder: str | None = No
     ):
         if key in meta:
             lines.append(f"| {key} | `{json.dumps(meta[key])}` |")
-    convention = "flow sigmas, 1 to 0, shifted" if "shift" in scheduler.config else "Karras / VE convention"
+    convention = (
+        "flow sigmas, 1 to 0, shifted" if is_flow_scheduler_config(scheduler.config) else "Karras / VE convention"
+    )
     lines += ["", f"## Schedules (sigmas, {convention})", "", "| steps | sigmas |", "|---|---|"]
     for k in scheduler.calibrated_steps:
         lines.append(f"| {k} | {', '.join(f'{s:.4g}' for s in scheduler.config.gits_sigmas[str(k)])} |")
@@ -283,7 +287,6 @@ def _jsonable(value: Any) -> Any:
 def calibration_key(pipe, settings: dict[str, Any]) -> str:
     """A key for everything that changes a calibration's result: the weights, the pipeline class and the settings."""
     from . import __version__
-    from .noise import is_flow_scheduler_config
     from .scheduling_gits import GITSScheduler
 
     config = pipe.scheduler.config

@@ -124,6 +124,9 @@ def run(mixture, real, mu, num_test, num_warmup, ref_steps, log) -> dict:
     return results
 
 
+MU_TABLE_HEADER = ["| mu | solver | " + " | ".join(f"NFE {k}" for k in NFES) + " |", "|---|---|" + "---|" * len(NFES)]
+
+
 def render(results: dict) -> str:
     setup = results["setup"]
     lines = [
@@ -140,8 +143,7 @@ def render(results: dict) -> str:
         "",
         '## Headline: GITS (package default, `coeff="auto"`) vs the best baseline schedule, RMSE ratio',
         "",
-        "| mu | solver | " + " | ".join(f"NFE {k}" for k in NFES) + " |",
-        "|---|---|" + "---|" * len(NFES),
+        *MU_TABLE_HEADER,
     ]
     for mu, run_results in results["runs"].items():
         for solver, table in run_results["solvers"].items():
@@ -150,8 +152,7 @@ def render(results: dict) -> str:
         "",
         "The same, as a ratio to Flux's own default (`shifted`: uniform sigma with the model's shift):",
         "",
-        "| mu | solver | " + " | ".join(f"NFE {k}" for k in NFES) + " |",
-        "|---|---|" + "---|" * len(NFES),
+        *MU_TABLE_HEADER,
     ]
     for mu, run_results in results["runs"].items():
         for solver, table in run_results["solvers"].items():

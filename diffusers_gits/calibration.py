@@ -165,13 +165,14 @@ def _check_pipeline(pipe) -> dict:
     if config is None:
         raise TypeError(f"expected a diffusers pipeline with a `scheduler`, got {type(pipe).__name__}")
     config = dict(config)
-    if not is_flow_scheduler_config(config):
-        GITSScheduler._check_config_family(config)
-    elif GITSFlowMatchScheduler.unreproduced_options(config):
+    flow = is_flow_scheduler_config(config)
+    (GITSFlowMatchScheduler if flow else GITSScheduler)._check_config_family(config)
+    unreproduced = GITSFlowMatchScheduler.unreproduced_options(config) if flow else []
+    if unreproduced:
         logger.warning(
             "the pipeline's FlowMatchEulerDiscreteScheduler sets %s; the baselines and the default schedule this "
             "calibration compares with are the plain shifted ones, without them",
-            GITSFlowMatchScheduler.unreproduced_options(config),
+            unreproduced,
         )
     return config
 

@@ -157,8 +157,7 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
         another quantity, and logs a warning when the noise schedule (VP sigma range, flow shift) differs.
         """
         config = dict(pipe.scheduler.config) if hasattr(pipe, "scheduler") else dict(pipe)
-        self._check_config_family(config)
-        self._check_same_model(type(self).from_config(config))
+        self._check_same_model(type(self).from_config(config))  # from_config refuses the other family
 
     @property
     def calibrated_steps(self) -> list[int]:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -273,8 +274,10 @@ def calibrate(
         seed (`int`, defaults to 0): seeds the per-sample noises.
         progress (`bool`, defaults to `True`): show tqdm progress bars.
         cache (`bool`, defaults to `True`): look the result up in, and store it to, the local cache, keyed by
-            everything that changes it (weights fingerprint, pipeline class, scheduler config, prompts, every option
-            above but `batch_size` and `progress`, pipeline kwargs, package version). A hit makes no model call.
+            everything that changes it (every component's class, config and tensors, the pipeline class, the noise
+            schedule, prompts, every option above but `batch_size` and `progress`, pipeline kwargs, package version;
+            `diffusers_gits.hub.calibration_key`). A hit makes no model call and logs a warning naming what it was
+            made on.
         cache_dir (`str` or `Path`, *optional*): the cache folder; defaults to `$DIFFUSERS_GITS_CACHE` or
             `$HF_HOME/diffusers_gits`.
         hub_repo (`str`, *optional*): a Hub model repo to look in first (subfolder = the cache key).
@@ -327,7 +330,15 @@ def _lookup(key: str, cache: bool, cache_dir: str | Path | None, hub_repo: str |
     if cache:
         found = cache_load(key, Path(cache_dir) if cache_dir else None)
         if found is not None:
-            logger.info("GITS calibration found in the local cache (key %s)", key)
+            meta = found.config.calibration or {}
+            logger.warning(
+                "Using the cached GITS calibration %s (made on model %s, pipeline %s, at %s); pass cache=False to "
+                "calibrate again",
+                key,
+                meta.get("model"),
+                meta.get("pipeline_class"),
+                meta.get("created", "an unknown date"),
+            )
             return found
     if hub_repo:
         try:
@@ -396,6 +407,7 @@ def _search(
     metadata = {
         "format_version": 1,
         "package_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": _model_name(pipe),
         "pipeline_class": type(pipe).__name__,
         "pipe_kwargs": {k: v for k, v in pipe_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))},

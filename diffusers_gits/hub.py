@@ -7,6 +7,7 @@ renamed into it, so a killed process never leaves an entry that loads as valid.
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -24,6 +25,8 @@ from .schedules import validate_schedule_table
 CONFIG_NAME = "scheduler_config.json"
 SCHEDULER_CLASSES = ("GITSScheduler", "GITSFlowMatchScheduler")
 FORMAT_VERSION = 1
+
+logger = logging.getLogger(__name__)
 
 
 def validate_schedule_config(config: dict, source: str) -> None:
@@ -252,40 +255,93 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "diffusers_gits"
 
 
-def weights_fingerprint(pipe) -> str:
-    """A digest of every torch module of the pipeline: parameter names, shapes, dtypes and a sample of the values.
+#: Tensor values sampled per parameter or buffer, evenly spread over it, beside its exact float64 sum and sum of squares.
+FINGERPRINT_SAMPLES = 256
 
-    Hashing every weight of a multi-GB model would cost more than a cache hit saves; names, shapes and the first and
-    last values of every tensor tell fine-tunes apart.
+
+def _tensor_digest(digest, name: str, tensor: torch.Tensor) -> None:
+    """Feed one tensor's name, shape, dtype, moments and an even sample of its values into `digest`.
+
+    Hashing every weight of a multi-GB model would cost more than a cache hit saves. The sum and sum of squares
+    (computed where the tensor lives, in float64) change with any weight that changes; the strided sample catches
+    edits that keep both moments.
     """
-    digest = hashlib.sha256()
+    values = tensor.detach().flatten()
+    digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+    if values.numel() == 0:
+        return
+    if not (values.is_floating_point() or values.is_complex()):
+        values = values.to(torch.float64)
+    moments = torch.stack([values.double().sum(), values.double().square().sum()])
+    stride = max(1, values.numel() // FINGERPRINT_SAMPLES)
+    sample = torch.cat([values[::stride][:FINGERPRINT_SAMPLES], values[-1:]]).double()
+    digest.update(np.ascontiguousarray(torch.cat([moments, sample]).cpu().numpy()).tobytes())
+
+
+def _public_config(config) -> dict | None:
+    """A component's config as plain JSON values, without bookkeeping keys (paths, library versions)."""
+    if config is None:
+        return None
+    config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return {
+        key: _jsonable(value)
+        for key, value in config.items()
+        if not key.startswith("_") and key not in ("transformers_version", "diffusers_version")
+    }
+
+
+def component_fingerprints(pipe) -> dict[str, dict]:
+    """What identifies each component of `pipe` but its scheduler: class, config, and a digest of its tensors.
+
+    Torch modules contribute every parameter and every buffer, persistent or not (a buffer set in `__init__` from the
+    config changes the model's output as much as a weight does). Tokenizers contribute a digest of their vocabulary.
+    The scheduler is left out: the caller keys the model's noise schedule, whichever scheduler class carries it.
+    """
     components = getattr(pipe, "components", {}) or {}
+    fingerprints = {}
     for name in sorted(components):
-        module = components[name]
-        if not isinstance(module, torch.nn.Module):
+        component = components[name]
+        if name == "scheduler" or component is None or isinstance(component, (str, int, float, bool)):
             continue
-        for key, tensor in module.state_dict().items():
-            flat = tensor.detach().flatten()
-            sample = torch.cat([flat[:64], flat[-64:]]).float().cpu().numpy()
-            digest.update(f"{name}.{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-            digest.update(np.ascontiguousarray(sample).tobytes())
-    return digest.hexdigest()
+        entry = {"class": type(component).__name__, "config": _public_config(getattr(component, "config", None))}
+        if isinstance(component, torch.nn.Module):
+            digest = hashlib.sha256()
+            for key, tensor in component.named_parameters():
+                _tensor_digest(digest, f"parameter.{key}", tensor)
+            for key, tensor in component.named_buffers():
+                _tensor_digest(digest, f"buffer.{key}", tensor)
+            entry["tensors"] = digest.hexdigest()
+        elif hasattr(component, "get_vocab"):
+            vocab = json.dumps(sorted(component.get_vocab().items()))
+            entry["vocab"] = hashlib.sha256(vocab.encode()).hexdigest()
+            entry["model_max_length"] = getattr(component, "model_max_length", None)
+        fingerprints[name] = entry
+    return fingerprints
 
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return {"tensor_sha256": hashlib.sha256(value.detach().float().cpu().numpy().tobytes()).hexdigest()}
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in sorted(value.items())}
+        return {str(k): _jsonable(v) for k, v in sorted(value.items(), key=lambda item: str(item[0]))}
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return repr(value)
 
 
 def calibration_key(pipe, settings: dict[str, Any]) -> str:
-    """A key for everything that changes a calibration's result: the weights, the pipeline class and the settings."""
+    """A key for everything that changes a calibration's result.
+
+    It covers the pipeline class and name, every component but the scheduler (`component_fingerprints`: class,
+    config and tensors), the model's noise schedule and prediction type, the calibration settings and the package
+    version.
+    """
     from . import __version__
     from .scheduling_gits import GITSScheduler
 
@@ -296,9 +352,10 @@ def calibration_key(pipe, settings: dict[str, Any]) -> str:
     else:
         train_sigmas = GITSScheduler.from_config(config).noise_schedule.train_sigmas
         noise_schedule = hashlib.sha256(np.round(train_sigmas, 10).tobytes()).hexdigest()
+    model = getattr(pipe, "name_or_path", None) or (getattr(pipe, "config", None) or {}).get("_name_or_path")
     payload = {
-        "model": getattr(pipe, "name_or_path", None) or (getattr(pipe, "config", None) or {}).get("_name_or_path"),
-        "weights": weights_fingerprint(pipe),
+        "model": str(model) if model is not None else None,
+        "components": component_fingerprints(pipe),
         "pipeline_class": type(pipe).__name__,
         # The model's noise schedule and output type, whichever scheduler class (GITS included) currently carries them.
         "noise_schedule": noise_schedule,
@@ -306,18 +363,21 @@ def calibration_key(pipe, settings: dict[str, Any]) -> str:
         "settings": _jsonable(settings),
         "package_version": __version__,
     }
-    payload["model"] = str(payload["model"]) if payload["model"] is not None else None
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def cache_load(key: str, cache_dir: Path | None = None):
-    """The cached scheduler for `key`, or `None`; an unreadable entry is ignored (and reported by its error)."""
+    """The cached scheduler for `key`, or `None`; an unreadable or invalid entry is skipped with a warning."""
     from .scheduling_gits import scheduler_from_config
 
     path = (cache_dir or default_cache_dir()) / key / CONFIG_NAME
     if not path.is_file():
         return None
-    return scheduler_from_config(read_schedule_config(path, f"cache entry {path.parent}"))
+    try:
+        return scheduler_from_config(read_schedule_config(path, f"cache entry {path.parent}"))
+    except ValueError as error:  # ScheduleLoadError, or a config the scheduler refuses
+        logger.warning("Ignoring an unusable GITS cache entry (it will be replaced): %s", error)
+        return None
 
 
 def cache_store(key: str, scheduler, cache_dir: Path | None = None) -> Path:

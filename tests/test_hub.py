@@ -242,3 +242,90 @@ def test_check_pipeline_catches_family_and_prediction_mismatches(caplog):
             GaussianMixturePipeline(GaussianMixture.random(), DDPMScheduler())
         )  # linear betas: another range
     assert "another model family" in caplog.text
+
+
+def _ddpm_pipe(sample_size: int = 8):
+    from diffusers import DDPMPipeline, UNet2DModel
+
+    torch.manual_seed(0)  # the same weights whatever the config: sample_size changes no parameter shape
+    unet = UNet2DModel(
+        sample_size=sample_size, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+    )  # fmt: skip
+    return DDPMPipeline(unet=unet, scheduler=DDPMScheduler(**SD))
+
+
+def test_cache_key_covers_component_configs_buffers_and_the_vae(tmp_path):
+    from conftest import tiny_sd_pipe
+
+    from diffusers_gits.hub import calibration_key
+
+    settings = {"steps": [3], "seed": 0}
+    small, large = _ddpm_pipe(8), _ddpm_pipe(16)
+    assert all(torch.equal(a, b) for a, b in zip(small.unet.parameters(), large.unet.parameters()))
+    assert calibration_key(small, settings) != calibration_key(large, settings)
+
+    key = calibration_key(small, settings)
+    small.unet.register_buffer("output_scale", torch.ones(1), persistent=False)
+    with_buffer = calibration_key(small, settings)
+    assert with_buffer != key
+    small.unet.output_scale.fill_(2.0)
+    assert calibration_key(small, settings) != with_buffer
+
+    sd = tiny_sd_pipe(tmp_path)
+    before = calibration_key(sd, settings)
+    sd.vae.register_to_config(scaling_factor=0.5)
+    assert calibration_key(sd, settings) != before
+
+
+def test_cache_key_is_stable_across_loads_of_the_same_model(tmp_path):
+    from diffusers import DDPMPipeline
+
+    from diffusers_gits.hub import calibration_key
+
+    _ddpm_pipe().save_pretrained(tmp_path / "model")
+    first, second = (DDPMPipeline.from_pretrained(tmp_path / "model") for _ in range(2))
+    assert calibration_key(first, {"seed": 0}) == calibration_key(second, {"seed": 0})
+    second.unet.conv_in.weight.data[0, 0, 0, 0] += 1e-3  # one weight that the strided sample may miss
+    assert calibration_key(first, {"seed": 0}) != calibration_key(second, {"seed": 0})
+
+
+def test_equal_weights_other_config_is_calibrated_afresh_and_hits_are_logged(tmp_path, monkeypatch, caplog):
+    from diffusers import DDPMPipeline
+
+    monkeypatch.setenv("DIFFUSERS_GITS_CACHE", str(tmp_path))
+    options = {"num_warmup": 2, "batch_size": 2, "coeff": 1.0, "refine": False, "progress": False, "grid_size": 4}
+    calls = []
+    original_call = DDPMPipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        calls.append(self.unet.config.sample_size)
+        return original_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(DDPMPipeline, "__call__", spy)
+    small, large = _ddpm_pipe(8), _ddpm_pipe(16)
+    GITSScheduler.from_calibration(small, [2], **options)
+    with caplog.at_level("WARNING", logger="diffusers_gits"):
+        GITSScheduler.from_calibration(large, [2], **options)
+    assert calls == [8, 16] and "cached" not in caplog.text  # the second model ran: no hit
+    with caplog.at_level("WARNING", logger="diffusers_gits"):
+        GITSScheduler.from_calibration(large, [2], **options)
+    assert calls == [8, 16]
+    assert "Using the cached GITS calibration" in caplog.text and "DDPMPipeline" in caplog.text
+    assert "+00:00" in caplog.text  # the date it was made (UTC)
+
+
+def test_a_corrupt_cache_entry_is_recalibrated_with_a_warning(tmp_path, monkeypatch, caplog):
+    from diffusers_gits.hub import calibration_key
+
+    pipe = _ddpm_pipe()
+    options = {"num_warmup": 2, "batch_size": 2, "coeff": 1.0, "refine": False, "progress": False, "grid_size": 4}
+    first = GITSScheduler.from_calibration(pipe, [2], cache_dir=tmp_path, **options)
+    (entry,) = [path for path in tmp_path.iterdir() if not path.name.startswith(".")]
+    (entry / "scheduler_config.json").write_text('{"_class_name": "GITSSch')
+    with caplog.at_level("WARNING", logger="diffusers_gits"):
+        again = GITSScheduler.from_calibration(pipe, [2], cache_dir=tmp_path, **options)
+    assert "unusable GITS cache entry" in caplog.text
+    assert again.sigmas_for(2) == first.sigmas_for(2)
+    assert cache_load(entry.name, tmp_path) is not None  # replaced by the fresh result
+    assert len(calibration_key(pipe, {})) == 32

@@ -9,6 +9,7 @@ through the same pipeline with the target solver, choose among them (and optiona
 import functools
 import inspect
 import logging
+import math
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -23,8 +24,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .errors import CalibrationError, ScheduleLoadError
-from .evaluation import per_sample_rmse
-from .families import ModelFamily, model_family
+from .families import model_family
 from .hub import cache_load, cache_store, calibration_key, fetch_schedule_config
 from .noise import is_flow_scheduler_config
 from .schedules import check_step_count
@@ -34,16 +34,19 @@ from .scheduling_gits import (
     _GITSSchedulerBase,
     scheduler_from_config,
 )
-from .search import METRICS, JumpCostAccumulator, SolverJumpCostAccumulator, dp_schedules
+from .search import METRICS, JumpCostAccumulator, SolverJumpCostAccumulator, dp_schedules, student_path_dp
+from .selection import PairedRace
 from .solvers import SOLVERS
 
 
 logger = logging.getLogger(__name__)
 
 TEACHERS = ("dpmpp_2m", "ipndm")
-JUMP_COSTS = ("euler", "solver")
+JUMP_COSTS = ("student", "euler", "solver")
 #: coeff values swept by `coeff="auto"`: the authors' range (ComfyUI ships 0.80-1.50) on both sides of 1.
 AUTO_COEFFS = (0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5)
+#: Held-out noises added to the race per round (nothing is eliminated before two rounds).
+RACE_ROUND = 16
 #: Keys of the pipeline call that calibration sets itself.
 RESERVED_KWARGS = (
     "prompt",
@@ -66,10 +69,19 @@ class Trajectory:
 
 
 @contextmanager
-def recording(pipe, scheduler: _GITSSchedulerBase, trajectory: Trajectory, keep_path: bool):
+def recording(
+    pipe,
+    scheduler: _GITSSchedulerBase,
+    trajectory: Trajectory,
+    keep_path: bool,
+    inject: Sequence[torch.Tensor | None] | None = None,
+):
     """Install `scheduler` on `pipe` with its `step` wrapped to record every state; restore the pipe afterwards.
 
-    With `keep_path=False` only the final state is kept (student runs). The pipeline's own progress bar is silenced.
+    With `keep_path=False` only the final state is kept (student runs). With `inject`, step `s` returns
+    `inject[s]` (a state in solver coordinates at the next sigma, or `None` for the solver's own step) as the sample
+    the pipeline evaluates next: the pipeline then evaluates its model at states chosen by the caller, with its own
+    conditioning and guidance. The pipeline's own progress bar is silenced.
     """
     original_scheduler = pipe.scheduler
     original_bar = dict(getattr(pipe, "_progress_bar_config", {}))
@@ -94,6 +106,12 @@ def recording(pipe, scheduler: _GITSSchedulerBase, trajectory: Trajectory, keep_
             trajectory.denoised.append(denoised.float().cpu())
         if scheduler.step_index == scheduler.num_inference_steps:
             trajectory.states.append(prev_sample.float().cpu())
+        if inject is not None and inject[index] is not None:
+            sigma_next = float(scheduler.sigmas[index + 1])
+            prev_sample = scheduler.from_solver_state(inject[index], sigma_next).to(
+                prev_sample.device, prev_sample.dtype
+            )
+            return (prev_sample, denoised) if isinstance(output, tuple) else type(output)(prev_sample, denoised)
         return output
 
     scheduler.step = recording_step
@@ -142,10 +160,15 @@ class PipelineRunner:
         return kwargs
 
     def run(
-        self, scheduler: _GITSSchedulerBase, indices: Sequence[int], num_steps: int, keep_path: bool
+        self,
+        scheduler: _GITSSchedulerBase,
+        indices: Sequence[int],
+        num_steps: int,
+        keep_path: bool,
+        inject: Sequence[torch.Tensor | None] | None = None,
     ) -> Trajectory:
         trajectory = Trajectory()
-        with recording(self.pipe, scheduler, trajectory, keep_path), torch.no_grad():
+        with recording(self.pipe, scheduler, trajectory, keep_path, inject), torch.no_grad():
             self.pipe(**self._call_kwargs(indices, num_steps))
         if len(trajectory.states) != (num_steps + 1 if keep_path else 1):
             raise CalibrationError(
@@ -234,11 +257,14 @@ def calibrate(
     solver: str = "dpmpp_2m",
     teacher: str = "dpmpp_2m",
     grid_size: int = 61,
+    jump_cost: str = "student",
+    num_search: int | None = None,
+    budget: float = 2.0,
+    confidence: float = 0.95,
     metric: str = "l2",
-    jump_cost: str = "euler",
-    coeff: float | str = "auto",
+    coeff: float | str | None = None,
+    refine: bool = False,
     num_holdout: int | None = None,
-    refine: bool = True,
     seed: int = 0,
     progress: bool = True,
     cache: bool = True,
@@ -249,28 +275,45 @@ def calibrate(
 ) -> GITSScheduler | GITSFlowMatchScheduler:
     """Calibrate GITS schedules for `pipe` by running it, and return a GITS scheduler that samples with them.
 
+    The default search runs the target solver along the student's own states (`jump_cost="student"`,
+    `diffusers_gits.search.student_path_dp`) on `num_search` warm-up noises, then races its schedule against the
+    baseline schedules people use today on held-out warm-up noises, adding noises only while the ranking is unclear
+    (`diffusers_gits.selection.PairedRace`). A searched schedule is kept only where it beats every baseline with
+    `confidence`; elsewhere the best baseline is returned, and the report says so. Every stage stays within `budget`.
+
     Args:
         pipe: a diffusers pipeline whose scheduler is VP / DDPM-style (SD 1.x/2.x, SDXL, PixArt, DDPMPipeline, ...)
             or FlowMatchEuler-style flow matching (SD3, Flux). Flow models are calibrated at the resolution of
             `pipe_kwargs` (`height` / `width`): the `mu` the pipeline passes there is recorded with the schedules.
         num_inference_steps: one step count or several; one calibration serves them all.
         prompts: prompts cycled over the warm-up samples; `None` for unconditional pipelines (or the empty prompt).
-        num_warmup (`int`, defaults to 256): warm-up samples run by the teacher, held-out ones included.
-        batch_size (`int`, defaults to 16): samples per pipeline call.
+        num_warmup (`int`, defaults to 256): warm-up noises in all: the first `num_search` for the search, the rest
+            held out for the choice (used only as far as the race needs them).
+        batch_size (`int`, defaults to 16): samples per pipeline call, and held-out noises added per race round.
         solver (`str`, defaults to `"dpmpp_2m"`): the solver the schedules are for (`euler`, `ipndm`, `dpmpp_2m`, `unipc`).
-        teacher (`str`, defaults to `"dpmpp_2m"`): the teacher solver on the fine grid (`dpmpp_2m` or `ipndm`).
+        teacher (`str`, defaults to `"dpmpp_2m"`): the teacher solver (`dpmpp_2m` or `ipndm`). It gives the search its
+            targets and the held-out noises their references, on a grid twice as fine as the search grid.
         grid_size (`int`, defaults to 61): fine-grid points (plus the final sigma = 0): uniform in timestep for VP
             models, uniform in sigma before the model's shift for flow models (`diffusers_gits.families`).
-        metric (`str`, defaults to `"l2"`): jump cost, `l2`, `l1` or `dev` (the authors' deviation from the chord).
-        jump_cost (`str`, defaults to `"euler"`): how a jump is priced: `"euler"` (the paper: one Euler step from the
-            teacher state) or `"solver"` (the target solver's own step, with the teacher's previous point as its
-            history; `l2` only). See `diffusers_gits.search.SolverJumpCostAccumulator`.
-        coeff (`float` or `"auto"`, defaults to `"auto"`): the DP's per-jump weight factor; `"auto"` sweeps
-            `AUTO_COEFFS` and keeps, per step count, the schedule closest to the teacher on held-out noises.
-        num_holdout (`int`, *optional*): warm-up samples held out of the cost for choosing among schedules; defaults
-            to a quarter of `num_warmup` (at least 1 when there is a choice to make).
-        refine (`bool`, defaults to `True`): after choosing, move each schedule point while that lowers the held-out
-            error on both halves of the held-out set.
+        jump_cost (`str`, defaults to `"student"`): how the DP prices a jump: `"student"` steps the target solver
+            from the student's own states (model calls: about max(steps) x grid_size x num_search); `"euler"` (the
+            paper) and `"solver"` price it from the teacher's states with one Euler step or the solver's own step
+            (no model calls beyond the teacher; `diffusers_gits.search`).
+        num_search (`int`, *optional*): warm-up noises the search runs on. For `"student"` it defaults to as many as
+            half the budget pays for, at most 32 and half of `num_warmup` (24 at the defaults with steps up to 10);
+            for the teacher-priced costs to `num_warmup - num_holdout`, or three quarters of `num_warmup`.
+        budget (`float`, defaults to 2.0): the most model calls the calibration may make in all (teacher, search,
+            race and refinement), as a multiple of `num_warmup * grid_size` (one GITS teacher run over the
+            warm-ups). Refused before any model call when the search alone would exceed it.
+        confidence (`float`, defaults to 0.95): the confidence with which a searched schedule must beat every
+            baseline on held-out noises to be chosen.
+        metric (`str`, defaults to `"l2"`): `jump_cost="euler"` only: `l2`, `l1` or `dev` (the authors' deviation).
+        coeff (`float` or `"auto"`, *optional*): teacher-priced costs only: the DP's per-jump weight factor; `"auto"`
+            (their default) puts the DP's schedules for every coeff in `AUTO_COEFFS` into the race.
+        refine (`bool`, defaults to `False`): after the race, move each point of the chosen schedule while the
+            held-out error falls on both halves of the race's noises, within the budget.
+        num_holdout (`int`, *optional*): held-out warm-up noises available to the race; defaults to all warm-ups the
+            search does not use (`num_warmup - num_search`). 0 returns the search's schedules unchecked.
         seed (`int`, defaults to 0): seeds the per-sample noises.
         progress (`bool`, defaults to `True`): show tqdm progress bars.
         cache (`bool`, defaults to `True`): look the result up in, and store it to, the local cache, keyed by
@@ -290,11 +333,10 @@ def calibrate(
     """
     base_config = _check_pipeline(pipe)
     steps = _check_steps(num_inference_steps, grid_size)
-    choosing = coeff == "auto" or refine
-    num_holdout = _check_options(
-        solver, teacher, metric, jump_cost, coeff, batch_size, num_warmup, num_holdout, choosing, pipe_kwargs
-    )
-
+    options = _check_options(
+        steps, solver, teacher, grid_size, jump_cost, num_search, budget, confidence, metric, coeff, refine,
+        num_holdout, batch_size, num_warmup, pipe_kwargs,
+    )  # fmt: skip
     if push and not hub_repo:
         raise ValueError("push=True needs hub_repo= (the Hub model repo to publish to)")
     runner = PipelineRunner(pipe, prompts, seed, batch_size, pipe_kwargs)
@@ -306,18 +348,14 @@ def calibrate(
     if cache or hub_repo:
         settings = {
             "steps": steps, "prompts": list(prompts or []), "num_warmup": num_warmup, "solver": solver,
-            "teacher": teacher, "grid_size": grid_size, "metric": metric, "jump_cost": jump_cost, "coeff": coeff,
-            "num_holdout": num_holdout, "refine": refine, "seed": seed, "pipe_kwargs": pipe_kwargs, "mu": mu,
+            "teacher": teacher, "grid_size": grid_size, **options, "seed": seed, "pipe_kwargs": pipe_kwargs, "mu": mu,
         }  # fmt: skip
         key = calibration_key(pipe, settings)
         found = _lookup(key, cache, cache_dir, hub_repo)
         if found is not None:
             return found
 
-    scheduler = _search(
-        runner, family, steps, num_warmup, solver, teacher, grid_size, metric, jump_cost, coeff, num_holdout,
-        choosing, refine, seed, progress, pipe_kwargs,
-    )  # fmt: skip
+    scheduler = _search(runner, family, steps, num_warmup, solver, teacher, grid_size, seed, progress, options)
     if cache:
         cache_store(key, scheduler, Path(cache_dir) if cache_dir else None)
     if push:
@@ -353,81 +391,113 @@ def _lookup(key: str, cache: bool, cache_dir: str | Path | None, hub_repo: str |
     return None
 
 
+class CallBudget:
+    """Model calls (one sample through the denoiser at one noise level) allowed and spent, stage by stage."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.spent: dict[str, int] = {}
+
+    @property
+    def total(self) -> int:
+        return sum(self.spent.values())
+
+    @property
+    def remaining(self) -> int:
+        return self.limit - self.total
+
+    def spend(self, stage: str, calls: int) -> None:
+        self.spent[stage] = self.spent.get(stage, 0) + calls
+
+
+def student_search_calls(steps: Sequence[int], grid_size: int, num_search: int) -> int:
+    """Model calls of `student_path_dp` through a pipeline: every node of layers 1..max(steps) - 1, plus the one
+    throw-away call per layer that moves the pipeline onto the injected states (layer 0 reuses the teacher's)."""
+    return sum(grid_size - k + 1 for k in range(1, max(steps))) * num_search
+
+
 def _search(
-    runner, family, steps, num_warmup, solver, teacher, grid_size, metric, jump_cost, coeff, num_holdout, choosing,
-    refine, seed, progress, pipe_kwargs,
-) -> _GITSSchedulerBase:  # fmt: skip
-    """Teacher, cost, DP, held-out choice: the calibration proper (arguments as in `calibrate`)."""
-    timings = {"teacher_s": 0.0, "cost_s": 0.0, "dp_s": 0.0, "selection_s": 0.0}
+    runner, family, steps, num_warmup, solver, teacher, grid_size, seed, progress, options
+) -> _GITSSchedulerBase:
+    """Teacher, search, race (and refinement): the calibration proper (arguments as in `calibrate`)."""
+    tic = time.perf_counter()
+    timings = {}
     pipe, prompts = runner.pipe, runner.prompts
+    num_search, num_holdout = options["num_search"], options["num_holdout"]
+    budget = CallBudget(int(options["budget"] * num_warmup * grid_size))
     grid = family.grid(grid_size)
-    teacher_scheduler = family.scheduler(teacher, {grid_size: grid})
-    accumulator = (
-        JumpCostAccumulator(grid, metric)
-        if jump_cost == "euler"
-        else SolverJumpCostAccumulator(grid, solver, family.scheduler_class.path)
-    )
-    fine_steps = 2 * grid_size - 1
-    reference_scheduler = family.scheduler(teacher, {fine_steps: family.grid(fine_steps)})
-    teacher_finals = _record_teacher(
-        runner, teacher_scheduler, reference_scheduler, accumulator, num_warmup, num_holdout, progress, timings
-    )
+    fine, on_grid = family.fine_grid(grid_size)
+    reference_scheduler = family.scheduler(teacher, {len(fine) - 1: fine})
+    search_indices = list(range(num_search))
+    if options["jump_cost"] == "student":
+        targets, first_denoised = _record_fine_teacher(
+            runner, reference_scheduler, on_grid, search_indices, progress, budget
+        )
+        timings["teacher_s"] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        candidates = _student_candidates(
+            runner, family, grid, targets, first_denoised, steps, solver, progress, budget
+        )
+    else:
+        accumulator = (
+            JumpCostAccumulator(grid, options["metric"])
+            if options["jump_cost"] == "euler"
+            else SolverJumpCostAccumulator(grid, solver, family.scheduler_class.path)
+        )
+        _record_teacher(runner, family.scheduler(teacher, {grid_size: grid}), accumulator, search_indices, progress)
+        budget.spend("teacher", num_search * grid_size)
+        timings["teacher_s"] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        cost = accumulator.mean()
+        coeffs = AUTO_COEFFS if options["coeff"] == "auto" else (float(options["coeff"]),)
+        dp = {c: dp_schedules(cost, steps, c) for c in coeffs}
+        candidates = {k: {f"gits_coeff_{c:g}": grid[dp[c][k]] for c in coeffs} for k in steps}
+    timings["search_s"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
-    cost = accumulator.mean()
-    coeffs = AUTO_COEFFS if coeff == "auto" else (float(coeff),)
-    dp = {c: dp_schedules(cost, steps, c) for c in coeffs}
-    timings["dp_s"] = time.perf_counter() - tic
-
-    tic = time.perf_counter()
-    holdout = list(range(num_warmup - num_holdout, num_warmup))
-    selector = _HoldoutSelector(runner, family, solver, holdout, teacher_finals)
+    pool = list(range(num_search, num_search + num_holdout))
+    scorer = _HeldOutScorer(runner, family, solver, reference_scheduler, pool, budget)
     schedules, report = {}, {}
-    for k in tqdm(steps, desc="GITS schedule choice", unit="N", disable=not progress or not num_holdout):
-        candidates = {f"gits_coeff_{c:g}": grid[dp[c][k]] for c in coeffs}
-        default = family.default(k)
-        if choosing:
-            # The full-range baselines compete too, so the result is never worse on held-out data than they are. The
-            # pipeline's own default is scored for the report only: "leading" spacing starts below sigma_max, where
-            # a blurry, mean-like sample can look close to the teacher in RMSE while being a poor sample.
-            candidates.update(family.baselines(k))
-        schedules[k], report[str(k)] = _choose(candidates, default, selector, refine and k > 1, grid_size)
+    if num_holdout:
+        races, entrants = _race(scorer, candidates, family, steps, options["confidence"], progress)
+        for k in steps:
+            schedules[k], report[str(k)] = _decide(races[k], entrants[k], candidates[k], family.default(k), scorer)
+    else:
+        for k in steps:
+            ((name, sigmas),) = candidates[k].items()
+            schedules[k], report[str(k)] = sigmas, {"chosen": name, "coeff": _coeff_of(name), "confident": None}
     timings["selection_s"] = time.perf_counter() - tic
+    if options["refine"] and num_holdout:
+        tic = time.perf_counter()
+        for k in steps:
+            if k > 1:
+                schedules[k], report[str(k)] = _refine(scorer, schedules[k], report[str(k)], family, grid_size)
+        timings["refine_s"] = time.perf_counter() - tic
 
     for k in steps:
         entry = report[str(k)]
-        if "gits_error" in entry:
-            logger.info(
-                "GITS %d steps: held-out RMSE to teacher %.4g (default schedule %.4g), chose %s",
-                k,
-                entry["gits_error"],
-                entry["default_error"],
-                entry["chosen"],
-            )
+        logger.info("GITS %d steps: %s", k, entry.get("summary", entry["chosen"]))
     metadata = {
         "format_version": 1,
         "package_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": _model_name(pipe),
         "pipeline_class": type(pipe).__name__,
-        "pipe_kwargs": {k: v for k, v in pipe_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))},
+        "pipe_kwargs": pipe_kwargs_summary(runner.pipe_kwargs),
         "num_prompts": len(prompts) if prompts else 0,
         "solver": solver,
         "teacher": teacher,
         "family": family.metadata["family"],
         "mu": family.metadata.get("mu"),
         "grid": {"type": family.metadata["grid_type"], "size": grid_size},
-        "metric": metric,
-        "jump_cost": jump_cost,
-        "coeff": coeff if coeff == "auto" else float(coeff),
-        "chosen_coeff": {k: entry["coeff"] for k, entry in report.items()},
+        **options,
         "num_warmup": num_warmup,
-        "num_holdout": num_holdout,
-        "refine": refine,
         "seed": seed,
         "model_calls": {
-            "teacher": (num_warmup - num_holdout) * grid_size + num_holdout * (2 * grid_size - 1),
-            "selection": selector.model_calls,
+            **budget.spent,
+            "total": budget.total,
+            "budget": budget.limit,
+            "teacher_equivalents": round(budget.total / (num_warmup * grid_size), 3),
         },
         "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
         "report": report,
@@ -435,34 +505,75 @@ def _search(
     return family.scheduler(solver, schedules, metadata)
 
 
+def pipe_kwargs_summary(pipe_kwargs: dict) -> dict:
+    """The pipeline kwargs that are plain JSON values (tensors such as `prompt_embeds` are left out)."""
+    return {k: v for k, v in pipe_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}
+
+
 def _check_options(
-    solver, teacher, metric, jump_cost, coeff, batch_size, num_warmup, num_holdout, choosing, pipe_kwargs
-) -> int:
-    """Validate the calibration options before any model call; return the held-out count to use."""
+    steps, solver, teacher, grid_size, jump_cost, num_search, budget, confidence, metric, coeff, refine, num_holdout,
+    batch_size, num_warmup, pipe_kwargs,
+) -> dict:  # fmt: skip
+    """Validate the calibration options before any model call; return them with their defaults filled in."""
     if solver not in SOLVERS:
         raise ValueError(f"solver {solver!r} is not supported; choose one of {sorted(SOLVERS)}")
     if teacher not in TEACHERS:
         raise ValueError(f"teacher {teacher!r} is not supported; choose one of {TEACHERS}")
-    if metric not in METRICS:
-        raise ValueError(f"metric {metric!r} is not supported; choose one of {METRICS}")
     if jump_cost not in JUMP_COSTS:
         raise ValueError(f"jump_cost {jump_cost!r} is not supported; choose one of {JUMP_COSTS}")
-    if jump_cost == "solver" and metric != "l2":
-        raise ValueError(f"jump_cost='solver' supports metric='l2' only, got metric={metric!r}")
-    if coeff != "auto" and (isinstance(coeff, str) or not coeff > 0):
+    if metric not in METRICS:
+        raise ValueError(f"metric {metric!r} is not supported; choose one of {METRICS}")
+    if metric != "l2" and jump_cost != "euler":
+        raise ValueError(f"metric={metric!r} needs jump_cost='euler'; jump_cost={jump_cost!r} measures l2 only")
+    if jump_cost == "student":
+        if coeff is not None:
+            raise ValueError(
+                f"coeff={coeff!r} weights teacher-priced jumps; pass jump_cost='euler' or 'solver' to use it "
+                "(jump_cost='student' measures the final error itself)"
+            )
+    elif coeff is None:
+        coeff = "auto"
+    elif coeff != "auto" and (isinstance(coeff, (str, bool)) or not coeff > 0):
         raise ValueError(f"coeff must be a positive number or 'auto', got {coeff!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if num_warmup < batch_size:
-        raise ValueError(f"num_warmup ({num_warmup}) must be at least batch_size ({batch_size})")
+    if num_warmup < 1:
+        raise ValueError(f"num_warmup must be >= 1, got {num_warmup}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if num_search is None:
+        if jump_cost == "student":
+            # The search costs about max(steps) x grid_size calls per noise: give it half the budget, so that the
+            # race keeps the other half, and never more noises than 32 or half the warm-ups.
+            per_noise = 2 * grid_size + student_search_calls(steps, grid_size, 1)
+            num_search = max(1, min(32, num_warmup // 2, int(budget * num_warmup * grid_size / 2 / per_noise)))
+        elif num_holdout is not None:
+            num_search = num_warmup - num_holdout
+        else:
+            num_search = max(1, num_warmup * 3 // 4)
+    if not 1 <= num_search <= num_warmup:
+        raise ValueError(f"num_search must be in 1..{num_warmup} (num_warmup), got {num_search}")
     if num_holdout is None:
-        num_holdout = max(2, num_warmup // 4) if choosing else 0
-    lowest = 2 if choosing else 0
-    if not lowest <= num_holdout < num_warmup:
+        num_holdout = num_warmup - num_search
+    if not 0 <= num_holdout <= num_warmup - num_search:
         raise ValueError(
-            f"num_holdout must be in {lowest}..{num_warmup - 1}"
-            + (" when coeff='auto' or refine=True" if choosing else "")
-            + f", got {num_holdout}"
+            f"num_holdout must be in 0..{num_warmup - num_search} (num_warmup - num_search), got {num_holdout}"
+        )
+    if num_holdout == 0 and (refine or coeff == "auto"):
+        raise ValueError(
+            "refine=True and coeff='auto' choose on held-out noises; leave num_holdout > 0 (num_search < num_warmup)"
+        )
+    if not budget > 0:
+        raise ValueError(f"budget must be > 0, got {budget}")
+    limit = int(budget * num_warmup * grid_size)
+    needed = num_search * (2 * grid_size if jump_cost == "student" else grid_size)
+    if jump_cost == "student":
+        needed += student_search_calls(steps, grid_size, num_search)
+    if needed > limit:
+        raise ValueError(
+            f"budget={budget} allows {limit} model calls ({budget} x num_warmup {num_warmup} x grid_size {grid_size}), "
+            f"but the teacher and search alone need {needed}; raise budget or num_warmup, or lower num_search or "
+            "the largest step count"
         )
     reserved = sorted(set(pipe_kwargs) & set(RESERVED_KWARGS))
     if reserved:
@@ -472,62 +583,226 @@ def _check_options(
         raise ValueError(
             f"prompt_embeds must hold one prompt (batch 1; the warm-up noises are its images), got batch {len(embeds)}"
         )
-    return num_holdout
+    return {
+        "jump_cost": jump_cost, "num_search": num_search, "num_holdout": num_holdout, "budget": budget,
+        "confidence": confidence, "metric": metric, "coeff": coeff if coeff in (None, "auto") else float(coeff),
+        "refine": refine,
+    }  # fmt: skip
 
 
-def _record_teacher(
-    runner, teacher_scheduler, reference_scheduler, accumulator, num_warmup, num_holdout, progress, timings
-):
-    """Run the teacher over the warm-up samples batch by batch into the cost; solve the held-out ones finely.
+def _batches(indices: Sequence[int], batch_size: int) -> list[list[int]]:
+    return [list(indices[k : k + batch_size]) for k in range(0, len(indices), batch_size)]
 
-    The held-out samples (the last `num_holdout`) are what schedules are scored against, so they are solved with the
-    teacher solver on a grid twice as fine: the teacher's own error would otherwise bias the choice at higher NFE.
-    Returns their final samples, or `None` when there are none.
-    """
-    holdout_start = num_warmup - num_holdout
+
+def _record_teacher(runner, teacher_scheduler, accumulator, indices, progress) -> None:
+    """Run the teacher over `indices` batch by batch into the jump-cost statistics (memory flat in their number)."""
     grid_size = len(accumulator.grid_sigmas) - 1
-    bar = tqdm(total=num_warmup, desc="GITS teacher", unit="sample", disable=not progress)
-    for start in range(0, holdout_start, runner.batch_size):
-        indices = list(range(start, min(start + runner.batch_size, holdout_start)))
-        tic = time.perf_counter()
-        trajectory = runner.run(teacher_scheduler, indices, grid_size, keep_path=True)
-        toc = time.perf_counter()
+    for batch in tqdm(_batches(indices, runner.batch_size), desc="GITS teacher", unit="batch", disable=not progress):
+        trajectory = runner.run(teacher_scheduler, batch, grid_size, keep_path=True)
         accumulator.update(torch.stack(trajectory.states), torch.stack(trajectory.denoised))
-        timings["teacher_s"] += toc - tic
-        timings["cost_s"] += time.perf_counter() - toc
-        bar.update(len(indices))
-    finals = None
-    if num_holdout:
-        tic = time.perf_counter()
-        finals = runner.final_states(
-            reference_scheduler, list(range(holdout_start, num_warmup)), reference_scheduler.calibrated_steps[0]
-        )
-        timings["teacher_s"] += time.perf_counter() - tic
-        bar.update(num_holdout)
+
+
+def _record_fine_teacher(
+    runner, reference_scheduler, on_grid, indices, progress, budget
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher on the fine grid for the search noises: its states at the search grid's points (`on_grid`),
+    (P, B, ...), and the denoised value at the first point (where every path starts: the search needs no call there)."""
+    fine_steps = reference_scheduler.calibrated_steps[0]
+    states, first_denoised = [], []
+    for batch in tqdm(_batches(indices, runner.batch_size), desc="GITS teacher", unit="batch", disable=not progress):
+        trajectory = runner.run(reference_scheduler, batch, fine_steps, keep_path=True)
+        states.append(torch.stack([trajectory.states[i] for i in on_grid]))
+        first_denoised.append(trajectory.denoised[0])
+        budget.spend("teacher", len(batch) * fine_steps)
+    return torch.cat(states, dim=1), torch.cat(first_denoised)
+
+
+def _student_candidates(runner, family, grid, targets, first_denoised, steps, solver, progress, budget) -> dict:
+    """`{N: {"gits": sigmas}}` from `student_path_dp`, evaluating each layer's nodes through the pipeline."""
+    indices = list(range(targets.shape[1]))
+    bar = tqdm(total=max(steps), desc="GITS search", unit="layer", disable=not progress)
+
+    def evaluate(nodes: list[int], states: list[torch.Tensor]) -> list[torch.Tensor]:
+        bar.update(1)
+        if nodes == [0]:
+            return [first_denoised]
+        # One pipeline call visits every node: a first throw-away step from the pipeline's own start moves it onto
+        # the first node's states, each later step returns the next node's states instead of its own result.
+        sigmas = np.array([grid[0]] + [grid[n] for n in nodes] + [0.0])
+        scheduler = family.scheduler("euler", {len(nodes) + 1: sigmas})
+        denoised = [[] for _ in nodes]
+        for batch in _batches(indices, runner.batch_size):
+            inject = [state[batch] for state in states] + [None]
+            trajectory = runner.run(scheduler, batch, len(nodes) + 1, keep_path=True, inject=inject)
+            for n in range(len(nodes)):
+                denoised[n].append(trajectory.denoised[n + 1])
+        budget.spend("search", (len(nodes) + 1) * len(indices))
+        return [torch.cat(parts) for parts in denoised]
+
+    result = student_path_dp(grid, targets, steps, solver, evaluate, family.scheduler_class.path)
     bar.close()
-    return finals
+    return {k: {"gits": grid[result.schedules[k]]} for k in steps}
 
 
-def _choose(candidates, default, selector, refine, grid_size) -> tuple[np.ndarray, dict]:
-    """Pick the candidate closest to the teacher on held-out noises (and refine it); the only one without them."""
-    if selector.teacher_finals is None:
-        ((name, sigmas),) = candidates.items()
-        return sigmas, {"chosen": name, "coeff": _coeff_of(name)}
-    errors = {name: selector.error(sigmas) for name, sigmas in candidates.items()}
-    errors["default"] = selector.error(default)
-    name = min(candidates, key=errors.get)
-    sigmas, error = candidates[name], errors[name]
-    if refine:
-        sigmas, error = selector.refine(sigmas, grid_size)
+class _HeldOutScorer:
+    """Held-out noises with teacher references (solved on the fine grid as they are needed), and per-noise losses of
+    schedules sampled through the pipeline with the target solver: the mean squared error over all elements."""
+
+    def __init__(self, runner, family, solver, reference_scheduler, pool: list[int], budget: CallBudget):
+        self.runner = runner
+        self.family = family
+        self.solver = solver
+        self.reference_scheduler = reference_scheduler
+        self.pool = pool
+        self.budget = budget
+        self.used: list[int] = []
+        self.references: list[torch.Tensor] = []
+        self._losses: dict[tuple, torch.Tensor] = {}
+
+    @property
+    def fine_steps(self) -> int:
+        return self.reference_scheduler.calibrated_steps[0]
+
+    def next_noises(self, count: int) -> list[int]:
+        """The next `count` unused held-out noises (fewer at the end of the pool), with their references solved."""
+        batch = self.pool[len(self.used) : len(self.used) + count]
+        if batch:
+            self.references.append(self.runner.final_states(self.reference_scheduler, batch, self.fine_steps))
+            self.budget.spend("teacher", len(batch) * self.fine_steps)
+            self.used += batch
+        return batch
+
+    def losses(self, sigmas: np.ndarray, noises: list[int]) -> torch.Tensor:
+        """Per-noise MSE of `sigmas` on `noises` (a contiguous run of `used`), sampling only noises not seen yet."""
+        key = tuple(np.round(np.asarray(sigmas, dtype=np.float64), 10))
+        known = self._losses.get(key, torch.zeros(0, dtype=torch.float64))
+        start, stop = self.used.index(noises[0]), self.used.index(noises[-1]) + 1
+        if stop > len(known):
+            k = len(sigmas) - 1
+            scheduler = self.family.scheduler(self.solver, {k: sigmas})
+            new = self.used[len(known) : stop]
+            finals = self.runner.final_states(scheduler, new, k)
+            self.budget.spend("selection", k * len(new))
+            reference = torch.cat(self.references)[len(known) : stop]
+            errors = (finals.double() - reference.double()).flatten(1).pow(2).mean(1)
+            known = self._losses[key] = torch.cat([known, errors])
+        return known[start:stop]
+
+    def cost(self, sigmas: np.ndarray, count: int) -> int:
+        """Model calls that scoring `sigmas` on `count` more noises takes."""
+        return (len(sigmas) - 1) * count
+
+
+def _race(scorer, candidates, family, steps, confidence, progress) -> tuple[dict[int, PairedRace], dict[int, dict]]:
+    """Race each step count's searched schedules against its baselines, a batch of held-out noises per round,
+    until every race is decided or the budget or the held-out noises run out. Returns the races and their entrants'
+    schedules."""
+    races, entrants = {}, {}
+    looks = math.ceil(len(scorer.pool) / RACE_ROUND)
+    for k in steps:
+        baselines = family.baselines(k)
+        entrants[k] = {**candidates[k], **{name: s for name, s in baselines.items() if name not in candidates[k]}}
+        races[k] = PairedRace(list(entrants[k]), set(baselines), confidence, min_noises=2 * RACE_ROUND, looks=looks)
+    bar = tqdm(total=len(scorer.pool), desc="GITS held-out race", unit="noise", disable=not progress)
+    while len(scorer.used) < len(scorer.pool):
+        open_races = [k for k in steps if not races[k].decided]
+        if not open_races:
+            break
+        count = min(RACE_ROUND, len(scorer.pool) - len(scorer.used))
+        round_cost = count * scorer.fine_steps + sum(
+            scorer.cost(entrants[k][name], count) for k in open_races for name in races[k].alive
+        )
+        if round_cost > scorer.budget.remaining:
+            break
+        noises = scorer.next_noises(count)
+        for k in open_races:
+            races[k].add({name: scorer.losses(entrants[k][name], noises) for name in races[k].alive})
+        bar.update(count)
+    bar.close()
+    return races, entrants
+
+
+def _decide(race: PairedRace, entrants: dict, searched: dict, default: np.ndarray, scorer) -> tuple[np.ndarray, dict]:
+    """The race's choice and its report entry, with the error of the pipeline's own default schedule on the same
+    noises where the budget still allows scoring it."""
+    chosen, confident = race.choice()
+    summary = race.summary(chosen)
     entry = {
-        "chosen": name + ("+refined" if error < errors[name] else ""),
-        "coeff": _coeff_of(name),
-        "gits_error": error,
-        "default_error": errors["default"],
-        "candidate_errors": errors,
-        "chosen_sigmas_before_refine": [float(s) for s in candidates[name]],
+        "chosen": chosen,
+        "coeff": _coeff_of(chosen),
+        "confident": confident,
+        "held_out_noises": race.num_noises,
+        "gits_error": summary[chosen]["pooled_rmse"],
+        "default_error": None,
+        "candidates": summary,
     }
-    return sigmas, entry
+    noises = scorer.used[: race.num_noises]
+    if noises and scorer.cost(default, len(noises)) <= scorer.budget.remaining:
+        entry["default_error"] = float(scorer.losses(default, noises).mean()) ** 0.5
+    if confident:
+        entry["summary"] = (
+            f"{chosen} beats every baseline with {race.confidence:.0%} confidence on {race.num_noises} held-out noises"
+        )
+    else:
+        best_searched = min(searched, key=race.mean)
+        entry["summary"] = (
+            f"{chosen} is as good as this budget finds ({best_searched} did not beat it with {race.confidence:.0%} "
+            f"confidence on {race.num_noises} held-out noises)"
+        )
+    return np.asarray(entrants[chosen], dtype=np.float64), entry
+
+
+def _refine(scorer, sigmas, entry, family, grid_size, rounds: int = 4, sweeps: int = 2) -> tuple[np.ndarray, dict]:
+    """Coordinate descent on the interior points in the grid's coordinate, by 2, 1, 1/2 and 1/4 grid spacings.
+
+    Each sweep tries moving every point both ways on the race's held-out noises and keeps the better move if it
+    lowers the mean error on each half of them, which guards against fitting their noise. A round repeats its sweep
+    (up to `sweeps` times) while some point moved. Stops when the budget would be exceeded.
+    """
+    noises = list(scorer.used)
+    best = np.asarray(sigmas, dtype=np.float64).copy()
+    best_losses = scorer.losses(best, noises)
+    half = len(noises) // 2
+    t = family.to_coordinate(best[:-1])
+    grid_spacing = family.spacing(grid_size)
+    for r in range(rounds):
+        delta = 2 * grid_spacing / 2**r
+        for _ in range(sweeps):
+            moved = False
+            for i in range(1, len(t)):
+                trials = []
+                for direction in (-1.0, 1.0):
+                    trial_t = t.copy()
+                    trial_t[i] += direction * delta
+                    # Keep half a move from the neighbours: landing on one would make a zero-length step.
+                    lower = trial_t[i + 1] + delta / 2 if i + 1 < len(trial_t) else family.lowest
+                    if lower < trial_t[i] < trial_t[i - 1] - delta / 2:
+                        trial = np.append(family.from_coordinate(trial_t), 0.0)
+                        if scorer.cost(trial, len(noises)) > scorer.budget.remaining:
+                            return _refined(best, best_losses, entry, sigmas)
+                        trials.append((trial_t, trial, scorer.losses(trial, noises)))
+                improving = [
+                    trial for trial in trials
+                    if (best_losses - trial[2])[:half].mean() > 0 and (best_losses - trial[2])[half:].mean() > 0
+                ]  # fmt: skip
+                if improving:
+                    t, best, best_losses = min(improving, key=lambda trial: float(trial[2].mean()))
+                    moved = True
+            if not moved:
+                break
+    return _refined(best, best_losses, entry, sigmas)
+
+
+def _refined(best, best_losses, entry, before) -> tuple[np.ndarray, dict]:
+    if np.array_equal(best, before):
+        return best, entry
+    entry = {
+        **entry,
+        "chosen": entry["chosen"] + "+refined",
+        "gits_error": float(best_losses.mean()) ** 0.5,
+        "chosen_sigmas_before_refine": [float(s) for s in before],
+    }
+    return best, entry
 
 
 def _coeff_of(name: str) -> float | None:
@@ -538,73 +813,3 @@ def _model_name(pipe) -> str | None:
     config = getattr(pipe, "config", None) or {}
     name = getattr(pipe, "name_or_path", None) or config.get("_name_or_path")
     return str(name) if name is not None else None
-
-
-class _HoldoutSelector:
-    """Scores schedules by the held-out RMSE of the target solver's final samples to the teacher's."""
-
-    def __init__(
-        self,
-        runner: PipelineRunner,
-        family: ModelFamily,
-        solver: str,
-        holdout: list[int],
-        teacher_finals: torch.Tensor | None,
-    ):
-        self.runner = runner
-        self.family = family
-        self.solver = solver
-        self.holdout = holdout
-        self.teacher_finals = teacher_finals
-        self.model_calls = 0
-        self._cache: dict[tuple, torch.Tensor] = {}
-
-    def per_sample_errors(self, sigmas: np.ndarray) -> torch.Tensor:
-        key = tuple(np.round(np.asarray(sigmas, dtype=np.float64), 10))
-        if key not in self._cache:
-            k = len(sigmas) - 1
-            scheduler = self.family.scheduler(self.solver, {k: sigmas})
-            finals = self.runner.final_states(scheduler, self.holdout, k)
-            self.model_calls += k * len(self.holdout)
-            self._cache[key] = per_sample_rmse(finals, self.teacher_finals)
-        return self._cache[key]
-
-    def error(self, sigmas: np.ndarray) -> float:
-        return float(self.per_sample_errors(sigmas).mean())
-
-    def refine(self, sigmas: np.ndarray, grid_size: int, rounds: int = 4, sweeps: int = 2) -> tuple[np.ndarray, float]:
-        """Coordinate descent on the interior points in the grid's coordinate, by 2, 1, 1/2 and 1/4 grid spacings.
-
-        Each sweep tries moving every point both ways and keeps the better move if it lowers the mean error on each
-        half of the held-out set, which guards against fitting the noise of a small held-out set. A round repeats its
-        sweep (up to `sweeps` times) while some point moved.
-        """
-        best = np.asarray(sigmas, dtype=np.float64).copy()
-        best_errors = self.per_sample_errors(best)
-        half = len(self.holdout) // 2
-        t = self.family.to_coordinate(best[:-1])
-        grid_spacing = self.family.spacing(grid_size)
-        for r in range(rounds):
-            delta = 2 * grid_spacing / 2**r
-            for _ in range(sweeps):
-                moved = False
-                for i in range(1, len(t)):
-                    trials = []
-                    for direction in (-1.0, 1.0):
-                        trial_t = t.copy()
-                        trial_t[i] += direction * delta
-                        # Keep half a move from the neighbours: landing on one would make a zero-length step.
-                        lower = trial_t[i + 1] + delta / 2 if i + 1 < len(trial_t) else self.family.lowest
-                        if lower < trial_t[i] < trial_t[i - 1] - delta / 2:
-                            trial = np.append(self.family.from_coordinate(trial_t), 0.0)
-                            trials.append((trial_t, trial, self.per_sample_errors(trial)))
-                    improving = [
-                        trial for trial in trials
-                        if (best_errors - trial[2])[:half].mean() > 0 and (best_errors - trial[2])[half:].mean() > 0
-                    ]  # fmt: skip
-                    if improving:
-                        t, best, best_errors = min(improving, key=lambda trial: float(trial[2].mean()))
-                        moved = True
-                if not moved:
-                    break
-        return best, float(best_errors.mean())

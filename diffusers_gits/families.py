@@ -50,6 +50,28 @@ class ModelFamily:
     spacing: Callable[[int], float]
     metadata: dict = field(default_factory=dict)
 
+    def fine_grid(self, grid_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The grid with every interval halved in its own coordinate, and where the grid's points lie in it.
+
+        The teacher solves here, so its states at the grid's points (and its final sample) are accurate enough to
+        judge the few-step schedules searched on the grid. The last interval is halved too where the coordinate
+        allows (flow models; a VP grid already ends at timestep 0).
+
+        Returns:
+            `(fine_sigmas, indices)` with `fine_sigmas[indices]` equal to `grid(grid_size)`.
+        """
+        grid = self.grid(grid_size)
+        u = self.to_coordinate(grid[:-1])
+        points = [u[0]]
+        for previous, current in zip(u[:-1], u[1:]):
+            points += [(previous + current) / 2, current]
+        if u[-1] > 0:
+            points.append(u[-1] / 2)
+        fine = np.append(self.from_coordinate(np.array(points)), 0.0)
+        indices = np.append(np.arange(0, 2 * len(u) - 1, 2), len(fine) - 1)
+        fine[indices] = grid  # exactly the grid's values, not their round trip through the coordinate
+        return fine, indices
+
     def scheduler(self, solver: str, schedules: dict[int, np.ndarray], calibration: dict | None = None):
         """A scheduler of this family sampling `schedules` with `solver`."""
         table = {str(k): [float(s) for s in sigmas] for k, sigmas in schedules.items()}

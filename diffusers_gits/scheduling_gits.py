@@ -67,7 +67,7 @@ class GITSSchedulerOutput(BaseOutput):
 class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
     """What both GITS schedulers share: the schedule table, its fallbacks, the step counter and the solver step.
 
-    Subclasses set `path` and implement `_base_schedule`, `to_solver_state`, `_from_solver_state`,
+    Subclasses set `path` and implement `_base_schedule`, `to_solver_state`, `from_solver_state`,
     `_prediction_type`, `_check_config_family` and `set_timesteps`.
     """
 
@@ -269,7 +269,7 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
         x = self.to_solver_state(sample.to(torch.float32), sigma)
         denoised = denoised_from_model_output(model_output.to(torch.float32), x, sigma, self._prediction_type)
         x_next, self._history = self._solver_step(x, denoised, sigma, sigma_next, self._history)
-        prev_sample = self._from_solver_state(x_next, sigma_next).to(model_output.dtype)
+        prev_sample = self.from_solver_state(x_next, sigma_next).to(model_output.dtype)
         denoised = denoised.to(model_output.dtype)
         self._step_index += 1
 
@@ -417,7 +417,8 @@ class GITSScheduler(_GITSSchedulerBase):
         """The pipeline's VP-normalised sample in the solvers' sigma-space coordinates."""
         return vp_to_sigma_space(sample, sigma)
 
-    def _from_solver_state(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    def from_solver_state(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """A sigma-space state back in the pipeline's VP-normalised convention."""
         return sigma_space_to_vp(x, sigma)
 
     def schedule_for(self, num_inference_steps: int) -> np.ndarray:
@@ -662,7 +663,8 @@ class GITSFlowMatchScheduler(_GITSSchedulerBase):
         """The pipeline's sample is already in the flow path's coordinates."""
         return sample
 
-    def _from_solver_state(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    def from_solver_state(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """A flow-path state is already in the pipeline's convention."""
         return x
 
     def schedule_for(self, num_inference_steps: int, mu: float | None = None) -> np.ndarray:

@@ -4,7 +4,8 @@ Pure math on tensors: no pipelines, files or progress bars. The cost statistics 
 merge across batches, processes (sum-reduce `total` and `count`) and checkpoints (`state_dict`).
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -276,3 +277,97 @@ def path_cost(cost: np.ndarray, path: list[int], coeff: float) -> float:
         previous = [0] + path[:-2]
         return float(sum(coeff**k * cost[h, a, b] for k, (h, a, b) in enumerate(zip(previous, path[:-1], path[1:]))))
     return float(sum(coeff**k * cost[a, b] for k, (a, b) in enumerate(zip(path[:-1], path[1:]))))
+
+
+LayerEvaluator = Callable[[list[int], list[torch.Tensor]], list[torch.Tensor]]
+
+
+@dataclass
+class StudentPathResult:
+    """What `student_path_dp` found.
+
+    Attributes:
+        schedules: `{N: [0, i_1, ..., P - 1]}` grid indices of the best N-jump path for every N requested.
+        errors: `{N: mean squared error}` of that path's final samples to the targets' last state, per element
+            (pooled over the batch and every pixel), on the batch it was searched on.
+        model_calls: model evaluations made, in samples (nodes evaluated x batch size).
+    """
+
+    schedules: dict[int, list[int]]
+    errors: dict[int, float]
+    model_calls: int
+
+
+def student_path_dp(
+    grid_sigmas: np.ndarray,
+    targets: torch.Tensor,
+    num_steps: Iterable[int],
+    solver: str,
+    evaluate: LayerEvaluator,
+    path: OdePath = SIGMA_PATH,
+) -> StudentPathResult:
+    """Shortest paths over the fine grid, stepping the target solver from the student's own states.
+
+    GITS prices a jump i -> j from the teacher's state at i, a state the few-step sampler never visits after its first
+    big step (measured: the DP alone then loses to the published tables). Here layer k keeps, for every grid node j,
+    the best k-jump path from the start to j together with the batch's states X_k[j] and solver history along it.
+    Layer k + 1 evaluates the denoiser once per node at those states, steps the solver from every node i to every
+    j > i, and keeps for each j the arrival that is closest to the target state T[j] in mean squared error
+    (a jump into the last point, sigma = 0, lands on the final sample). The N-step answer is the best N-jump path to
+    the last point, so its error is the in-batch final error of exactly that schedule. The states along one path are
+    shared by the whole batch, as in sampling; the histories of multistep solvers travel with their paths.
+
+    Args:
+        grid_sigmas: the fine grid, descending, ending in 0 (length P).
+        targets: (P, B, ...) reference states at every grid point for the batch (the teacher's, on `path`); the
+            first is the common start.
+        num_steps: the step counts N wanted, each in 1..P - 1.
+        solver: a solver of `diffusers_gits.solvers.SOLVERS`.
+        evaluate: `evaluate(nodes, states) -> denoised`: D(states[n]; grid_sigmas[nodes[n]]) for each node, in
+            descending sigma order (one pipeline call can visit them all).
+        path: the coordinates of `targets` (`FLOW_PATH` for flow models).
+
+    Returns:
+        A `StudentPathResult`.
+    """
+    grid_sigmas = np.asarray(grid_sigmas, dtype=np.float64)
+    size = len(grid_sigmas)
+    num_steps = sorted({int(k) for k in num_steps})
+    if not num_steps or num_steps[0] < 1 or num_steps[-1] > size - 1:
+        raise ValueError(f"each step count must be in 1..{size - 1} for a {size}-point grid, got {num_steps}")
+    if targets.shape[0] != size:
+        raise ValueError(f"expected {size} target states for a {size}-point grid, got {targets.shape[0]}")
+    step = get_solver(solver, path)
+    targets = targets.to(torch.float32)
+    last = size - 1
+    # Layer state: node -> (states, history); pointers[k][j] = the node the best k-jump path to j came from.
+    layer = {0: (targets[0], SolverHistory())}
+    pointers: list[dict[int, int]] = [{}]
+    errors: dict[int, float] = {}
+    model_calls = 0
+    for k in range(num_steps[-1]):
+        nodes = sorted(node for node in layer if node != last)
+        denoised = evaluate(nodes, [layer[node][0] for node in nodes])
+        model_calls += len(nodes) * targets.shape[1]
+        best: dict[int, tuple[float, int, torch.Tensor, SolverHistory]] = {}
+        for node, d in zip(nodes, denoised):
+            x, history = layer[node]
+            for j in range(node + 1, size):
+                landed, next_history = step(
+                    x, d.to(torch.float32), float(grid_sigmas[node]), float(grid_sigmas[j]), history
+                )
+                error = float((landed - targets[j]).pow(2).mean())
+                if j not in best or error < best[j][0]:
+                    best[j] = (error, node, landed, next_history)
+        pointers.append({j: entry[1] for j, entry in best.items()})
+        layer = {j: (entry[2], entry[3]) for j, entry in best.items()}
+        if k + 1 in num_steps:
+            errors[k + 1] = best[last][0]
+    schedules = {}
+    for n in num_steps:
+        nodes_back, j = [last], last
+        for k in range(n, 0, -1):
+            j = pointers[k][j]
+            nodes_back.append(j)
+        schedules[n] = nodes_back[::-1]
+    return StudentPathResult(schedules=schedules, errors=errors, model_calls=model_calls)

@@ -11,7 +11,13 @@ from gaussian_mixture import GaussianMixturePipeline
 from diffusers_gits import CalibrationError, GITSFlowMatchScheduler, GITSScheduler
 from diffusers_gits.gaussian_mixture import GaussianMixture, MixtureFlowPipeline
 from diffusers_gits.noise import FLOW_PATH, shift_flow_sigmas
-from diffusers_gits.schedules import flow_baseline_schedules, karras_sigmas, timestep_spacing_sigmas, validate_sigmas
+from diffusers_gits.schedules import (
+    baseline_schedules,
+    flow_baseline_schedules,
+    karras_sigmas,
+    timestep_spacing_sigmas,
+    validate_sigmas,
+)
 from diffusers_gits.solvers import sample
 
 
@@ -34,19 +40,106 @@ def mixture_problem():
 
 
 @pytest.mark.parametrize(
-    "solver,coeff,refine", [("euler", 1.0, False), ("dpmpp_2m", "auto", True), ("unipc", "auto", True)]
+    "solver,jump_cost,coeff,refine,budget",
+    [
+        ("euler", "euler", 1.0, False, 2.0),
+        ("dpmpp_2m", "euler", "auto", True, 10.0),  # the refinement of earlier versions needs about 10x the teacher
+        ("unipc", "solver", "auto", True, 10.0),
+    ],
 )
-def test_calibrated_schedule_beats_uniform_and_karras_on_exact_model(mixture_problem, solver, coeff, refine):
+def test_calibrated_schedule_beats_uniform_and_karras_on_exact_model(
+    mixture_problem, solver, jump_cost, coeff, refine, budget
+):
     pipe, error = mixture_problem
     scheduler = GITSScheduler.from_calibration(
-        pipe, [6, 8], num_warmup=128, batch_size=64, solver=solver, coeff=coeff, refine=refine, progress=False
-    )
+        pipe, [6, 8], num_warmup=128, batch_size=64, solver=solver, jump_cost=jump_cost, coeff=coeff, refine=refine,
+        budget=budget, progress=False,
+    )  # fmt: skip
     noise = scheduler.noise_schedule
     for k in (6, 8):
         gits = error(scheduler.sigmas_for(k), solver)
         uniform = error(timestep_spacing_sigmas(noise, k, "linspace"), solver)
         karras = error(karras_sigmas(noise.sigma_min, noise.sigma_max, k), solver)
         assert gits < min(uniform, karras), (k, gits, uniform, karras)
+
+
+@pytest.fixture(scope="module")
+def two_mode_problem():
+    """Two well-separated modes: the student search wins where it can, and must fall back where it cannot."""
+    mixture = GaussianMixture.random(num_components=2, seed=1)
+    pipe = GaussianMixturePipeline(mixture, DDPMScheduler(**SD_BETAS))
+    z = torch.randn(256, mixture.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(123))
+    sigma_max = pipe.noise.sigma_max
+    reference = mixture.exact_solution(z * (1 + sigma_max**2) ** 0.5, [sigma_max, 1e-3, 0.0], steps_per_interval=1000)
+
+    def error(sigmas, solver):
+        start = z * (1 + float(sigmas[0]) ** 2) ** 0.5
+        return (sample(mixture.denoiser, start, sigmas, solver) - reference).pow(2).mean(1).sqrt().mean().item()
+
+    return pipe, error
+
+
+@pytest.mark.parametrize("solver", ["dpmpp_2m", "unipc"])
+def test_default_calibration_is_not_worse_than_the_best_baseline_on_exact_model(two_mode_problem, solver):
+    pipe, error = two_mode_problem
+    scheduler = GITSScheduler.from_calibration(
+        pipe, [6, 8], num_warmup=128, batch_size=64, solver=solver, progress=False
+    )
+    report = scheduler.calibration_report
+    for k in (6, 8):
+        baselines = baseline_schedules(scheduler.noise_schedule, k)
+        best = min(error(sigmas, solver) for sigmas in baselines.values())
+        ours = error(scheduler.sigmas_for(k), solver)
+        assert ours <= 1.02 * best, (k, ours, best, report[str(k)]["summary"])
+        if report[str(k)]["confident"]:
+            assert report[str(k)]["chosen"] == "gits" and ours < best
+        else:  # the honest fallback: the baseline it could not beat, unchanged
+            assert (
+                report[str(k)]["chosen"] in baselines and "as good as this budget finds" in report[str(k)]["summary"]
+            )
+            np.testing.assert_allclose(scheduler.sigmas_for(k), baselines[report[str(k)]["chosen"]])
+    if solver == "dpmpp_2m":
+        assert report["6"]["confident"]  # a clear win is taken
+
+
+def test_the_budget_is_never_exceeded_and_every_call_is_counted(two_mode_problem, monkeypatch):
+    pipe, _ = two_mode_problem
+    calls = []
+    original = GaussianMixturePipeline.__call__
+
+    def spy(self, batch_size=1, generator=None, num_inference_steps=50, output_type="np"):
+        calls.append(num_inference_steps * len(generator))
+        return original(self, batch_size, generator, num_inference_steps, output_type)
+
+    monkeypatch.setattr(GaussianMixturePipeline, "__call__", spy)
+    for budget in (1.0, 2.0):
+        calls.clear()
+        scheduler = GITSScheduler.from_calibration(
+            pipe, [4, 6], num_warmup=64, batch_size=16, budget=budget, cache=False, progress=False
+        )
+        meta = scheduler.config.calibration["model_calls"]
+        assert sum(calls) == meta["total"] <= meta["budget"] == int(budget * 64 * 61)
+
+
+def test_a_search_result_no_better_than_the_baselines_falls_back_to_them(two_mode_problem, monkeypatch):
+    from diffusers_gits import calibration
+    from diffusers_gits.search import StudentPathResult
+
+    pipe, _ = two_mode_problem
+
+    def bunched(grid_sigmas, targets, num_steps, solver, evaluate, path):
+        size = len(grid_sigmas)  # every step crowded at the end: a poor schedule
+        return StudentPathResult({k: [0, *range(size - k, size)] for k in num_steps}, {}, 0)
+
+    monkeypatch.setattr(calibration, "student_path_dp", bunched)
+    scheduler = GITSScheduler.from_calibration(
+        pipe, [4, 6], num_warmup=128, batch_size=32, cache=False, progress=False
+    )
+    for k in ("4", "6"):
+        entry = scheduler.calibration_report[k]
+        assert entry["chosen"] != "gits" and not entry["confident"]
+        assert "as good as this budget finds" in entry["summary"]
+        assert entry["candidates"]["gits"]["mse_minus_chosen"] > entry["candidates"]["gits"]["ci_half_width"]
 
 
 @pytest.fixture(scope="module")
@@ -86,23 +179,29 @@ def test_flow_calibration_beats_the_flux_and_stock_defaults_on_exact_model(
 
 def test_report_and_metadata_are_recorded(mixture_problem):
     pipe, _ = mixture_problem
-    scheduler = GITSScheduler.from_calibration(
-        pipe, [3, 5], num_warmup=64, batch_size=32, num_holdout=16, progress=False
-    )
+    scheduler = GITSScheduler.from_calibration(pipe, [3, 5], num_warmup=96, batch_size=32, progress=False)
     meta = scheduler.config.calibration
     assert (
         meta["solver"] == "dpmpp_2m"
         and meta["teacher"] == "dpmpp_2m"
         and meta["grid"] == {"type": "uniform_timestep", "size": 61}
+        and meta["jump_cost"] == "student"
     )
-    assert meta["num_warmup"] == 64 and meta["num_holdout"] == 16 and meta["coeff"] == "auto"
-    # 48 samples on the 61-step grid; the 16 held out are solved on the grid twice as fine.
-    assert meta["model_calls"]["teacher"] == 48 * 61 + 16 * 121 and meta["model_calls"]["selection"] > 0
+    assert meta["num_warmup"] == 96 and meta["num_search"] + meta["num_holdout"] == 96 and meta["coeff"] is None
+    calls = meta["model_calls"]
+    # The search noises are solved by the teacher on the grid with every interval halved (121 steps).
+    assert calls["teacher"] >= meta["num_search"] * 121 and calls["search"] > 0 and calls["selection"] > 0
+    assert calls["total"] == calls["teacher"] + calls["search"] + calls["selection"] <= calls["budget"] == 2 * 96 * 61
     for k in ("3", "5"):
         entry = scheduler.calibration_report[k]
-        baselines = ("uniform", "karras", "logsnr", "ays_sd15", "gits_sd15_published")
-        assert entry["gits_error"] <= min(entry["candidate_errors"][name] for name in baselines)
-        assert entry["chosen"].split("+")[0] in entry["candidate_errors"]
+        assert entry["chosen"] in entry["candidates"] and isinstance(entry["confident"], bool)
+        assert set(entry["candidates"]) == {"gits", "uniform", "karras", "logsnr", "ays_sd15", "gits_sd15_published"}
+        chosen = entry["candidates"][entry["chosen"]]
+        assert (
+            entry["gits_error"] == pytest.approx(chosen["pooled_rmse"])
+            and chosen["noises"] == entry["held_out_noises"]
+        )
+        assert ("beats every baseline" in entry["summary"]) == entry["confident"]
         assert len(validate_sigmas(scheduler.sigmas_for(int(k)))) == int(k) + 1
     json.dumps(meta)  # plain JSON values only
 
@@ -110,12 +209,17 @@ def test_report_and_metadata_are_recorded(mixture_problem):
 def test_fixed_coeff_without_holdout_is_the_pure_dp(mixture_problem):
     pipe, _ = mixture_problem
     scheduler = GITSScheduler.from_calibration(
-        pipe, 4, num_warmup=32, batch_size=32, coeff=1.2, refine=False, progress=False
+        pipe, 4, num_warmup=32, batch_size=32, jump_cost="euler", coeff=1.2, num_holdout=0, progress=False
     )
     grid = set(np.round(timestep_spacing_sigmas(scheduler.noise_schedule, 61, "linspace"), 6))
     assert set(np.round(scheduler.sigmas_for(4), 6)) <= grid  # every point is a fine-grid point (plus the final 0)
-    assert scheduler.config.calibration["num_holdout"] == 0 and scheduler.config.calibration["chosen_coeff"] == {
-        "4": 1.2
+    meta = scheduler.config.calibration
+    assert meta["num_holdout"] == 0 and meta["report"]["4"]["coeff"] == 1.2
+    assert meta["model_calls"] == {
+        "teacher": 32 * 61,
+        "total": 32 * 61,
+        "budget": 2 * 32 * 61,
+        "teacher_equivalents": 1.0,
     }
 
 
@@ -140,7 +244,9 @@ def test_memory_does_not_grow_with_warmup(mixture_problem, monkeypatch):
         return original(self, states, denoised)
 
     monkeypatch.setattr(calibration.JumpCostAccumulator, "update", spy)
-    GITSScheduler.from_calibration(pipe, [4], num_warmup=80, batch_size=16, coeff=1.0, refine=False, progress=False)
+    GITSScheduler.from_calibration(
+        pipe, [4], num_warmup=80, batch_size=16, jump_cost="euler", coeff=1.0, num_holdout=0, progress=False
+    )
     assert seen == [16] * 5
 
 
@@ -151,12 +257,19 @@ def test_memory_does_not_grow_with_warmup(mixture_problem, monkeypatch):
         ({"num_inference_steps": [0, 4]}, ValueError, ">= 1"),
         ({"num_inference_steps": [4.0]}, TypeError, "must be an int"),
         ({"num_inference_steps": [70]}, ValueError, "larger than the grid"),
-        ({"num_warmup": 8, "batch_size": 16}, ValueError, "num_warmup"),
+        ({"num_warmup": 0}, ValueError, "num_warmup"),
         ({"solver": "heun"}, ValueError, "'heun'"),
         ({"teacher": "euler"}, ValueError, "teacher"),
         ({"metric": "l3"}, ValueError, "'l3'"),
         ({"coeff": -1.0}, ValueError, "coeff"),
-        ({"coeff": "best"}, ValueError, "coeff"),
+        ({"coeff": "best", "jump_cost": "euler"}, ValueError, "coeff"),
+        ({"jump_cost": "heun"}, ValueError, "'heun'"),
+        ({"metric": "l1"}, ValueError, "jump_cost='euler'"),
+        ({"budget": 0.5, "num_search": 32}, ValueError, "budget=0.5 allows"),
+        ({"budget": 0}, ValueError, "budget"),
+        ({"confidence": 1.0}, ValueError, "confidence"),
+        ({"num_search": 65}, ValueError, "num_search"),
+        ({"jump_cost": "euler", "refine": True, "num_holdout": 0}, ValueError, "held-out"),
         ({"num_holdout": 64}, ValueError, "num_holdout"),
         ({"generator": None}, ValueError, "generator"),
         ({"num_images_per_prompt": 2}, ValueError, "num_images_per_prompt"),

@@ -130,8 +130,9 @@ def test_from_calibration_publishes_and_reuses_through_the_hub(hub, tmp_path, mo
     options = {
         "num_warmup": 32,
         "batch_size": 16,
+        "jump_cost": "euler",
         "coeff": 1.0,
-        "refine": False,
+        "num_holdout": 0,
         "progress": False,
         "hub_repo": "me/cal",
     }
@@ -147,7 +148,14 @@ def test_from_calibration_publishes_and_reuses_through_the_hub(hub, tmp_path, mo
 def test_local_cache_hit_makes_no_model_call_and_key_tracks_settings(monkeypatch):
     pipe = GaussianMixturePipeline(GaussianMixture.random(), DDPMScheduler(**SD))
     pipe.components = {}
-    options = {"num_warmup": 32, "batch_size": 16, "coeff": 1.0, "refine": False, "progress": False}
+    options = {
+        "num_warmup": 32,
+        "batch_size": 16,
+        "jump_cost": "euler",
+        "coeff": 1.0,
+        "num_holdout": 0,
+        "progress": False,
+    }
     first = GITSScheduler.from_calibration(pipe, [3], **options)
     original_call = GaussianMixturePipeline.__call__
     calls = []
@@ -174,7 +182,14 @@ def test_flow_calibration_is_cached_as_a_flow_scheduler_and_keyed_by_mu(monkeypa
     mixture = GaussianMixture.random()
     pipe = MixtureFlowPipeline(mixture, FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), mu=0.5)
     pipe.components = {}
-    options = {"num_warmup": 32, "batch_size": 16, "coeff": 1.0, "refine": False, "progress": False}
+    options = {
+        "num_warmup": 32,
+        "batch_size": 16,
+        "jump_cost": "euler",
+        "coeff": 1.0,
+        "num_holdout": 0,
+        "progress": False,
+    }
     first = GITSScheduler.from_calibration(pipe, [3], **options)
     calls = []
     denoiser = mixture.flow_denoiser
@@ -294,7 +309,15 @@ def test_equal_weights_other_config_is_calibrated_afresh_and_hits_are_logged(tmp
     from diffusers import DDPMPipeline
 
     monkeypatch.setenv("DIFFUSERS_GITS_CACHE", str(tmp_path))
-    options = {"num_warmup": 2, "batch_size": 2, "coeff": 1.0, "refine": False, "progress": False, "grid_size": 4}
+    options = {
+        "num_warmup": 2,
+        "batch_size": 2,
+        "jump_cost": "euler",
+        "coeff": 1.0,
+        "num_holdout": 0,
+        "progress": False,
+        "grid_size": 4,
+    }
     calls = []
     original_call = DDPMPipeline.__call__
 
@@ -319,7 +342,15 @@ def test_a_corrupt_cache_entry_is_recalibrated_with_a_warning(tmp_path, monkeypa
     from diffusers_gits.hub import calibration_key
 
     pipe = _ddpm_pipe()
-    options = {"num_warmup": 2, "batch_size": 2, "coeff": 1.0, "refine": False, "progress": False, "grid_size": 4}
+    options = {
+        "num_warmup": 2,
+        "batch_size": 2,
+        "jump_cost": "euler",
+        "coeff": 1.0,
+        "num_holdout": 0,
+        "progress": False,
+        "grid_size": 4,
+    }
     first = GITSScheduler.from_calibration(pipe, [2], cache_dir=tmp_path, **options)
     (entry,) = [path for path in tmp_path.iterdir() if not path.name.startswith(".")]
     (entry / "scheduler_config.json").write_text('{"_class_name": "GITSSch')

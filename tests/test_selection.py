@@ -1,0 +1,87 @@
+"""The held-out race: paired confidence intervals, early stops on clear winners, ties, and the honest fallback."""
+
+import math
+
+import pytest
+import torch
+
+from diffusers_gits.selection import PairedRace, normal_quantile, paired_difference
+
+
+def noisy_losses(mean: float, count: int, seed: int, spread: float = 0.1) -> torch.Tensor:
+    return mean + spread * torch.rand(count, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_paired_difference_matches_the_closed_form():
+    a = torch.tensor([1.0, 2.0, 4.0, 7.0], dtype=torch.float64)
+    b = torch.tensor([0.5, 1.0, 3.0, 6.5], dtype=torch.float64)
+    difference = paired_difference(a, b)
+    d = a - b
+    assert difference.mean == pytest.approx(float(d.mean()))
+    assert difference.half_width == pytest.approx(1.959964 * float(d.std()) / 2, rel=1e-6)
+    assert normal_quantile(0.95) == pytest.approx(1.959964, rel=1e-6)
+    assert paired_difference(a[:1], b[:1]).half_width == math.inf  # one noise says nothing about spread
+
+
+def test_a_clear_winner_ends_the_race_after_the_minimum_noises():
+    race = PairedRace(["gits", "karras", "uniform"], baselines={"karras", "uniform"}, min_noises=16)
+    rounds = 0
+    while not race.decided:
+        shared = noisy_losses(1.0, 8, seed=rounds)  # per-noise difficulty shared by all schedules: pairing removes it
+        race.add(
+            {
+                name: shared * factor
+                for name, factor in {"gits": 0.7, "karras": 1.0, "uniform": 1.5}.items()
+                if name in race.alive
+            }
+        )
+        rounds += 1
+    assert race.num_noises == 16 and race.alive == ["gits"]
+    assert race.choice() == ("gits", True)
+    summary = race.summary("gits")
+    assert summary["karras"]["mse_minus_chosen"] > summary["karras"]["ci_half_width"] > 0
+
+
+def test_a_tie_keeps_the_race_open_and_falls_back_to_the_best_baseline():
+    race = PairedRace(["gits", "ays"], baselines={"ays"}, min_noises=16, looks=20)
+    for seed in range(20):
+        race.add(
+            {"gits": noisy_losses(1.0, 8, 2 * seed, spread=1.0), "ays": noisy_losses(1.0, 8, 2 * seed + 1, spread=1.0)}
+        )
+        if race.decided:
+            break
+    assert not race.decided and race.num_noises == 160
+    chosen, confident = race.choice()
+    assert chosen == "ays" and not confident  # gits may lead on the mean, but not with confidence
+    naive = PairedRace(["gits", "ays"], baselines={"ays"}, min_noises=16)  # the same data, tested at 95% every look
+    for start in range(0, 160, 8):
+        naive.add({name: race.losses[name][start : start + 8] for name in naive.alive})
+    assert naive.decided  # a tie called a winner: why each look is stricter
+
+
+def test_a_worse_search_result_is_eliminated_and_the_best_baseline_chosen():
+    race = PairedRace(["gits", "ays", "karras"], baselines={"ays", "karras"}, min_noises=8)
+    for seed in range(10):
+        shared = noisy_losses(1.0, 8, seed)
+        race.add({name: shared * {"gits": 2.0, "ays": 1.0, "karras": 1.2}[name] for name in race.alive})
+    assert race.alive == ["ays"] and race.choice() == ("ays", False)
+    assert set(race.eliminated_after) == {"gits", "karras"}
+
+
+@pytest.mark.parametrize(
+    "losses,error",
+    [({"gits": torch.ones(4)}, "expected losses"), ({"gits": torch.ones(4), "ays": torch.ones(3)}, "same noises")],
+)
+def test_bad_batches_are_refused(losses, error):
+    race = PairedRace(["gits", "ays"], baselines={"ays"})
+    with pytest.raises(ValueError, match=error):
+        race.add(losses)
+
+
+def test_bad_race_settings_are_refused():
+    with pytest.raises(ValueError, match="not among the candidates"):
+        PairedRace(["gits"], baselines={"ays"})
+    with pytest.raises(ValueError, match="confidence"):
+        PairedRace(["gits", "ays"], baselines={"ays"}, confidence=1.5)
+    with pytest.raises(ValueError, match="at least one"):
+        PairedRace([], baselines=set())

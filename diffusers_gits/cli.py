@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("--solver", choices=sorted(SOLVERS), default="dpmpp_2m", help="sampler (default: dpmpp_2m)")
     calibrate.add_argument(
+        "--budget",
+        type=_positive_float,
+        default=2.0,
+        help="most model calls in all, as a multiple of num-warmup x 61 (one teacher run; default: 2.0)",
+    )
+    calibrate.add_argument(
         "--output", type=Path, required=True, help="folder for scheduler_config.json, README.md, plot"
     )
     calibrate.add_argument("--push-to-hub", metavar="REPO", help="also upload to this Hub model repo")
@@ -129,6 +135,7 @@ def run_calibrate(args: argparse.Namespace) -> None:
         num_warmup=args.num_warmup,
         batch_size=min(args.batch_size, args.num_warmup),
         solver=args.solver,
+        budget=args.budget,
         **{k: v for k, v in pipe_kwargs.items() if v is not None},
     )
     write_schedule_folder(scheduler, args.output, args.push_to_hub, args.subfolder)
@@ -141,13 +148,17 @@ def print_schedule(scheduler, title: str) -> None:
     meta = scheduler.config.calibration or {}
     print(f"{title}: solver {scheduler.config.solver}, model {meta.get('model')}, {meta.get('pipe_kwargs', {})}")
     report = scheduler.calibration_report or {}
-    print(f"{'steps':>5}  {'held-out GITS':>13}  {'default':>9}  sigmas")
+    print(f"{'steps':>5}  {'chosen':>20}  {'held-out RMSE':>13}  {'default':>9}  sigmas")
     for k in scheduler.calibrated_steps:
         entry = report.get(str(k), {})
-        gits = f"{entry['gits_error']:.4g}" if "gits_error" in entry else "-"
-        default = f"{entry['default_error']:.4g}" if "default_error" in entry else "-"
+        chosen = entry.get("chosen", "-")
+        gits = f"{entry['gits_error']:.4g}" if entry.get("gits_error") is not None else "-"
+        default = f"{entry['default_error']:.4g}" if entry.get("default_error") is not None else "-"
         sigmas = ", ".join(f"{s:.4g}" for s in scheduler.config.gits_sigmas[str(k)])
-        print(f"{k:>5}  {gits:>13}  {default:>9}  {sigmas}")
+        print(f"{k:>5}  {chosen:>20}  {gits:>13}  {default:>9}  {sigmas}")
+    for k in scheduler.calibrated_steps:
+        if report.get(str(k), {}).get("summary"):
+            print(f"{k:>5} steps: {report[str(k)]['summary']}")
 
 
 def run_show(args: argparse.Namespace) -> None:

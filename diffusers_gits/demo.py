@@ -49,7 +49,8 @@ def run_demo(
     scheduler.save_pretrained(output_dir / "scheduler")
     meta = scheduler.config.calibration
     echo(
-        f"Calibrated in {calibration_s:.1f} s ({meta['model_calls']['teacher'] + meta['model_calls']['selection']} model calls)."
+        f"Calibrated in {calibration_s:.1f} s ({meta['model_calls']['total']} model calls, "
+        f"{meta['model_calls']['teacher_equivalents']}x one teacher run over the warm-ups)."
     )
 
     noise = scheduler.noise_schedule

@@ -2,7 +2,8 @@
 
 With a component on every training image (a kernel density estimate) it is a model of real data whose sampling ODE
 can be solved to any accuracy, for tests and benchmarks. `MixtureFlowPipeline` samples it as a flow-matching model
-through a diffusers scheduler, with Flux's scheduler protocol, so calibration can run on it like on Flux.
+through a diffusers scheduler, with Flux's scheduler protocol, and `GaussianMixturePipeline` as a VP model, the way
+DDPMPipeline does, so calibration can run on it like on any pipeline of either family.
 """
 
 import math
@@ -71,6 +72,45 @@ class GaussianMixture:
             fine.append(torch.exp(torch.linspace(math.log(a), math.log(b), steps_per_interval + 1))[:-1])
         grid = torch.cat(fine).tolist() + [sigmas[-1]]
         return sample(self.denoiser, x, grid, solver="ipndm")
+
+
+class GaussianMixturePipeline:
+    """A Gaussian mixture sampled as a VP (DDPM-style) model through `scheduler`, the way DDPMPipeline drives one.
+
+    The model is the mixture's exact epsilon predictor on the scheduler's noise schedule; each call draws one noise
+    per generator and feeds the predictions to `scheduler.step` at every timestep. It has what calibration uses of a
+    pipeline: `scheduler`, `set_progress_bar_config` and `__call__(batch_size, generator, num_inference_steps,
+    output_type)`.
+
+    Args:
+        mixture (`GaussianMixture`): the data model.
+        scheduler: a VP scheduler (DDPMScheduler, GITSScheduler, ...).
+    """
+
+    def __init__(self, mixture: GaussianMixture, scheduler):
+        from .noise import VPNoiseSchedule
+
+        self.mixture = mixture
+        self.scheduler = scheduler
+        self.noise = VPNoiseSchedule(scheduler.alphas_cumprod.double().numpy())
+        self._progress_bar_config = {}
+
+    def set_progress_bar_config(self, **kwargs):
+        self._progress_bar_config.update(kwargs)
+
+    def start_noise(self, generators: list[torch.Generator]) -> torch.Tensor:
+        return torch.cat([torch.randn(1, self.mixture.dim, generator=g, dtype=torch.float64) for g in generators])
+
+    def __call__(self, batch_size=1, generator=None, num_inference_steps=50, output_type="np"):
+        generators = generator if isinstance(generator, list) else [generator] * batch_size
+        x = self.start_noise(generators)
+        self.scheduler.set_timesteps(num_inference_steps)
+        for t in self.scheduler.timesteps:
+            sigma = float(self.noise.t_to_sigma(float(t)))
+            x_sigma = x * (1 + sigma**2) ** 0.5
+            eps = (x_sigma - self.mixture.denoiser(x_sigma, sigma)) / sigma
+            x = self.scheduler.step(eps, t, x).prev_sample
+        return x
 
 
 @dataclass

@@ -140,13 +140,17 @@ def model_card(scheduler, repo_id: str | None = None, subfolder: str | None = No
         "solver",
         "teacher",
         "grid",
-        "metric",
         "jump_cost",
+        "metric",
         "coeff",
         "num_warmup",
+        "num_search",
         "num_holdout",
+        "budget",
+        "confidence",
         "refine",
         "seed",
+        "model_calls",
         "package_version",
     ):
         if key in meta:
@@ -161,14 +165,18 @@ def model_card(scheduler, repo_id: str | None = None, subfolder: str | None = No
     if any("gits_error" in entry for entry in report.values()):
         lines += [
             "",
-            "## Calibration report (held-out RMSE to the teacher)",
+            "## Calibration report (held-out pooled RMSE to the teacher)",
             "",
-            "| steps | GITS | default schedule | chosen |",
-            "|---|---|---|---|",
+            "| steps | chosen | its error | default schedule | verdict |",
+            "|---|---|---|---|---|",
         ]
         for k, entry in sorted(report.items(), key=lambda item: int(item[0])):
             if "gits_error" in entry:
-                lines.append(f"| {k} | {entry['gits_error']:.4g} | {entry['default_error']:.4g} | {entry['chosen']} |")
+                default = entry.get("default_error")
+                lines.append(
+                    f"| {k} | {entry['chosen']} | {entry['gits_error']:.4g} | "
+                    f"{'-' if default is None else f'{default:.4g}'} | {entry.get('summary', '')} |"
+                )
     lines += ["", "![schedules](schedules.png)", ""]
     return "\n".join(lines)
 

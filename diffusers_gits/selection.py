@@ -3,9 +3,8 @@
 Pure statistics on per-noise losses: no pipelines, no model calls. The caller scores every candidate still in the
 race on the same new batch of held-out noises, `add`s the losses, and repeats until the race is `decided` or its
 budget runs out. Per-noise errors are heavy-tailed on multimodal models (a small schedule change sends one noise to
-another mode), so the race compares candidates by their mean squared error over all pixels and noises (the square of
-the pooled RMSE users see), with a confidence interval on the paired per-noise differences, and adds noises only
-while the ranking is unclear.
+another mode), so candidates are compared by a confidence interval on their paired per-noise differences, and noises
+are added only while the ranking is unclear.
 """
 
 import math
@@ -136,15 +135,15 @@ class PairedRace:
         return leader, False  # no baseline was in the race
 
     def summary(self, chosen: str) -> dict[str, dict]:
-        """Per candidate: noises scored, mean loss, pooled RMSE, and the paired difference to `chosen` where both
-        were scored on the same noises."""
+        """Per candidate: noises scored, mean loss, and the paired difference to `chosen` (with the half-width of
+        its `confidence` interval) on the noises both were scored on."""
         table = {}
         for name, values in self.losses.items():
-            entry = {"noises": len(values), "mse": self.mean(name), "pooled_rmse": self.mean(name) ** 0.5}
+            entry = {"noises": len(values), "mean_loss": self.mean(name)}
             common = min(len(values), len(self.losses[chosen]))
             if name != chosen and common > 1:
                 difference = paired_difference(values[:common], self.losses[chosen][:common], self.confidence)
-                entry["mse_minus_chosen"] = difference.mean
+                entry["loss_minus_chosen"] = difference.mean
                 entry["ci_half_width"] = difference.half_width
             table[name] = entry
         return table

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
-from gaussian_mixture import GaussianMixturePipeline
 
 from diffusers_gits import CalibrationError, GITSFlowMatchScheduler, GITSScheduler
-from diffusers_gits.gaussian_mixture import GaussianMixture, MixtureFlowPipeline
+from diffusers_gits.gaussian_mixture import GaussianMixture, GaussianMixturePipeline, MixtureFlowPipeline
 from diffusers_gits.noise import FLOW_PATH, shift_flow_sigmas
 from diffusers_gits.schedules import (
     baseline_schedules,
@@ -139,7 +138,7 @@ def test_a_search_result_no_better_than_the_baselines_falls_back_to_them(two_mod
         entry = scheduler.calibration_report[k]
         assert entry["chosen"] != "gits" and not entry["confident"]
         assert "as good as this budget finds" in entry["summary"]
-        assert entry["candidates"]["gits"]["mse_minus_chosen"] > entry["candidates"]["gits"]["ci_half_width"]
+        assert entry["candidates"]["gits"]["loss_minus_chosen"] > entry["candidates"]["gits"]["ci_half_width"]
 
 
 @pytest.fixture(scope="module")
@@ -158,17 +157,20 @@ def flow_mixture_problem():
 
 
 @pytest.mark.parametrize(
-    "solver,coeff,refine,jump_cost",
-    [("euler", 1.0, False, "euler"), ("dpmpp_2m", "auto", True, "euler"), ("unipc", 1.0, False, "solver")],
+    "solver,jump_cost,options",
+    [
+        ("euler", "euler", {"coeff": 1.0, "num_holdout": 0}),  # the paper's search alone
+        ("dpmpp_2m", "euler", {"coeff": "auto", "refine": True, "budget": 10.0}),
+        ("unipc", "solver", {"coeff": 1.0, "num_holdout": 0}),
+    ],
 )
 def test_flow_calibration_beats_the_flux_and_stock_defaults_on_exact_model(
-    flow_mixture_problem, solver, coeff, refine, jump_cost
+    flow_mixture_problem, solver, jump_cost, options
 ):
     pipe, error = flow_mixture_problem
     scheduler = GITSScheduler.from_calibration(
-        pipe, [6, 8], num_warmup=128, batch_size=64, solver=solver, coeff=coeff, refine=refine, jump_cost=jump_cost,
-        progress=False,
-    )  # fmt: skip
+        pipe, [6, 8], num_warmup=128, batch_size=64, solver=solver, jump_cost=jump_cost, progress=False, **options
+    )
     assert isinstance(scheduler, GITSFlowMatchScheduler) and scheduler.calibration_mu == pytest.approx(1.15)
     for k in (6, 8):
         gits = error(scheduler.schedule_for(k), solver).mean().item()

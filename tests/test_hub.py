@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
-from gaussian_mixture import GaussianMixturePipeline
 
 from diffusers_gits import GITSScheduler, ScheduleLoadError
-from diffusers_gits.gaussian_mixture import GaussianMixture
+from diffusers_gits.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
 from diffusers_gits.hub import cache_load, cache_store, list_schedules
 
 

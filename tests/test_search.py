@@ -188,3 +188,61 @@ def test_euler_solver_cost_equals_the_papers_cost():
     ours.update(states, denoised)
     for h, i, j in [(0, 0, 2), (0, 1, 4), (1, 3, 4)]:
         assert ours.mean()[h, i, j] == pytest.approx(paper.mean()[i, j], rel=1e-5)
+
+
+def _student_problem(solver: str, size: int = 8, batch: int = 16):
+    from diffusers_gits.gaussian_mixture import GaussianMixture
+    from diffusers_gits.solvers import sample
+
+    mixture = GaussianMixture.random(num_components=2, seed=1)
+    noise = VPNoiseSchedule(alphas_cumprod_from_betas(1000, 0.00085, 0.012, "scaled_linear"))
+    grid = uniform_timestep_grid(noise, size - 1)
+    x = torch.randn(batch, mixture.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * grid[0]
+    targets = [x]  # the exact ODE solution at every grid point
+    for sigma, sigma_next in zip(grid[:-1], grid[1:]):
+        targets.append(mixture.exact_solution(targets[-1], [float(sigma), float(sigma_next)], steps_per_interval=200))
+    calls = []
+
+    def evaluate(nodes, states):
+        calls.append(list(nodes))
+        return [mixture.denoiser(state.double(), float(grid[node])).float() for node, state in zip(nodes, states)]
+
+    def final_error(path):
+        out = sample(mixture.denoiser, x.float().double(), grid[path], solver)
+        return float((out.float() - targets[-1].float()).pow(2).mean())
+
+    return grid, torch.stack(targets).float(), evaluate, final_error, calls
+
+
+@pytest.mark.parametrize("solver", ["euler", "dpmpp_2m", "unipc"])
+def test_student_path_dp_matches_brute_force_on_a_small_grid(solver):
+    from diffusers_gits.search import student_path_dp
+
+    grid, targets, evaluate, final_error, calls = _student_problem(solver)
+    size = len(grid)
+    result = student_path_dp(grid, targets, range(1, 5), solver, evaluate)
+    for k in range(1, 5):
+        path = result.schedules[k]
+        assert len(path) == k + 1 and path[0] == 0 and path[-1] == size - 1 and path == sorted(set(path))
+        # The reported error is exactly that of sampling the schedule from the batch's noises.
+        assert result.errors[k] == pytest.approx(final_error(path), rel=1e-4)
+        best = min(final_error([0, *inner, size - 1]) for inner in itertools.combinations(range(1, size - 1), k - 1))
+        if k <= 2:  # one or two jumps: every path is kept, so the result is the optimum
+            assert result.errors[k] == pytest.approx(best, rel=1e-4)
+        else:  # one path per node and layer is kept: close to the optimum, never better
+            assert best * (1 - 1e-4) <= result.errors[k] <= 1.25 * best
+    # Layer 0 evaluates the start once; layer k evaluates every node reachable in k jumps, in descending sigma order.
+    assert calls[0] == [0] and all(nodes == list(range(k, size - 1)) for k, nodes in enumerate(calls[1:], start=1))
+    assert result.model_calls == sum(len(nodes) for nodes in calls) * targets.shape[1]
+
+
+def test_student_path_dp_rejects_bad_input():
+    from diffusers_gits.search import student_path_dp
+
+    grid, targets, evaluate, _, _ = _student_problem("euler")
+    with pytest.raises(ValueError, match="1..7"):
+        student_path_dp(grid, targets, [8], "euler", evaluate)
+    with pytest.raises(ValueError, match="target states"):
+        student_path_dp(grid, targets[:-1], [2], "euler", evaluate)
+    with pytest.raises(ValueError, match="'heun'"):
+        student_path_dp(grid, targets, [2], "heun", evaluate)

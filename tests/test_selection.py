@@ -39,7 +39,7 @@ def test_a_clear_winner_ends_the_race_after_the_minimum_noises():
     assert race.num_noises == 16 and race.alive == ["gits"]
     assert race.choice() == ("gits", True)
     summary = race.summary("gits")
-    assert summary["karras"]["mse_minus_chosen"] > summary["karras"]["ci_half_width"] > 0
+    assert summary["karras"]["loss_minus_chosen"] > summary["karras"]["ci_half_width"] > 0
 
 
 def test_a_tie_keeps_the_race_open_and_falls_back_to_the_best_baseline():

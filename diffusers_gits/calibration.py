@@ -183,7 +183,7 @@ class PipelineRunner:
         return torch.cat([self.run(scheduler, chunk, num_steps, keep_path=False).states[-1] for chunk in chunks])
 
 
-def _check_pipeline(pipe) -> dict:
+def check_pipeline_family(pipe) -> dict:
     """The pipeline's scheduler config, checked to be of a family GITS supports (VP or FlowMatchEuler-style flow)."""
     config = getattr(getattr(pipe, "scheduler", None), "config", None)
     if config is None:
@@ -205,7 +205,7 @@ class _ShiftProbed(Exception):
     """Raised by the probe scheduler to stop the pipeline before its first model call."""
 
 
-def _probe_shift(runner: "PipelineRunner", base_config: dict) -> tuple[float | None, bool]:
+def probe_shift(runner: "PipelineRunner", base_config: dict) -> tuple[float | None, bool]:
     """The `mu` a flow pipeline passes to `set_timesteps` at this call's resolution, and whether it passes sigmas.
 
     Flux computes `mu` from the latent size inside `__call__`; the pipeline is run up to `set_timesteps` (prompt
@@ -334,7 +334,7 @@ def calibrate(
         A [`GITSScheduler`] (VP) or [`GITSFlowMatchScheduler`] (flow matching) with `gits_sigmas` for every requested
         step count and the calibration metadata and report in its config.
     """
-    base_config = _check_pipeline(pipe)
+    base_config = check_pipeline_family(pipe)
     steps = _check_steps(num_inference_steps, grid_size)
     options = _check_options(
         steps, solver, teacher, grid_size, jump_cost, num_search, budget, confidence, metric, coeff, refine,
@@ -345,7 +345,7 @@ def calibrate(
     runner = PipelineRunner(pipe, prompts, seed, batch_size, pipe_kwargs)
     # A flow pipeline's shift depends on the resolution it computes inside __call__: read it (no denoiser call) first,
     # so that it keys the cache too.
-    mu, passes_sigmas = _probe_shift(runner, base_config) if is_flow_scheduler_config(base_config) else (None, False)
+    mu, passes_sigmas = probe_shift(runner, base_config) if is_flow_scheduler_config(base_config) else (None, False)
     family = model_family(base_config, mu, passes_sigmas)
     key = None
     if cache or hub_repo:
@@ -459,7 +459,7 @@ def _search(
 
     tic = time.perf_counter()
     pool = list(range(num_search, num_search + num_holdout))
-    scorer = _HeldOutScorer(runner, family, solver, reference_scheduler, pool, budget)
+    scorer = HeldOutScorer(runner, family, solver, reference_scheduler, pool, budget)
     schedules, report = {}, {}
     if num_holdout:
         races, entrants = _race(scorer, candidates, family, steps, options["confidence"], progress)
@@ -647,7 +647,7 @@ def _student_candidates(runner, family, grid, targets, first_denoised, steps, so
     return {k: {"gits": grid[result.schedules[k]]} for k in steps}
 
 
-class _HeldOutScorer:
+class HeldOutScorer:
     """Held-out noises with teacher references (solved on the fine grid as they are needed), and per-noise losses of
     schedules sampled through the pipeline with the target solver: each sample's RMSE to its reference.
 
@@ -685,15 +685,18 @@ class _HeldOutScorer:
         known = self._losses.get(key, torch.zeros(0, dtype=torch.float64))
         start, stop = self.used.index(noises[0]), self.used.index(noises[-1]) + 1
         if stop > len(known):
-            k = len(sigmas) - 1
-            scheduler = self.family.scheduler(self.solver, {k: sigmas})
             new = self.used[len(known) : stop]
-            finals = self.runner.final_states(scheduler, new, k)
-            self.budget.spend("selection", k * len(new))
+            finals = self.samples(sigmas, new)
+            self.budget.spend("selection", self.cost(sigmas, len(new)))
             reference = torch.cat(self.references)[len(known) : stop]
             errors = (finals.double() - reference.double()).flatten(1).pow(2).mean(1).sqrt()
             known = self._losses[key] = torch.cat([known, errors])
         return known[start:stop]
+
+    def samples(self, sigmas: np.ndarray, noises: list[int]) -> torch.Tensor:
+        """Final samples of `sigmas` with the target solver from `noises`, through the pipeline."""
+        k = len(sigmas) - 1
+        return self.runner.final_states(self.family.scheduler(self.solver, {k: sigmas}), noises, k)
 
     def cost(self, sigmas: np.ndarray, count: int) -> int:
         """Model calls that scoring `sigmas` on `count` more noises takes."""
@@ -731,7 +734,14 @@ def _race(scorer, candidates, family, steps, confidence, progress) -> tuple[dict
 
 def _decide(race: PairedRace, entrants: dict, searched: dict, default: np.ndarray, scorer) -> tuple[np.ndarray, dict]:
     """The race's choice and its report entry, with the error of the pipeline's own default schedule on the same
-    noises where the budget still allows scoring it."""
+    noises where the budget still allows scoring it. A race that got no noise (the budget ran out first) leaves the
+    searched schedule in place, unchecked."""
+    if race.num_noises == 0:
+        name, sigmas = min(searched.items())
+        summary = f"{name} unchecked: the budget left no room for a held-out race (raise budget or num_warmup)"
+        return np.asarray(sigmas, dtype=np.float64), {
+            "chosen": name, "coeff": _coeff_of(name), "confident": None, "held_out_noises": 0, "summary": summary,
+        }  # fmt: skip
     chosen, confident = race.choice()
     summary = race.summary(chosen)
     for name, row in summary.items():

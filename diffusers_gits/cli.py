@@ -1,4 +1,4 @@
-"""Command line: `diffusers-gits demo | calibrate | show | push`. Each command is one library call and a printout."""
+"""Command line: `diffusers-gits demo | calibrate | compare | show | push`. Each command is one library call and a printout."""
 
 import argparse
 import logging
@@ -29,6 +29,15 @@ def _command(commands, name: str, help_text: str, examples: list[str]) -> argpar
         description=help_text[0].upper() + help_text[1:] + ".\n\nexamples:\n" + "\n".join(f"  {e}" for e in examples),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def _add_model_arguments(command: argparse.ArgumentParser) -> None:
+    """How the pipeline is loaded and called: shared by the commands that run a model."""
+    command.add_argument("--prompts", type=Path, help="text file, one prompt per line (text-to-image pipelines)")
+    command.add_argument("--guidance", type=_positive_float, help="guidance scale passed to the pipeline")
+    command.add_argument("--height", type=_positive_int, help="image height passed to the pipeline")
+    command.add_argument("--width", type=_positive_int, help="image width passed to the pipeline")
+    command.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,10 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("model", help="Hub model id or local pipeline folder")
     calibrate.add_argument("--steps", type=_positive_int, nargs="+", required=True, help="step counts to calibrate")
-    calibrate.add_argument("--prompts", type=Path, help="text file, one prompt per line (text-to-image pipelines)")
-    calibrate.add_argument("--guidance", type=_positive_float, help="guidance scale passed to the pipeline")
-    calibrate.add_argument("--height", type=_positive_int, help="image height passed to the pipeline")
-    calibrate.add_argument("--width", type=_positive_int, help="image width passed to the pipeline")
     calibrate.add_argument("--num-warmup", type=_positive_int, default=256, help="warm-up samples (default: 256)")
     calibrate.add_argument(
         "--batch-size", type=_positive_int, default=16, help="samples per pipeline call (default: 16)"
@@ -82,7 +87,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("--push-to-hub", metavar="REPO", help="also upload to this Hub model repo")
     calibrate.add_argument("--subfolder", help="subfolder in the Hub repo (default: the repo root)")
-    calibrate.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    _add_model_arguments(calibrate)
+
+    compare = _command(
+        commands,
+        "compare",
+        "score schedules on your own model and settings against a fine teacher on fresh noises: a table with 95% "
+        "confidence intervals and a plot of error against NFE",
+        [
+            "diffusers-gits compare ./my-ddpm --steps 6 8 --schedules default uniform karras ays sd15 gits:my-ddpm-gits",
+            "diffusers-gits compare stable-diffusion-v1-5/stable-diffusion-v1-5 --steps 6 --prompts prompts.txt "
+            "--guidance 7.5 --schedules default karras gits:me/sd15-gits --output cmp",
+        ],
+    )
+    compare.add_argument("model", help="Hub model id or local pipeline folder")
+    compare.add_argument("--steps", type=_positive_int, nargs="+", required=True, help="step counts to compare")
+    compare.add_argument(
+        "--schedules",
+        nargs="+",
+        default=["default", "uniform", "karras"],
+        help="default, a baseline (uniform, karras, logsnr, ays, sd15; flow: uniform, shifted, stock_default) or "
+        "gits:PATH_OR_REPO (default: default uniform karras)",
+    )
+    compare.add_argument("--solver", choices=sorted(SOLVERS), default="dpmpp_2m", help="sampler (default: dpmpp_2m)")
+    compare.add_argument("--num-noises", type=_positive_int, default=64, help="fresh noises (default: 64)")
+    compare.add_argument(
+        "--batch-size", type=_positive_int, default=16, help="samples per pipeline call (default: 16)"
+    )
+    compare.add_argument("--output", type=Path, default=Path("gits_compare"), help="folder for the PNGs")
+    _add_model_arguments(compare)
 
     show = _command(
         commands,
@@ -112,12 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_calibrate(args: argparse.Namespace) -> None:
+def load_pipeline(args: argparse.Namespace):
+    """The pipeline, prompts and call kwargs the model arguments name."""
     import torch
     from diffusers import DiffusionPipeline
-
-    from .hub import write_schedule_folder
-    from .scheduling_gits import GITSScheduler
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
@@ -128,6 +159,14 @@ def run_calibrate(args: argparse.Namespace) -> None:
             raise ValueError(f"{args.prompts} holds no prompts")
     pipe = DiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
     pipe_kwargs = {"guidance_scale": args.guidance, "height": args.height, "width": args.width}
+    return pipe, prompts, {k: v for k, v in pipe_kwargs.items() if v is not None}
+
+
+def run_calibrate(args: argparse.Namespace) -> None:
+    from .hub import write_schedule_folder
+    from .scheduling_gits import GITSScheduler
+
+    pipe, prompts, pipe_kwargs = load_pipeline(args)
     scheduler = GITSScheduler.from_calibration(
         pipe,
         args.steps,
@@ -136,7 +175,7 @@ def run_calibrate(args: argparse.Namespace) -> None:
         batch_size=min(args.batch_size, args.num_warmup),
         solver=args.solver,
         budget=args.budget,
-        **{k: v for k, v in pipe_kwargs.items() if v is not None},
+        **pipe_kwargs,
     )
     write_schedule_folder(scheduler, args.output, args.push_to_hub, args.subfolder)
     print_schedule(scheduler, str(args.output))
@@ -159,6 +198,26 @@ def print_schedule(scheduler, title: str) -> None:
     for k in scheduler.calibrated_steps:
         if report.get(str(k), {}).get("summary"):
             print(f"{k:>5} steps: {report[str(k)]['summary']}")
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    from .compare import compare_schedules, format_table
+
+    pipe, prompts, pipe_kwargs = load_pipeline(args)
+    table = compare_schedules(
+        pipe,
+        args.steps,
+        args.schedules,
+        prompts=prompts,
+        solver=args.solver,
+        num_noises=args.num_noises,
+        batch_size=args.batch_size,
+        output_dir=args.output,
+        **pipe_kwargs,
+    )
+    print(f"{args.model}, solver {args.solver}, {args.num_noises} fresh noises, RMSE to the teacher:")
+    print(format_table(table))
+    print(f"plots: {args.output}")
 
 
 def run_show(args: argparse.Namespace) -> None:
@@ -196,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(args.output, args.solver, tuple(args.steps), args.num_warmup, args.num_test)
         elif args.command == "calibrate":
             run_calibrate(args)
+        elif args.command == "compare":
+            run_compare(args)
         elif args.command == "show":
             run_show(args)
         else:

@@ -160,7 +160,7 @@ def flow_mixture_problem():
     "solver,jump_cost,options",
     [
         ("euler", "euler", {"coeff": 1.0, "num_holdout": 0}),  # the paper's search alone
-        ("dpmpp_2m", "euler", {"coeff": "auto", "refine": True, "budget": 10.0}),
+        ("dpmpp_2m", "student", {}),  # the default search and race
         ("unipc", "solver", {"coeff": 1.0, "num_holdout": 0}),
     ],
 )

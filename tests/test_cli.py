@@ -70,7 +70,7 @@ def test_calibrate_show_and_push_commands(tmp_path, hub, capsys):
     assert {"scheduler_config.json", "README.md", "schedules.png"} <= {p.name for p in out.iterdir()}
     assert main(["show", str(out), "--plot", str(tmp_path / "plot.png")]) == 0
     printed = capsys.readouterr().out
-    assert "held-out GITS" in printed and (tmp_path / "plot.png").exists()
+    assert "held-out RMSE" in printed and (tmp_path / "plot.png").exists()
     assert main(["push", str(out), "me/tiny-gits", "--subfolder", "ddpm"]) == 0
     assert "pushed: " in capsys.readouterr().out
     assert main(["show", "me/tiny-gits", "--plot", str(tmp_path / "hub.png")]) == 0

@@ -1,0 +1,152 @@
+"""`compare`: score any set of schedules on your own model and settings against a fine teacher on fresh noises.
+
+"Which schedule is best for my model at 6 steps?" Each schedule is sampled through the pipeline with the target solver
+on noises no calibration uses (indices from `FRESH_NOISES_START`), against the teacher on the fine grid that
+calibration uses, and reported with per-sample RMSE (mean and 95% CI), pooled RMSE, and the paired difference to the
+best schedule of each step count.
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .calibration import CallBudget, HeldOutScorer, PipelineRunner, check_pipeline_family, probe_shift
+from .evaluation import mean_and_ci
+from .families import model_family
+from .noise import is_flow_scheduler_config
+from .schedules import check_step_count
+from .selection import paired_difference
+
+
+#: Noise indices from here on are never warm-ups (calibration uses 0 .. num_warmup - 1).
+FRESH_NOISES_START = 1_000_000
+#: Short names accepted for the published tables.
+ALIASES = {"ays": "ays_sd15", "sd15": "gits_sd15_published"}
+
+
+def resolve_schedules(names: Sequence[str], family, steps: Sequence[int], mu: float | None) -> dict[str, dict]:
+    """`{label: {N: sigmas}}` for each requested schedule: a baseline of the model's family, `default` (what the
+    pipeline runs today), or `gits:PATH_OR_REPO` (a saved or shared GITS schedule)."""
+    from .hub import fetch_schedule_config
+    from .scheduling_gits import GITSFlowMatchScheduler, scheduler_from_config
+
+    resolved = {}
+    for name in names:
+        if name.startswith("gits:"):
+            scheduler = scheduler_from_config(fetch_schedule_config(name.removeprefix("gits:")))
+            flow = isinstance(scheduler, GITSFlowMatchScheduler)
+            resolved[name] = {k: scheduler.schedule_for(k, mu) if flow else scheduler.schedule_for(k) for k in steps}
+            continue
+        key = ALIASES.get(name, name)
+        if key == "default":
+            resolved[name] = {k: family.default(k) for k in steps}
+            continue
+        available = family.baselines(steps[0])
+        if key not in available:
+            raise ValueError(
+                f"schedule {name!r} is not known for this model; choose from {sorted(available) + ['default']}, "
+                f"{sorted(ALIASES)} or gits:PATH_OR_REPO"
+            )
+        resolved[name] = {k: family.baselines(k)[key] for k in steps}
+    return resolved
+
+
+def compare_schedules(
+    pipe,
+    num_inference_steps: int | Sequence[int],
+    schedules: Sequence[str] = ("default", "uniform", "karras"),
+    prompts: Sequence[str] | None = None,
+    solver: str = "dpmpp_2m",
+    num_noises: int = 64,
+    batch_size: int = 16,
+    teacher: str = "ipndm",
+    grid_size: int = 61,
+    seed: int = 0,
+    output_dir: str | Path | None = None,
+    **pipe_kwargs,
+) -> dict[str, dict[int, dict[str, Any]]]:
+    """Score `schedules` on `pipe` at each step count against the teacher on fresh noises.
+
+    Args:
+        pipe: a diffusers pipeline of a family GITS supports (as for `GITSScheduler.from_calibration`).
+        num_inference_steps: one step count or several.
+        schedules: names: `default` (the pipeline's own), a baseline (`uniform`, `karras`, `logsnr`, `ays` /
+            `ays_sd15`, `sd15` / `gits_sd15_published` on SD's noise schedule; `uniform`, `shifted`, `stock_default`
+            for flow models), or `gits:PATH_OR_REPO`.
+        prompts: prompts cycled over the noises; `None` for unconditional pipelines.
+        solver (`str`, defaults to `"dpmpp_2m"`): the solver every schedule is sampled with.
+        num_noises (`int`, defaults to 64): fresh noises per schedule and step count.
+        batch_size (`int`, defaults to 16): samples per pipeline call.
+        teacher (`str`, defaults to `"ipndm"`): the reference solver, on `grid_size` with every interval halved.
+        grid_size (`int`, defaults to 61): the calibration grid the reference refines.
+        seed (`int`, defaults to 0): seeds the noises (as in calibration, at indices no calibration uses).
+        output_dir (`str` or `Path`, *optional*): where to write `error_vs_nfe.png` (and, for pixel-space models,
+            `samples_nfe{N}.png`: a row per schedule, then the reference).
+        **pipe_kwargs: passed to every pipeline call (`guidance_scale`, `height`, `width`, ...).
+
+    Returns:
+        `{name: {N: {"mean_rmse", "ci", "pooled_rmse", "minus_best", "minus_best_ci"}}}`; `minus_best` is the mean
+        paired per-noise RMSE difference to the best schedule at that N (0 for the best itself).
+    """
+    steps = sorted({check_step_count(k, "each of num_inference_steps") for k in np.atleast_1d(num_inference_steps)})
+    if not schedules:
+        raise ValueError("schedules is empty; name at least one, e.g. ['default', 'karras']")
+    if num_noises < 2:
+        raise ValueError(f"num_noises must be >= 2 for a confidence interval, got {num_noises}")
+    base_config = check_pipeline_family(pipe)
+    runner = PipelineRunner(pipe, prompts, seed, batch_size, pipe_kwargs)
+    mu, passes_sigmas = probe_shift(runner, base_config) if is_flow_scheduler_config(base_config) else (None, False)
+    family = model_family(base_config, mu, passes_sigmas)
+    resolved = resolve_schedules(list(schedules), family, steps, mu)
+    fine, _ = family.fine_grid(grid_size)
+    reference_scheduler = family.scheduler(teacher, {len(fine) - 1: fine})
+    noises = list(range(FRESH_NOISES_START, FRESH_NOISES_START + num_noises))
+    scorer = HeldOutScorer(runner, family, solver, reference_scheduler, noises, CallBudget(np.iinfo(np.int64).max))
+    scorer.next_noises(num_noises)
+    losses = {name: {k: scorer.losses(per_k[k], noises) for k in steps} for name, per_k in resolved.items()}
+    table: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in resolved}
+    for k in steps:
+        best = min(resolved, key=lambda name: float(losses[name][k].mean()))
+        for name in resolved:
+            mean, ci = mean_and_ci(losses[name][k])
+            difference = paired_difference(losses[name][k], losses[best][k])
+            table[name][k] = {
+                "mean_rmse": mean,
+                "ci": ci,
+                "pooled_rmse": float(losses[name][k].pow(2).mean()) ** 0.5,
+                "minus_best": difference.mean,
+                "minus_best_ci": 0.0 if name == best else difference.half_width,
+            }
+    if output_dir is not None:
+        _write_pngs(Path(output_dir), table, resolved, scorer, steps, solver)
+    return table
+
+
+def _write_pngs(output_dir: Path, table, resolved, scorer, steps, solver) -> None:
+    from .plotting import save_error_plot, save_image_grid
+
+    errors = {name: {k: row[k]["mean_rmse"] for k in steps} for name, row in table.items()}
+    save_error_plot(errors, output_dir / "error_vs_nfe.png", f"{solver}: RMSE to the teacher on fresh noises")
+    reference = torch.cat(scorer.references)
+    if reference.ndim == 4 and reference.shape[1] in (1, 3):  # pixels: worth looking at; latents are not
+        k = steps[len(steps) // 2]
+        shown = min(8, len(reference))
+        rows = [scorer.samples(resolved[name][k], scorer.used[:shown]) for name in resolved]
+        save_image_grid(torch.cat(rows + [reference[:shown]]), output_dir / f"samples_nfe{k}.png", columns=shown)
+
+
+def format_table(table: dict[str, dict[int, dict[str, Any]]]) -> str:
+    """The comparison as text: a row per schedule, per N mean RMSE ± CI (pooled) and the paired gap to the best."""
+    steps = sorted(next(iter(table.values())))
+    lines = [f"{'schedule':<24}" + "".join(f"{f'N={k}: RMSE ± 95% CI (pooled) | vs best':>46}" for k in steps)]
+    for name, row in table.items():
+        cells = []
+        for k in steps:
+            r = row[k]
+            gap = "best" if r["minus_best"] == 0 else f"+{r['minus_best']:.4f} ± {r['minus_best_ci']:.4f}"
+            cells.append(f"{r['mean_rmse']:.4f} ± {r['ci']:.4f} ({r['pooled_rmse']:.4f}) | {gap}".rjust(46))
+        lines.append(f"{name:<24}" + "".join(cells))
+    return "\n".join(lines)

@@ -47,6 +47,8 @@ JUMP_COSTS = ("student", "euler", "solver")
 AUTO_COEFFS = (0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5)
 #: Held-out noises added to the race per round (nothing is eliminated before two rounds).
 RACE_ROUND = 16
+#: Baselines the student search's race keeps after screening them on the search noises.
+SCREENED_BASELINES = 2
 #: Keys of the pipeline call that calibration sets itself.
 RESERVED_KWARGS = (
     "prompt",
@@ -462,7 +464,14 @@ def _search(
     scorer = HeldOutScorer(runner, family, solver, reference_scheduler, pool, budget)
     schedules, report = {}, {}
     if num_holdout:
-        races, entrants = _race(scorer, candidates, family, steps, options["confidence"], progress)
+        baselines = {k: family.baselines(k) for k in steps}
+        if options["jump_cost"] == "student":
+            # The search noises already have the teacher's final samples: screening the baselines there costs their
+            # sampling only, and leaves the race (which pays for references too) two baselines to beat, not five.
+            screen = HeldOutScorer(runner, family, solver, reference_scheduler, search_indices, budget)
+            screen.used, screen.references = list(search_indices), [targets[-1]]
+            baselines = {k: _screened(screen, baselines[k], SCREENED_BASELINES) for k in steps}
+        races, entrants = _race(scorer, candidates, baselines, steps, options["confidence"], progress)
         for k in steps:
             schedules[k], report[str(k)] = _decide(races[k], entrants[k], candidates[k], family.default(k), scorer)
     else:
@@ -703,16 +712,23 @@ class HeldOutScorer:
         return (len(sigmas) - 1) * count
 
 
-def _race(scorer, candidates, family, steps, confidence, progress) -> tuple[dict[int, PairedRace], dict[int, dict]]:
+def _screened(screen: "HeldOutScorer", baselines: dict[str, np.ndarray], keep: int) -> dict[str, np.ndarray]:
+    """The `keep` baselines with the lowest mean error on the screening noises."""
+    errors = {name: float(screen.losses(sigmas, screen.used).mean()) for name, sigmas in baselines.items()}
+    return {name: baselines[name] for name in sorted(errors, key=errors.get)[:keep]}
+
+
+def _race(scorer, candidates, baselines, steps, confidence, progress) -> tuple[dict[int, PairedRace], dict[int, dict]]:
     """Race each step count's searched schedules against its baselines, a batch of held-out noises per round,
     until every race is decided or the budget or the held-out noises run out. Returns the races and their entrants'
     schedules."""
     races, entrants = {}, {}
-    looks = math.ceil(len(scorer.pool) / RACE_ROUND)
+    # Each look tests again: the confidence is split over the most rounds the budget and the pool could pay for.
+    cheapest_round = RACE_ROUND * (scorer.fine_steps + min(steps))
+    looks = max(1, min(math.ceil(len(scorer.pool) / RACE_ROUND), scorer.budget.remaining // cheapest_round))
     for k in steps:
-        baselines = family.baselines(k)
-        entrants[k] = {**candidates[k], **{name: s for name, s in baselines.items() if name not in candidates[k]}}
-        races[k] = PairedRace(list(entrants[k]), set(baselines), confidence, min_noises=2 * RACE_ROUND, looks=looks)
+        entrants[k] = {**candidates[k], **{name: s for name, s in baselines[k].items() if name not in candidates[k]}}
+        races[k] = PairedRace(list(entrants[k]), set(baselines[k]), confidence, min_noises=2 * RACE_ROUND, looks=looks)
     bar = tqdm(total=len(scorer.pool), desc="GITS held-out race", unit="noise", disable=not progress)
     while len(scorer.used) < len(scorer.pool):
         open_races = [k for k in steps if not races[k].decided]

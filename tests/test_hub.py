@@ -16,6 +16,9 @@ from diffusers_gits.hub import cache_load, cache_store, list_schedules
 
 
 SD = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+#: The paper's search alone (no held-out race): these tests are about caching and sharing, not the search.
+PURE_DP = {"jump_cost": "euler", "coeff": 1.0, "num_holdout": 0, "progress": False}
+TINY_PURE_DP = {**PURE_DP, "num_warmup": 2, "batch_size": 2, "grid_size": 4}
 
 
 def calibrated(table=None):
@@ -126,15 +129,7 @@ def test_invalid_schedules_name_the_repo_and_field(hub, tmp_path, edit, field):
 def test_from_calibration_publishes_and_reuses_through_the_hub(hub, tmp_path, monkeypatch):
     pipe = GaussianMixturePipeline(GaussianMixture.random(), DDPMScheduler(**SD))
     pipe.components = {}
-    options = {
-        "num_warmup": 32,
-        "batch_size": 16,
-        "jump_cost": "euler",
-        "coeff": 1.0,
-        "num_holdout": 0,
-        "progress": False,
-        "hub_repo": "me/cal",
-    }
+    options = {"num_warmup": 32, "batch_size": 16, "hub_repo": "me/cal", **PURE_DP}
     first = GITSScheduler.from_calibration(pipe, [3], push=True, **options)
     assert len(list_schedules("me/cal")) == 1
     monkeypatch.setenv("DIFFUSERS_GITS_CACHE", str(tmp_path / "fresh-cache"))  # another machine: empty local cache
@@ -147,14 +142,7 @@ def test_from_calibration_publishes_and_reuses_through_the_hub(hub, tmp_path, mo
 def test_local_cache_hit_makes_no_model_call_and_key_tracks_settings(monkeypatch):
     pipe = GaussianMixturePipeline(GaussianMixture.random(), DDPMScheduler(**SD))
     pipe.components = {}
-    options = {
-        "num_warmup": 32,
-        "batch_size": 16,
-        "jump_cost": "euler",
-        "coeff": 1.0,
-        "num_holdout": 0,
-        "progress": False,
-    }
+    options = {"num_warmup": 32, "batch_size": 16, **PURE_DP}
     first = GITSScheduler.from_calibration(pipe, [3], **options)
     original_call = GaussianMixturePipeline.__call__
     calls = []
@@ -181,14 +169,7 @@ def test_flow_calibration_is_cached_as_a_flow_scheduler_and_keyed_by_mu(monkeypa
     mixture = GaussianMixture.random()
     pipe = MixtureFlowPipeline(mixture, FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), mu=0.5)
     pipe.components = {}
-    options = {
-        "num_warmup": 32,
-        "batch_size": 16,
-        "jump_cost": "euler",
-        "coeff": 1.0,
-        "num_holdout": 0,
-        "progress": False,
-    }
+    options = {"num_warmup": 32, "batch_size": 16, **PURE_DP}
     first = GITSScheduler.from_calibration(pipe, [3], **options)
     calls = []
     denoiser = mixture.flow_denoiser
@@ -308,15 +289,7 @@ def test_equal_weights_other_config_is_calibrated_afresh_and_hits_are_logged(tmp
     from diffusers import DDPMPipeline
 
     monkeypatch.setenv("DIFFUSERS_GITS_CACHE", str(tmp_path))
-    options = {
-        "num_warmup": 2,
-        "batch_size": 2,
-        "jump_cost": "euler",
-        "coeff": 1.0,
-        "num_holdout": 0,
-        "progress": False,
-        "grid_size": 4,
-    }
+
     calls = []
     original_call = DDPMPipeline.__call__
 
@@ -326,12 +299,12 @@ def test_equal_weights_other_config_is_calibrated_afresh_and_hits_are_logged(tmp
 
     monkeypatch.setattr(DDPMPipeline, "__call__", spy)
     small, large = _ddpm_pipe(8), _ddpm_pipe(16)
-    GITSScheduler.from_calibration(small, [2], **options)
+    GITSScheduler.from_calibration(small, [2], **TINY_PURE_DP)
     with caplog.at_level("WARNING", logger="diffusers_gits"):
-        GITSScheduler.from_calibration(large, [2], **options)
+        GITSScheduler.from_calibration(large, [2], **TINY_PURE_DP)
     assert calls == [8, 16] and "cached" not in caplog.text  # the second model ran: no hit
     with caplog.at_level("WARNING", logger="diffusers_gits"):
-        GITSScheduler.from_calibration(large, [2], **options)
+        GITSScheduler.from_calibration(large, [2], **TINY_PURE_DP)
     assert calls == [8, 16]
     assert "Using the cached GITS calibration" in caplog.text and "DDPMPipeline" in caplog.text
     assert "+00:00" in caplog.text  # the date it was made (UTC)
@@ -341,20 +314,12 @@ def test_a_corrupt_cache_entry_is_recalibrated_with_a_warning(tmp_path, monkeypa
     from diffusers_gits.hub import calibration_key
 
     pipe = _ddpm_pipe()
-    options = {
-        "num_warmup": 2,
-        "batch_size": 2,
-        "jump_cost": "euler",
-        "coeff": 1.0,
-        "num_holdout": 0,
-        "progress": False,
-        "grid_size": 4,
-    }
-    first = GITSScheduler.from_calibration(pipe, [2], cache_dir=tmp_path, **options)
+
+    first = GITSScheduler.from_calibration(pipe, [2], cache_dir=tmp_path, **TINY_PURE_DP)
     (entry,) = [path for path in tmp_path.iterdir() if not path.name.startswith(".")]
     (entry / "scheduler_config.json").write_text('{"_class_name": "GITSSch')
     with caplog.at_level("WARNING", logger="diffusers_gits"):
-        again = GITSScheduler.from_calibration(pipe, [2], cache_dir=tmp_path, **options)
+        again = GITSScheduler.from_calibration(pipe, [2], cache_dir=tmp_path, **TINY_PURE_DP)
     assert "unusable GITS cache entry" in caplog.text
     assert again.sigmas_for(2) == first.sigmas_for(2)
     assert cache_load(entry.name, tmp_path) is not None  # replaced by the fresh result

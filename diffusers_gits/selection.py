@@ -120,19 +120,20 @@ class PairedRace:
                     self.alive.remove(name)
                     self.eliminated_after[name] = self.num_noises
 
-    def choice(self) -> tuple[str, bool]:
+    def choice(self, require_confidence: bool = False) -> tuple[str, bool]:
         """The schedule to use and whether it is a searched one that beat every baseline with confidence.
 
-        A searched schedule is chosen only when it leads and every baseline has left the race; otherwise the best
-        baseline still in the race (lowest mean loss) is, since nothing found beats it with confidence.
+        By default the leader (lowest mean loss among the candidates still in the race): a searched schedule that
+        leads is kept even where the held-out noises cannot confirm its lead, and a baseline that leads is returned.
+        With `require_confidence`, a searched schedule is chosen only when every baseline has left the race;
+        otherwise the best baseline still in it.
         """
         leader = self.leader
-        if leader not in self.baselines and not self.baselines.intersection(self.alive):
-            return leader, True
+        confident = leader not in self.baselines and not self.baselines.intersection(self.alive)
         baselines_alive = [name for name in self.alive if name in self.baselines]
-        if baselines_alive:
+        if require_confidence and not confident and baselines_alive:
             return min(baselines_alive, key=self.mean), False
-        return leader, False  # no baseline was in the race
+        return leader, confident
 
     def summary(self, chosen: str) -> dict[str, dict]:
         """Per candidate: noises scored, mean loss, and the paired difference to `chosen` (with the half-width of

@@ -79,26 +79,33 @@ def two_mode_problem():
 
 
 @pytest.mark.parametrize("solver", ["dpmpp_2m", "unipc"])
-def test_default_calibration_is_not_worse_than_the_best_baseline_on_exact_model(two_mode_problem, solver):
+@pytest.mark.parametrize("require_confidence,tolerance", [(True, 1.02), (False, 1.2)])
+def test_calibration_is_close_to_or_better_than_the_best_baseline_on_exact_model(
+    two_mode_problem, solver, require_confidence, tolerance
+):
+    """The strict rule is never worse than the best baseline; the default (the race's leader, confirmed or not) can
+    lose a little where 32 held-out noises of a two-mode model mislead it (unipc at 6 steps: 1.15x)."""
     pipe, error = two_mode_problem
     scheduler = GITSScheduler.from_calibration(
-        pipe, [6, 8], num_warmup=128, batch_size=64, solver=solver, progress=False
-    )
+        pipe, [6, 8], num_warmup=128, batch_size=64, solver=solver, require_confidence=require_confidence,
+        progress=False,
+    )  # fmt: skip
     report = scheduler.calibration_report
     for k in (6, 8):
         baselines = baseline_schedules(scheduler.noise_schedule, k)
         best = min(error(sigmas, solver) for sigmas in baselines.values())
         ours = error(scheduler.sigmas_for(k), solver)
-        assert ours <= 1.02 * best, (k, ours, best, report[str(k)]["summary"])
-        if report[str(k)]["confident"]:
-            assert report[str(k)]["chosen"] == "gits" and ours < best
-        else:  # the honest fallback: the baseline it could not beat, unchanged
-            assert (
-                report[str(k)]["chosen"] in baselines and "as good as this budget finds" in report[str(k)]["summary"]
-            )
-            np.testing.assert_allclose(scheduler.sigmas_for(k), baselines[report[str(k)]["chosen"]])
+        assert ours <= tolerance * best, (k, ours, best, report[str(k)]["summary"])
+        entry = report[str(k)]
+        if entry["confident"]:
+            assert entry["chosen"] == "gits" and ours < best
+        elif entry["chosen"] == "gits":  # it leads, unconfirmed: the report says so
+            assert not require_confidence and "not yet with 95% confidence" in entry["summary"]
+        else:  # a baseline leads: returned unchanged, and the report says nothing better was found
+            assert entry["chosen"] in baselines and "as good as this budget finds" in entry["summary"]
+            np.testing.assert_allclose(scheduler.sigmas_for(k), baselines[entry["chosen"]])
     if solver == "dpmpp_2m":
-        assert report["6"]["confident"]  # a clear win is taken
+        assert report["6"]["confident"]  # a clear win is confirmed and taken
 
 
 def test_the_budget_is_never_exceeded_and_every_call_is_counted(two_mode_problem, monkeypatch):

@@ -217,9 +217,6 @@ def test_sd15_preset_needs_no_calibration_or_network():
 
 def test_check_pipeline_catches_family_and_prediction_mismatches(caplog):
     from diffusers import FlowMatchEulerDiscreteScheduler
-    from gaussian_mixture import GaussianMixturePipeline
-
-    from diffusers_gits.gaussian_mixture import GaussianMixture
 
     sd15 = GITSScheduler.from_preset("sd15")
     sd_pipe = GaussianMixturePipeline(GaussianMixture.random(), DDPMScheduler(**SD))

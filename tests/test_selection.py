@@ -37,7 +37,7 @@ def test_a_clear_winner_ends_the_race_after_the_minimum_noises():
         )
         rounds += 1
     assert race.num_noises == 16 and race.alive == ["gits"]
-    assert race.choice() == ("gits", True)
+    assert race.choice() == race.choice(require_confidence=True) == ("gits", True)
     summary = race.summary("gits")
     assert summary["karras"]["loss_minus_chosen"] > summary["karras"]["ci_half_width"] > 0
 
@@ -51,8 +51,8 @@ def test_a_tie_keeps_the_race_open_and_falls_back_to_the_best_baseline():
         if race.decided:
             break
     assert not race.decided and race.num_noises == 160
-    chosen, confident = race.choice()
-    assert chosen == "ays" and not confident  # gits may lead on the mean, but not with confidence
+    assert race.choice() == (race.leader, False)  # the leader, unconfirmed
+    assert race.choice(require_confidence=True) == ("ays", False)  # the strict rule falls back to the baseline
     naive = PairedRace(["gits", "ays"], baselines={"ays"}, min_noises=16)  # the same data, tested at 95% every look
     for start in range(0, 160, 8):
         naive.add({name: race.losses[name][start : start + 8] for name in naive.alive})
@@ -64,7 +64,7 @@ def test_a_worse_search_result_is_eliminated_and_the_best_baseline_chosen():
     for seed in range(10):
         shared = noisy_losses(1.0, 8, seed)
         race.add({name: shared * {"gits": 2.0, "ays": 1.0, "karras": 1.2}[name] for name in race.alive})
-    assert race.alive == ["ays"] and race.choice() == ("ays", False)
+    assert race.alive == ["ays"] and race.choice() == race.choice(require_confidence=True) == ("ays", False)
     assert set(race.eliminated_after) == {"gits", "karras"}
 
 

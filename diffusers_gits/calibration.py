@@ -505,7 +505,10 @@ def _search(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": _model_name(pipe),
         "pipeline_class": type(pipe).__name__,
-        "pipe_kwargs": pipe_kwargs_summary(runner.pipe_kwargs),
+        # Plain JSON values only: tensors such as `prompt_embeds` are left out.
+        "pipe_kwargs": {
+            k: v for k, v in runner.pipe_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))
+        },
         "num_prompts": len(prompts) if prompts else 0,
         "solver": solver,
         "teacher": teacher,
@@ -525,11 +528,6 @@ def _search(
         "report": report,
     }
     return family.scheduler(solver, schedules, metadata)
-
-
-def pipe_kwargs_summary(pipe_kwargs: dict) -> dict:
-    """The pipeline kwargs that are plain JSON values (tensors such as `prompt_embeds` are left out)."""
-    return {k: v for k, v in pipe_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}
 
 
 def _check_options(

@@ -21,11 +21,6 @@ class PairedDifference:
     half_width: float
     count: int
 
-    @property
-    def significant(self) -> bool:
-        """Whether the interval excludes 0."""
-        return abs(self.mean) > self.half_width
-
 
 def normal_quantile(confidence: float) -> float:
     """The two-sided normal quantile z with P(|Z| < z) = `confidence`."""

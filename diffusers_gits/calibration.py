@@ -476,8 +476,7 @@ def _search(
         if options["jump_cost"] == "student":
             # The search noises already have the teacher's final samples: screening the baselines there costs their
             # sampling only, and leaves the race (which pays for references too) two baselines to beat, not five.
-            screen = HeldOutScorer(runner, family, solver, reference_scheduler, search_indices, budget)
-            screen.used, screen.references = list(search_indices), [targets[-1]]
+            screen = HeldOutScorer(runner, family, solver, reference_scheduler, search_indices, budget, targets[-1])
             baselines = {k: _screened(screen, baselines[k], SCREENED_BASELINES) for k in steps}
         races, entrants = _race(scorer, candidates, baselines, steps, options["confidence"], progress)
         for k in steps:
@@ -672,15 +671,25 @@ class HeldOutScorer:
     dozen held-out noises rank schedules much as hundreds do; the report also gives the pooled RMSE, which the tail
     dominates."""
 
-    def __init__(self, runner, family, solver, reference_scheduler, pool: list[int], budget: CallBudget):
+    def __init__(
+        self,
+        runner,
+        family,
+        solver,
+        reference_scheduler,
+        pool: list[int],
+        budget: CallBudget,
+        references: torch.Tensor | None = None,
+    ):
         self.runner = runner
         self.family = family
         self.solver = solver
         self.reference_scheduler = reference_scheduler
         self.pool = pool
         self.budget = budget
-        self.used: list[int] = []
-        self.references: list[torch.Tensor] = []
+        # `references` are the pool's teacher samples where they are already solved (the search noises).
+        self.used: list[int] = list(pool) if references is not None else []
+        self.references: list[torch.Tensor] = [references] if references is not None else []
         self._losses: dict[tuple, torch.Tensor] = {}
 
     @property

@@ -2,12 +2,13 @@
 
 __version__ = "0.1.0"
 
-from .errors import CalibrationError, ScheduleLoadError  # noqa: E402
+from .errors import CalibrationError, CheckpointMismatchError, ScheduleLoadError  # noqa: E402
 from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler, GITSSchedulerOutput  # noqa: E402
 
 
 __all__ = [
     "CalibrationError",
+    "CheckpointMismatchError",
     "GITSFlowMatchScheduler",
     "GITSScheduler",
     "GITSSchedulerOutput",

@@ -37,7 +37,11 @@ def _add_model_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--guidance", type=_positive_float, help="guidance scale passed to the pipeline")
     command.add_argument("--height", type=_positive_int, help="image height passed to the pipeline")
     command.add_argument("--width", type=_positive_int, help="image width passed to the pipeline")
-    command.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    command.add_argument(
+        "--device",
+        help="torch device (default: this process's GPU under accelerate launch / torchrun, else cuda if available, "
+        "else cpu); with cpu, processes started by torchrun or accelerate launch --multi_gpu join over gloo",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         [
             "diffusers-gits calibrate stable-diffusion-v1-5/stable-diffusion-v1-5 --steps 5 6 8 10 --prompts prompts.txt --output sd15-gits",
             "diffusers-gits calibrate ./my-ddpm --steps 4 6 --num-warmup 64 --output out --push-to-hub me/my-ddpm-gits",
+            "accelerate launch --num_processes 4 -m diffusers_gits calibrate MODEL --steps 6 --output out "
+            "--checkpoint-dir ckpt",
         ],
     )
     calibrate.add_argument("model", help="Hub model id or local pipeline folder")
@@ -87,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("--push-to-hub", metavar="REPO", help="also upload to this Hub model repo")
     calibrate.add_argument("--subfolder", help="subfolder in the Hub repo (default: the repo root)")
+    calibrate.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        help="store every finished pipeline call here; rerunning the same command resumes where it stopped",
+    )
+    calibrate.add_argument(
+        "--no-resume", action="store_true", help="empty --checkpoint-dir first and start the calibration over"
+    )
     _add_model_arguments(calibrate)
 
     compare = _command(
@@ -150,7 +164,11 @@ def load_pipeline(args: argparse.Namespace):
     import torch
     from diffusers import DiffusionPipeline
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .execution import process_state
+
+    # Each process of a launch loads the pipeline on its own device (accelerate's choice for GPUs).
+    state = process_state(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = str(state.device) if args.device in (None, "cuda") else args.device
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     prompts = None
     if args.prompts:
@@ -163,6 +181,10 @@ def load_pipeline(args: argparse.Namespace):
 
 
 def run_calibrate(args: argparse.Namespace) -> None:
+    import json
+
+    from accelerate import PartialState
+
     from .hub import write_schedule_folder
     from .scheduling_gits import GITSScheduler
 
@@ -175,9 +197,13 @@ def run_calibrate(args: argparse.Namespace) -> None:
         batch_size=min(args.batch_size, args.num_warmup),
         solver=args.solver,
         budget=args.budget,
+        checkpoint_dir=args.checkpoint_dir,
+        resume=not args.no_resume,
         **pipe_kwargs,
     )
-    write_schedule_folder(scheduler, args.output, args.push_to_hub, args.subfolder)
+    if not PartialState().is_main_process:  # every process holds the same result: one writes and reports it
+        return
+    write_schedule_folder(json.loads(scheduler.to_json_string()), args.output, args.push_to_hub, args.subfolder)
     print_schedule(scheduler, str(args.output))
     if args.push_to_hub:
         print(f"pushed: {scheduler.push_to_hub(args.push_to_hub, subfolder=args.subfolder)}")

@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .calibration import CallBudget, HeldOutScorer, PipelineRunner, check_pipeline_family, probe_shift
+from .choice import HeldOutScorer
 from .evaluation import mean_and_ci
+from .execution import CallBudget, Executor, process_state
 from .families import model_family
 from .noise import is_flow_scheduler_config
+from .recorder import PipelineRunner, check_pipeline_family, probe_shift
 from .schedules import check_step_count
 from .selection import paired_difference
 
@@ -104,9 +106,15 @@ def compare_schedules(
     fine, _ = family.fine_grid(grid_size)
     reference_scheduler = family.scheduler(teacher, {len(fine) - 1: fine})
     noises = list(range(FRESH_NOISES_START, FRESH_NOISES_START + num_noises))
-    scorer = HeldOutScorer(runner, family, solver, reference_scheduler, noises, CallBudget(np.iinfo(np.int64).max))
-    scorer.next_noises(num_noises)
-    losses = {name: {k: scorer.losses(per_k[k], noises) for k in steps} for name, per_k in resolved.items()}
+    executor = Executor(process_state(runner.device))
+    scorer = HeldOutScorer(
+        executor, runner, family, solver, reference_scheduler, noises, CallBudget(np.iinfo(np.int64).max)
+    )
+    requests = [(name, k) for name in resolved for k in steps]
+    scored = scorer.score([resolved[name][k] for name, k in requests], "compare", add_noises=num_noises)
+    losses = {name: {} for name in resolved}
+    for (name, k), loss in zip(requests, scored):
+        losses[name][k] = loss
     table: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in resolved}
     for k in steps:
         best = min(resolved, key=lambda name: float(losses[name][k].mean()))

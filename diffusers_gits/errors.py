@@ -27,3 +27,15 @@ class ScheduleLoadError(ValueError):
         super().__init__(message)
         self.source = source
         self.field = field
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint folder holds a calibration of another model, other settings or another package version.
+
+    Attributes:
+        differences (`list[str]`): one `name: checkpoint X, now Y` line per differing value.
+    """
+
+    def __init__(self, message: str, differences: list[str] | None = None):
+        super().__init__(message)
+        self.differences = differences or []

@@ -20,6 +20,7 @@ import torch
 from .errors import ScheduleLoadError
 from .noise import is_flow_scheduler_config
 from .schedules import validate_schedule_table
+from .settings import CARD_FIELDS
 
 
 CONFIG_NAME = "scheduler_config.json"
@@ -105,9 +106,15 @@ def fetch_schedule_config(
     return read_schedule_config(path, f"{source}" + (f" at revision {revision!r}" if revision else ""))
 
 
-def model_card(scheduler, repo_id: str | None = None, subfolder: str | None = None) -> str:
-    """README.md with Hub metadata for a calibrated schedule: settings, schedules and the calibration report."""
-    meta = scheduler.config.calibration or {}
+def _steps(config: dict) -> list[int]:
+    return sorted(int(k) for k in config.get("gits_sigmas") or {})
+
+
+def model_card(config: dict, repo_id: str | None = None, subfolder: str | None = None) -> str:
+    """README.md with Hub metadata for a calibrated schedule (its scheduler config): settings, schedules and the
+    calibration report."""
+    meta = config.get("calibration") or {}
+    class_name = config["_class_name"]
     base_model = meta.get("model")
     front = ["---", "library_name: diffusers", "tags:", "- gits", "- scheduler", "- diffusers-gits"]
     if base_model and not Path(str(base_model)).is_absolute():
@@ -123,8 +130,8 @@ def model_card(scheduler, repo_id: str | None = None, subfolder: str | None = No
         f"trajectories with [diffusers-gits](https://pypi.org/project/diffusers-gits/). Stored in {location}.",
         "",
         "```python",
-        f"from diffusers_gits import {type(scheduler).__name__}",
-        f"pipe.scheduler = {type(scheduler).__name__}.from_pretrained({load_args})",
+        f"from diffusers_gits import {class_name}",
+        f"pipe.scheduler = {class_name}.from_pretrained({load_args})",
         "```",
         "",
         "## Calibration settings",
@@ -137,31 +144,18 @@ def model_card(scheduler, repo_id: str | None = None, subfolder: str | None = No
         "pipe_kwargs",
         "family",
         "mu",
-        "solver",
-        "teacher",
         "grid",
-        "jump_cost",
-        "metric",
-        "coeff",
-        "num_warmup",
-        "num_search",
-        "num_holdout",
-        "budget",
-        "confidence",
-        "refine",
-        "seed",
+        *CARD_FIELDS,
         "model_calls",
         "package_version",
     ):
         if key in meta:
             lines.append(f"| {key} | `{json.dumps(meta[key])}` |")
-    convention = (
-        "flow sigmas, 1 to 0, shifted" if is_flow_scheduler_config(scheduler.config) else "Karras / VE convention"
-    )
+    convention = "flow sigmas, 1 to 0, shifted" if is_flow_scheduler_config(config) else "Karras / VE convention"
     lines += ["", f"## Schedules (sigmas, {convention})", "", "| steps | sigmas |", "|---|---|"]
-    for k in scheduler.calibrated_steps:
-        lines.append(f"| {k} | {', '.join(f'{s:.4g}' for s in scheduler.config.gits_sigmas[str(k)])} |")
-    report = scheduler.calibration_report or {}
+    for k in _steps(config):
+        lines.append(f"| {k} | {', '.join(f'{s:.4g}' for s in config['gits_sigmas'][str(k)])} |")
+    report = meta.get("report") or {}
     if any("gits_error" in entry for entry in report.values()):
         lines += [
             "",
@@ -181,23 +175,30 @@ def model_card(scheduler, repo_id: str | None = None, subfolder: str | None = No
     return "\n".join(lines)
 
 
+def write_config(config: dict, folder: str | Path) -> Path:
+    """Write a scheduler config as `folder/scheduler_config.json`, as diffusers' `save_config` does."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CONFIG_NAME
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return path
+
+
 def write_schedule_folder(
-    scheduler, folder: str | Path, repo_id: str | None = None, subfolder: str | None = None
+    config: dict, folder: str | Path, repo_id: str | None = None, subfolder: str | None = None
 ) -> Path:
-    """Write `scheduler_config.json`, the model card `README.md` and `schedules.png` into `folder`."""
+    """Write a schedule's `scheduler_config.json`, the model card `README.md` and `schedules.png` into `folder`."""
     from .plotting import save_schedule_plot
 
     folder = Path(folder)
-    scheduler.save_config(folder)
-    (folder / "README.md").write_text(model_card(scheduler, repo_id, subfolder))
-    save_schedule_plot(
-        {k: scheduler.config.gits_sigmas[str(k)] for k in scheduler.calibrated_steps}, folder / "schedules.png"
-    )
+    write_config(config, folder)
+    (folder / "README.md").write_text(model_card(config, repo_id, subfolder))
+    save_schedule_plot({k: config["gits_sigmas"][str(k)] for k in _steps(config)}, folder / "schedules.png")
     return folder
 
 
 def push_schedule(
-    scheduler,
+    config: dict,
     repo_id: str,
     subfolder: str | None = None,
     commit_message: str | None = None,
@@ -212,7 +213,7 @@ def push_schedule(
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        write_schedule_folder(scheduler, tmp, repo_id, subfolder)
+        write_schedule_folder(config, tmp, repo_id, subfolder)
         info = api.upload_folder(
             repo_id=repo_id,
             folder_path=tmp,
@@ -292,7 +293,7 @@ def _public_config(config) -> dict | None:
         return None
     config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     return {
-        key: _jsonable(value)
+        key: jsonable(value)
         for key, value in config.items()
         if not key.startswith("_") and key not in ("transformers_version", "diffusers_version")
     }
@@ -327,75 +328,72 @@ def component_fingerprints(pipe) -> dict[str, dict]:
     return fingerprints
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """`value` as plain JSON values; tensors become their digest."""
     if isinstance(value, torch.Tensor):
         return {"tensor_sha256": hashlib.sha256(value.detach().float().cpu().numpy().tobytes()).hexdigest()}
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in sorted(value.items(), key=lambda item: str(item[0]))}
+        return {str(k): jsonable(v) for k, v in sorted(value.items(), key=lambda item: str(item[0]))}
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return repr(value)
 
 
-def calibration_key(pipe, settings: dict[str, Any]) -> str:
-    """A key for everything that changes a calibration's result.
-
-    It covers the pipeline class and name, every component but the scheduler (`component_fingerprints`: class,
-    config and tensors), the model's noise schedule and prediction type, the calibration settings and the package
-    version.
-    """
-    from . import __version__
-    from .scheduling_gits import GITSScheduler
-
-    config = pipe.scheduler.config
+def model_identity(pipe) -> dict[str, Any]:
+    """Everything about the model that changes a calibration's result, as plain JSON values: the pipeline class and
+    name, every component but the scheduler (`component_fingerprints`: class, config and tensors), and the noise
+    schedule and prediction type, whichever scheduler class (GITS included) currently carries them."""
+    config = dict(pipe.scheduler.config)
     if is_flow_scheduler_config(config):
         keys = ("num_train_timesteps", "shift", "use_dynamic_shifting", "base_shift", "max_shift", "time_shift_type")
-        noise_schedule = {key: config.get(key) for key in keys}
     else:
-        train_sigmas = GITSScheduler.from_config(config).noise_schedule.train_sigmas
-        noise_schedule = hashlib.sha256(np.round(train_sigmas, 10).tobytes()).hexdigest()
+        keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
+        keys += ("rescale_betas_zero_snr",)
     model = getattr(pipe, "name_or_path", None) or (getattr(pipe, "config", None) or {}).get("_name_or_path")
-    payload = {
+    return {
         "model": str(model) if model is not None else None,
         "components": component_fingerprints(pipe),
         "pipeline_class": type(pipe).__name__,
-        # The model's noise schedule and output type, whichever scheduler class (GITS included) currently carries them.
-        "noise_schedule": noise_schedule,
-        "prediction_type": pipe.scheduler.config.get("prediction_type"),
-        "settings": _jsonable(settings),
-        "package_version": __version__,
+        "noise_schedule": jsonable({key: config.get(key) for key in keys}),
+        "prediction_type": config.get("prediction_type"),
     }
+
+
+def calibration_key(model: dict[str, Any], settings: dict[str, Any]) -> str:
+    """A key for everything that changes a calibration's result: the model (`model_identity`), the calibration
+    settings and the package version."""
+    from . import __version__
+
+    payload = {"model": model, "settings": jsonable(settings), "package_version": __version__}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def cache_load(key: str, cache_dir: Path | None = None):
-    """The cached scheduler for `key`, or `None`; an unreadable or invalid entry is skipped with a warning."""
-    from .scheduling_gits import scheduler_from_config
-
+def cache_load(key: str, cache_dir: Path | None = None) -> dict | None:
+    """The cached scheduler config for `key`, or `None`; an unreadable or invalid entry is skipped with a warning."""
     path = (cache_dir or default_cache_dir()) / key / CONFIG_NAME
     if not path.is_file():
         return None
     try:
-        return scheduler_from_config(read_schedule_config(path, f"cache entry {path.parent}"))
-    except ValueError as error:  # ScheduleLoadError, or a config the scheduler refuses
+        return read_schedule_config(path, f"cache entry {path.parent}")
+    except ScheduleLoadError as error:
         logger.warning("Ignoring an unusable GITS cache entry (it will be replaced): %s", error)
         return None
 
 
-def cache_store(key: str, scheduler, cache_dir: Path | None = None) -> Path:
-    """Write the scheduler under `key` atomically: a temporary folder beside the entry, then a rename."""
+def cache_store(key: str, config: dict, cache_dir: Path | None = None) -> Path:
+    """Write a scheduler config under `key` atomically: a temporary folder beside the entry, then a rename."""
     root = cache_dir or default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     final = root / key
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
     try:
-        scheduler.save_config(tmp)
+        write_config(config, tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

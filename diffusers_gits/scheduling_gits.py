@@ -6,6 +6,7 @@ config keys. Both keep the same schedule table (`gits_sigmas`), calibration reco
 parameterisation differs, and it comes from `diffusers_gits.noise`.
 """
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -148,7 +149,8 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
         """
         from .hub import push_schedule
 
-        return push_schedule(self, repo_id, subfolder, commit_message, private, token, revision, create_pr)
+        config = json.loads(self.to_json_string())
+        return push_schedule(config, repo_id, subfolder, commit_message, private, token, revision, create_pr)
 
     def check_pipeline(self, pipe) -> None:
         """Check that this schedule fits `pipe` before `pipe.scheduler = self`; call it with the pipeline's own scheduler.

@@ -1,6 +1,7 @@
 """Sharing schedules: real HTTP round trips through huggingface_hub against a local fake Hub, cache, presets."""
 
 import json
+from pathlib import Path
 
 import huggingface_hub
 import huggingface_hub.constants
@@ -186,17 +187,21 @@ def test_flow_calibration_is_cached_as_a_flow_scheduler_and_keyed_by_mu(monkeypa
 def test_cache_writes_are_atomic(tmp_path, monkeypatch):
     scheduler = calibrated()
 
-    def killed(self, folder, **kwargs):
-        (folder / "scheduler_config.json").write_text('{"_class_name": "GITSScheduler", "gits_sig')
+    from diffusers_gits import hub
+
+    config = json.loads(scheduler.to_json_string())
+
+    def killed(config, folder):
+        (Path(folder) / "scheduler_config.json").write_text('{"_class_name": "GITSScheduler", "gits_sig')
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(GITSScheduler, "save_config", killed)
+    monkeypatch.setattr(hub, "write_config", killed)
     with pytest.raises(KeyboardInterrupt):
-        cache_store("k1", scheduler, tmp_path)
+        cache_store("k1", config, tmp_path)
     monkeypatch.undo()
     assert cache_load("k1", tmp_path) is None and list(tmp_path.iterdir()) == []
-    cache_store("k1", scheduler, tmp_path)
-    assert cache_load("k1", tmp_path).config.gits_sigmas == scheduler.config.gits_sigmas
+    cache_store("k1", config, tmp_path)
+    assert cache_load("k1", tmp_path)["gits_sigmas"] == scheduler.config.gits_sigmas
 
 
 def test_sd15_preset_needs_no_calibration_or_network():
@@ -250,36 +255,36 @@ def _ddpm_pipe(sample_size: int = 8):
 def test_cache_key_covers_component_configs_buffers_and_the_vae(tmp_path):
     from conftest import tiny_sd_pipe
 
-    from diffusers_gits.hub import calibration_key
+    from diffusers_gits.hub import calibration_key, model_identity
 
     settings = {"steps": [3], "seed": 0}
     small, large = _ddpm_pipe(8), _ddpm_pipe(16)
     assert all(torch.equal(a, b) for a, b in zip(small.unet.parameters(), large.unet.parameters()))
-    assert calibration_key(small, settings) != calibration_key(large, settings)
+    assert calibration_key(model_identity(small), settings) != calibration_key(model_identity(large), settings)
 
-    key = calibration_key(small, settings)
+    key = calibration_key(model_identity(small), settings)
     small.unet.register_buffer("output_scale", torch.ones(1), persistent=False)
-    with_buffer = calibration_key(small, settings)
+    with_buffer = calibration_key(model_identity(small), settings)
     assert with_buffer != key
     small.unet.output_scale.fill_(2.0)
-    assert calibration_key(small, settings) != with_buffer
+    assert calibration_key(model_identity(small), settings) != with_buffer
 
     sd = tiny_sd_pipe(tmp_path)
-    before = calibration_key(sd, settings)
+    before = calibration_key(model_identity(sd), settings)
     sd.vae.register_to_config(scaling_factor=0.5)
-    assert calibration_key(sd, settings) != before
+    assert calibration_key(model_identity(sd), settings) != before
 
 
 def test_cache_key_is_stable_across_loads_of_the_same_model(tmp_path):
     from diffusers import DDPMPipeline
 
-    from diffusers_gits.hub import calibration_key
+    from diffusers_gits.hub import calibration_key, model_identity
 
     _ddpm_pipe().save_pretrained(tmp_path / "model")
     first, second = (DDPMPipeline.from_pretrained(tmp_path / "model") for _ in range(2))
-    assert calibration_key(first, {"seed": 0}) == calibration_key(second, {"seed": 0})
+    assert calibration_key(model_identity(first), {"seed": 0}) == calibration_key(model_identity(second), {"seed": 0})
     second.unet.conv_in.weight.data[0, 0, 0, 0] += 1e-3  # one weight that the strided sample may miss
-    assert calibration_key(first, {"seed": 0}) != calibration_key(second, {"seed": 0})
+    assert calibration_key(model_identity(first), {"seed": 0}) != calibration_key(model_identity(second), {"seed": 0})
 
 
 def test_equal_weights_other_config_is_calibrated_afresh_and_hits_are_logged(tmp_path, monkeypatch, caplog):
@@ -308,7 +313,7 @@ def test_equal_weights_other_config_is_calibrated_afresh_and_hits_are_logged(tmp
 
 
 def test_a_corrupt_cache_entry_is_recalibrated_with_a_warning(tmp_path, monkeypatch, caplog):
-    from diffusers_gits.hub import calibration_key
+    from diffusers_gits.hub import calibration_key, model_identity
 
     pipe = _ddpm_pipe()
 
@@ -320,4 +325,4 @@ def test_a_corrupt_cache_entry_is_recalibrated_with_a_warning(tmp_path, monkeypa
     assert "unusable GITS cache entry" in caplog.text
     assert again.sigmas_for(2) == first.sigmas_for(2)
     assert cache_load(entry.name, tmp_path) is not None  # replaced by the fresh result
-    assert len(calibration_key(pipe, {})) == 32
+    assert len(calibration_key(model_identity(pipe), {})) == 32

@@ -139,5 +139,5 @@ def test_vp_configs_and_inverted_sigmas_are_refused():
 
 
 def test_model_card_names_the_flow_class_and_its_mu():
-    card = model_card(make(), "me/flux-gits")
+    card = model_card(json.loads(make().to_json_string()), "me/flux-gits")
     assert "GITSFlowMatchScheduler.from_pretrained" in card and "flow sigmas" in card and "| mu | `0.7` |" in card

@@ -1,0 +1,265 @@
+"""The choice stage: held-out warm-up noises decide between the searched schedules and the baselines.
+
+Each held-out noise gets a teacher reference (the fine grid, as in the search); schedules are sampled through the
+pipeline with the target solver and scored by per-sample RMSE to the reference. A race (`PairedRace`) adds noises a
+round at a time while the ranking is unclear and the budget allows; an optional refinement moves the chosen
+schedule's points while both halves of the noises agree that it helps. Every pipeline call goes through the
+`Executor`, so the stage is split over processes and resumes from a checkpoint like the others.
+"""
+
+import hashlib
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .execution import CallBudget, Executor
+from .recorder import PipelineRunner
+from .selection import PairedRace
+
+
+#: Held-out noises added to the race per round (nothing is eliminated before two rounds).
+RACE_ROUND = 16
+#: Baselines the student search's race keeps after screening them on the search noises.
+SCREENED_BASELINES = 2
+
+
+class HeldOutScorer:
+    """Held-out noises with teacher references (solved on the fine grid as they are needed), and per-noise losses of
+    schedules sampled through the pipeline with the target solver: each sample's RMSE to its reference.
+
+    Per-sample RMSE rather than squared error: one noise that ends in another mode then weighs in linearly, so a few
+    dozen held-out noises rank schedules much as hundreds do; the report also gives the pooled RMSE, which the tail
+    dominates.
+
+    Args:
+        executor: runs the pipeline calls.
+        runner: the pipeline, its prompts and seeds.
+        family: the model family (schedulers of the right class).
+        solver: the solver every schedule is sampled with.
+        reference_scheduler: the teacher on the fine grid.
+        pool: the noise indices available, used in order.
+        budget: charged `"teacher"` for references and `"selection"` for samples.
+        references: the pool's teacher samples where they are already solved (the search noises): then the whole
+            pool is in use from the start.
+    """
+
+    def __init__(
+        self,
+        executor: Executor,
+        runner: PipelineRunner,
+        family,
+        solver: str,
+        reference_scheduler,
+        pool: list[int],
+        budget: CallBudget,
+        references: torch.Tensor | None = None,
+    ):
+        self.executor = executor
+        self.runner = runner
+        self.family = family
+        self.solver = solver
+        self.reference_scheduler = reference_scheduler
+        self.pool = pool
+        self.budget = budget
+        self.used: list[int] = list(pool) if references is not None else []
+        self.references: list[torch.Tensor] = [references] if references is not None else []
+        self._losses: dict[bytes, torch.Tensor] = {}
+
+    @property
+    def fine_steps(self) -> int:
+        return self.reference_scheduler.calibrated_steps[0]
+
+    def score(
+        self, schedules: Sequence[np.ndarray], stage: str, add_noises: int = 0, upto: int | None = None
+    ) -> list[torch.Tensor]:
+        """Per-noise RMSE of each schedule on the first `upto` noises in use (default: all), after taking
+        `add_noises` more from the pool (fewer at its end) and solving their references. Everything not sampled yet
+        runs in one `Executor.map` call."""
+        new = self.pool[len(self.used) : len(self.used) + add_noises]
+        jobs = self.runner.final_state_jobs("reference", self.reference_scheduler, new) if new else []
+        num_reference_jobs = len(jobs)
+        used = self.used + new
+        upto = len(used) if upto is None else upto
+        pending = {}
+        for sigmas in schedules:
+            key = _schedule_key(sigmas)
+            done = len(self._losses.get(key, ()))
+            if done < upto and key not in pending:
+                noises = used[done:upto]
+                scheduler = self.family.scheduler(self.solver, {len(sigmas) - 1: sigmas})
+                name = f"{self.solver}/{hashlib.sha256(key).hexdigest()[:16]}"
+                pending[key] = (sigmas, noises, len(jobs))
+                jobs += self.runner.final_state_jobs(name, scheduler, noises)
+        results = self.executor.map(stage, jobs)
+        if new:
+            self.references.append(torch.cat(results[:num_reference_jobs]))
+            self.budget.spend("teacher", len(new) * self.fine_steps)
+            self.used = used
+        reference = torch.cat(self.references) if self.references else None
+        for key, (sigmas, noises, start) in pending.items():
+            finals = torch.cat(results[start : start + len(self.runner.batches(noises))])
+            self.budget.spend("selection", self.cost(sigmas, len(noises)))
+            done = self._losses.get(key, torch.zeros(0, dtype=torch.float64))
+            target = reference[len(done) : len(done) + len(noises)]
+            errors = (finals.double() - target.double()).flatten(1).pow(2).mean(1).sqrt()
+            self._losses[key] = torch.cat([done, errors])
+        return [self._losses[_schedule_key(sigmas)][:upto] for sigmas in schedules]
+
+    def samples(self, sigmas: np.ndarray, noises: list[int]) -> torch.Tensor:
+        """Final samples of `sigmas` with the target solver from `noises`, through the pipeline (not scored)."""
+        scheduler = self.family.scheduler(self.solver, {len(sigmas) - 1: sigmas})
+        name = f"samples/{self.solver}/{hashlib.sha256(_schedule_key(sigmas)).hexdigest()[:16]}"
+        return torch.cat(self.executor.map("samples", self.runner.final_state_jobs(name, scheduler, noises)))
+
+    def cost(self, sigmas: np.ndarray, count: int) -> int:
+        """Model calls that scoring `sigmas` on `count` more noises takes."""
+        return (len(sigmas) - 1) * count
+
+
+def _schedule_key(sigmas: np.ndarray) -> bytes:
+    return np.round(np.asarray(sigmas, dtype=np.float64), 10).tobytes()
+
+
+def screened(screen: HeldOutScorer, baselines: dict[int, dict[str, np.ndarray]], keep: int) -> dict[int, dict]:
+    """Per step count, the `keep` baselines with the lowest mean error on the screening noises."""
+    requests = [(k, name) for k in baselines for name in baselines[k]]
+    losses = screen.score([baselines[k][name] for k, name in requests], "screening")
+    kept = {}
+    for k in baselines:
+        errors = {name: float(loss.mean()) for (kk, name), loss in zip(requests, losses) if kk == k}
+        kept[k] = {name: baselines[k][name] for name in sorted(errors, key=errors.get)[:keep]}
+    return kept
+
+
+def race(scorer: HeldOutScorer, candidates, baselines, steps, confidence) -> tuple[dict[int, PairedRace], dict]:
+    """Race each step count's searched schedules against its baselines, a batch of held-out noises per round,
+    until every race is decided or the budget or the held-out noises run out. Returns the races and their entrants'
+    schedules."""
+    races, entrants = {}, {}
+    # Each look tests again: the confidence is split over the most rounds the budget and the pool could pay for.
+    cheapest_round = RACE_ROUND * (scorer.fine_steps + min(steps))
+    looks = max(1, min(math.ceil(len(scorer.pool) / RACE_ROUND), scorer.budget.remaining // cheapest_round))
+    for k in steps:
+        entrants[k] = {**candidates[k], **{name: s for name, s in baselines[k].items() if name not in candidates[k]}}
+        races[k] = PairedRace(list(entrants[k]), set(baselines[k]), confidence, min_noises=2 * RACE_ROUND, looks=looks)
+    while len(scorer.used) < len(scorer.pool):
+        open_races = [k for k in steps if not races[k].decided]
+        if not open_races:
+            break
+        count = min(RACE_ROUND, len(scorer.pool) - len(scorer.used))
+        round_cost = count * scorer.fine_steps + sum(
+            scorer.cost(entrants[k][name], count) for k in open_races for name in races[k].alive
+        )
+        if round_cost > scorer.budget.remaining:
+            break
+        requests = [(k, name) for k in open_races for name in races[k].alive]
+        losses = scorer.score([entrants[k][name] for k, name in requests], "held-out race", add_noises=count)
+        for k in open_races:
+            races[k].add({name: loss[-count:] for (kk, name), loss in zip(requests, losses) if kk == k})
+    return races, entrants
+
+
+def decide(
+    race: PairedRace, entrants: dict, searched: dict, default: np.ndarray, scorer, require_confidence: bool
+) -> tuple[np.ndarray, dict]:
+    """The race's choice and its report entry, with the error of the pipeline's own default schedule on the same
+    noises where the budget still allows scoring it. A race that got no noise (the budget ran out first) leaves the
+    searched schedule in place, unchecked."""
+    if race.num_noises == 0:
+        name, sigmas = min(searched.items())
+        summary = f"{name} unchecked: the budget left no room for a held-out race (raise budget or num_warmup)"
+        return np.asarray(sigmas, dtype=np.float64), {
+            "chosen": name, "coeff": coeff_of(name), "confident": None, "held_out_noises": 0, "summary": summary,
+        }  # fmt: skip
+    chosen, confident = race.choice(require_confidence)
+    summary = race.summary(chosen)
+    for name, row in summary.items():
+        row["pooled_rmse"] = float(race.losses[name].pow(2).mean()) ** 0.5  # per-sample RMSEs of equal-sized samples
+    entry = {
+        "chosen": chosen,
+        "coeff": coeff_of(chosen),
+        "confident": confident,
+        "held_out_noises": race.num_noises,
+        "gits_error": summary[chosen]["mean_loss"],
+        "gits_pooled_rmse": summary[chosen]["pooled_rmse"],
+        "default_error": None,
+        "candidates": summary,
+        "searched_sigmas": {name: [float(s) for s in sigmas] for name, sigmas in searched.items()},
+    }
+    if scorer.cost(default, race.num_noises) <= scorer.budget.remaining:
+        (losses,) = scorer.score([default], "held-out race", upto=race.num_noises)
+        entry["default_error"] = float(losses.mean())
+    noises = f"{race.num_noises} held-out noises"
+    if confident:
+        entry["summary"] = f"{chosen} beats every baseline with {race.confidence:.0%} confidence on {noises}"
+    elif chosen in searched:
+        runner_up = min((name for name in race.alive if name != chosen), key=race.mean)
+        entry["summary"] = (
+            f"{chosen} leads on {noises} (mean RMSE {race.mean(chosen):.4g} vs {runner_up} {race.mean(runner_up):.4g}), "
+            f"not yet with {race.confidence:.0%} confidence"
+        )
+    else:
+        best_searched = min(searched, key=race.mean)
+        entry["summary"] = f"{chosen} is as good as this budget finds ({best_searched} did not beat it on {noises})"
+    return np.asarray(entrants[chosen], dtype=np.float64), entry
+
+
+def refine(scorer, sigmas, entry, family, grid_size, rounds: int = 4, sweeps: int = 2) -> tuple[np.ndarray, dict]:
+    """Coordinate descent on the interior points in the grid's coordinate, by 2, 1, 1/2 and 1/4 grid spacings.
+
+    Each sweep tries moving every point both ways on the race's held-out noises and keeps the better move if it
+    lowers the mean error on each half of them, which guards against fitting their noise. A round repeats its sweep
+    (up to `sweeps` times) while some point moved. Stops when the budget would be exceeded.
+    """
+    count = len(scorer.used)
+    best = np.asarray(sigmas, dtype=np.float64).copy()
+    (best_losses,) = scorer.score([best], "refinement")
+    half = count // 2
+    t = family.to_coordinate(best[:-1])
+    grid_spacing = family.spacing(grid_size)
+    for r in range(rounds):
+        delta = 2 * grid_spacing / 2**r
+        for _ in range(sweeps):
+            moved = False
+            for i in range(1, len(t)):
+                moves = []
+                for direction in (-1.0, 1.0):
+                    trial_t = t.copy()
+                    trial_t[i] += direction * delta
+                    # Keep half a move from the neighbours: landing on one would make a zero-length step.
+                    lower = trial_t[i + 1] + delta / 2 if i + 1 < len(trial_t) else family.lowest
+                    if lower < trial_t[i] < trial_t[i - 1] - delta / 2:
+                        moves.append((trial_t, np.append(family.from_coordinate(trial_t), 0.0)))
+                if sum(scorer.cost(trial, count) for _, trial in moves) > scorer.budget.remaining:
+                    return _refined(best, best_losses, entry, sigmas)
+                losses = scorer.score([trial for _, trial in moves], "refinement")
+                trials = [(trial_t, trial, loss) for (trial_t, trial), loss in zip(moves, losses)]
+                improving = [
+                    trial for trial in trials
+                    if (best_losses - trial[2])[:half].mean() > 0 and (best_losses - trial[2])[half:].mean() > 0
+                ]  # fmt: skip
+                if improving:
+                    t, best, best_losses = min(improving, key=lambda trial: float(trial[2].mean()))
+                    moved = True
+            if not moved:
+                break
+    return _refined(best, best_losses, entry, sigmas)
+
+
+def _refined(best, best_losses, entry, before) -> tuple[np.ndarray, dict]:
+    if np.array_equal(best, before):
+        return best, entry
+    entry = {
+        **entry,
+        "chosen": entry["chosen"] + "+refined",
+        "gits_error": float(best_losses.mean()),
+        "gits_pooled_rmse": float(best_losses.pow(2).mean()) ** 0.5,
+        "chosen_sigmas_before_refine": [float(s) for s in before],
+    }
+    return best, entry
+
+
+def coeff_of(name: str) -> float | None:
+    return float(name.removeprefix("gits_coeff_")) if name.startswith("gits_coeff_") else None

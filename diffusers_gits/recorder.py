@@ -1,0 +1,216 @@
+"""Running a pipeline under a recording GITS scheduler: every patch calibration makes to a pipeline, in one place.
+
+The recorder swaps in the scheduler, wraps its `step` to record (and optionally replace) states, silences the
+pipeline's progress bar, and probes the shift `mu` a flow pipeline computes inside `__call__`; the pipeline is always
+restored afterwards.
+"""
+
+import functools
+import inspect
+import logging
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import CalibrationError
+from .execution import Job
+from .noise import is_flow_scheduler_config
+from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler, _GITSSchedulerBase
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Trajectory:
+    """What one teacher or student run of the pipeline leaves behind (solver coordinates, on CPU)."""
+
+    states: list[torch.Tensor] = field(default_factory=list)
+    denoised: list[torch.Tensor] = field(default_factory=list)
+
+
+@contextmanager
+def recording(
+    pipe,
+    scheduler: _GITSSchedulerBase,
+    trajectory: Trajectory,
+    keep_path: bool,
+    inject: Sequence[torch.Tensor | None] | None = None,
+):
+    """Install `scheduler` on `pipe` with its `step` wrapped to record every state; restore the pipe afterwards.
+
+    With `keep_path=False` only the final state is kept (student runs). With `inject`, step `s` returns
+    `inject[s]` (a state in solver coordinates at the next sigma, or `None` for the solver's own step) as the sample
+    the pipeline evaluates next: the pipeline then evaluates its model at states chosen by the caller, with its own
+    conditioning and guidance. The pipeline's own progress bar is silenced.
+    """
+    original_scheduler = pipe.scheduler
+    original_bar = dict(getattr(pipe, "_progress_bar_config", {}))
+    step = scheduler.step
+
+    @functools.wraps(step)
+    def recording_step(model_output, timestep, sample, *args, **kwargs):
+        index = scheduler.step_index if scheduler.step_index is not None else scheduler.index_for_timestep(timestep)
+        sigma = float(scheduler.sigmas[index])
+        if not torch.isfinite(model_output).all():
+            raise CalibrationError(
+                f"the model output is NaN or Inf at grid step {index} (sigma={sigma:.6g}, timestep={float(timestep):.4g})",
+                grid_step=index,
+                sigma=sigma,
+            )
+        output = step(model_output, timestep, sample, *args, **kwargs)
+        prev_sample, denoised = (
+            (output[0], output[1]) if isinstance(output, tuple) else (output.prev_sample, output.pred_original_sample)
+        )
+        if keep_path:
+            trajectory.states.append(scheduler.to_solver_state(sample.float(), sigma).cpu())
+            trajectory.denoised.append(denoised.float().cpu())
+        if scheduler.step_index == scheduler.num_inference_steps:
+            trajectory.states.append(prev_sample.float().cpu())
+        if inject is not None and inject[index] is not None:
+            sigma_next = float(scheduler.sigmas[index + 1])
+            prev_sample = scheduler.from_solver_state(inject[index], sigma_next).to(
+                prev_sample.device, prev_sample.dtype
+            )
+            return (prev_sample, denoised) if isinstance(output, tuple) else type(output)(prev_sample, denoised)
+        return output
+
+    scheduler.step = recording_step
+    pipe.scheduler = scheduler
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        yield
+    finally:
+        pipe.scheduler = original_scheduler
+        pipe._progress_bar_config = original_bar
+        del scheduler.step
+
+
+class PipelineRunner:
+    """Runs a pipeline on fixed per-sample seeds and prompts with a given scheduler; returns recorded trajectories.
+
+    Sample `i` always gets the noise of `torch.Generator().manual_seed(seed * 1_000_003 + i)` and prompt
+    `prompts[i % len(prompts)]`, whatever the batch it runs in, so teacher and student runs see the same noises.
+    """
+
+    def __init__(self, pipe, prompts: Sequence[str] | None, seed: int, batch_size: int, pipe_kwargs: dict[str, Any]):
+        self.pipe = pipe
+        self.prompts = list(prompts) if prompts else None
+        self.seed = seed
+        self.batch_size = batch_size
+        self.pipe_kwargs = pipe_kwargs
+        self.parameters = inspect.signature(pipe.__call__).parameters
+        self.device = getattr(pipe, "_execution_device", None) or getattr(pipe, "device", torch.device("cpu"))
+
+    def _call_kwargs(self, indices: Sequence[int], num_steps: int) -> dict[str, Any]:
+        kwargs = dict(self.pipe_kwargs)
+        kwargs["num_inference_steps"] = num_steps
+        generator_device = "cpu" if torch.device(self.device).type == "mps" else self.device
+        kwargs["generator"] = [
+            torch.Generator(generator_device).manual_seed(self.seed * 1_000_003 + i) for i in indices
+        ]
+        if "prompt_embeds" in kwargs and "num_images_per_prompt" in self.parameters:
+            kwargs["num_images_per_prompt"] = len(indices)  # one embedded prompt (checked), a batch of noises
+        elif "prompt" in self.parameters:
+            prompts = self.prompts or [""]
+            kwargs["prompt"] = [prompts[i % len(prompts)] for i in indices]
+        elif "batch_size" in self.parameters:
+            kwargs["batch_size"] = len(indices)
+        if "output_type" in self.parameters:
+            kwargs["output_type"] = "latent"
+        return kwargs
+
+    def run(
+        self,
+        scheduler: _GITSSchedulerBase,
+        indices: Sequence[int],
+        num_steps: int,
+        keep_path: bool,
+        inject: Sequence[torch.Tensor | None] | None = None,
+    ) -> Trajectory:
+        trajectory = Trajectory()
+        with recording(self.pipe, scheduler, trajectory, keep_path, inject), torch.no_grad():
+            self.pipe(**self._call_kwargs(indices, num_steps))
+        if len(trajectory.states) != (num_steps + 1 if keep_path else 1):
+            raise CalibrationError(
+                f"the pipeline took {len(trajectory.states) - 1 if keep_path else '?'} steps instead of {num_steps}; "
+                "calibration needs pipelines that run the scheduler's whole schedule"
+            )
+        return trajectory
+
+    def batches(self, indices: Sequence[int]) -> list[list[int]]:
+        """`indices` cut into pipeline calls of `batch_size` (the same cut whatever the number of processes)."""
+        return [list(indices[k : k + self.batch_size]) for k in range(0, len(indices), self.batch_size)]
+
+    def final_state_jobs(self, name: str, scheduler: _GITSSchedulerBase, indices: Sequence[int]) -> list[Job]:
+        """Jobs that sample `indices` with `scheduler`'s only schedule, each returning its batch's final states;
+        `name` must tell apart every schedule a calibration samples (it keys the checkpoint)."""
+        (num_steps,) = scheduler.calibrated_steps
+
+        def final(batch: list[int]) -> torch.Tensor:
+            return self.run(scheduler, batch, num_steps, keep_path=False).states[-1]
+
+        return [
+            Job(f"{name}/{batch_key(batch)}", len(batch) * num_steps, len(batch), functools.partial(final, batch))
+            for batch in self.batches(indices)
+        ]
+
+
+def batch_key(batch: Sequence[int]) -> str:
+    """Names a batch of noise indices in job keys."""
+    return f"noises {batch[0]}-{batch[-1]} ({len(batch)})"
+
+
+def check_pipeline_family(pipe) -> dict:
+    """The pipeline's scheduler config, checked to be of a family GITS supports (VP or FlowMatchEuler-style flow)."""
+    config = getattr(getattr(pipe, "scheduler", None), "config", None)
+    if config is None:
+        raise TypeError(f"expected a diffusers pipeline with a `scheduler`, got {type(pipe).__name__}")
+    config = dict(config)
+    flow = is_flow_scheduler_config(config)
+    (GITSFlowMatchScheduler if flow else GITSScheduler)._check_config_family(config)
+    unreproduced = GITSFlowMatchScheduler.unreproduced_options(config) if flow else []
+    if unreproduced:
+        logger.warning(
+            "the pipeline's FlowMatchEulerDiscreteScheduler sets %s; the baselines and the default schedule this "
+            "calibration compares with are the plain shifted ones, without them",
+            unreproduced,
+        )
+    return config
+
+
+class _ShiftProbed(Exception):
+    """Raised by the probe scheduler to stop the pipeline before its first model call."""
+
+
+def probe_shift(runner: "PipelineRunner", base_config: dict) -> tuple[float | None, bool]:
+    """The `mu` a flow pipeline passes to `set_timesteps` at this call's resolution, and whether it passes sigmas.
+
+    Flux computes `mu` from the latent size inside `__call__`; the pipeline is run up to `set_timesteps` (prompt
+    encoding and latent preparation only, no denoiser call) to read it.
+    """
+    probe = GITSFlowMatchScheduler.from_config(base_config)
+    seen = {}
+
+    @functools.wraps(probe.set_timesteps)  # pipelines inspect its signature for `sigmas`
+    def set_timesteps(*args, **kwargs):
+        seen.update(kwargs)
+        raise _ShiftProbed
+
+    probe.set_timesteps = set_timesteps
+    original = runner.pipe.scheduler
+    runner.pipe.scheduler = probe
+    try:
+        with torch.no_grad():
+            runner.pipe(**runner._call_kwargs([0], 1))
+    except _ShiftProbed:
+        pass
+    finally:
+        runner.pipe.scheduler = original
+    mu = seen.get("mu")
+    if base_config.get("use_dynamic_shifting") and mu is None:
+        raise CalibrationError(f"{type(runner.pipe).__name__} did not pass `mu`, which dynamic shifting needs")
+    return (float(mu) if mu is not None else None), seen.get("sigmas") is not None

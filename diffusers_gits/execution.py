@@ -166,7 +166,7 @@ def broadcast(state: PartialState, value: Any) -> Any:
 def _share(todo: list[int], costs: list[int], num_processes: int) -> list[list[int]]:
     """`todo` split over the processes by cost: the costliest job first to the least loaded process.
 
-    A race round mixes teacher references (120 calls a sample) with student samples (5-10 calls a sample), so equal
+    A race round mixes teacher references (121 calls a sample) with student samples (5-10 calls a sample), so equal
     job counts (`split_between_processes`) would leave most processes idle. The split only decides who runs a job,
     never its result.
     """

@@ -95,6 +95,11 @@ class GaussianMixturePipeline:
         self.noise = VPNoiseSchedule(scheduler.alphas_cumprod.double().numpy())
         self._progress_bar_config = {}
 
+    @property
+    def components(self) -> dict:
+        """The model and the scheduler, as a diffusers pipeline lists its components (the calibration keys them)."""
+        return {"mixture": self.mixture, "scheduler": self.scheduler}
+
     def set_progress_bar_config(self, **kwargs):
         self._progress_bar_config.update(kwargs)
 
@@ -136,6 +141,11 @@ class MixtureFlowPipeline:
         self.scheduler = scheduler
         self.mu = mu
         self._progress_bar_config = {}
+
+    @property
+    def components(self) -> dict:
+        """The model and the scheduler, as a diffusers pipeline lists its components (the calibration keys them)."""
+        return {"mixture": self.mixture, "scheduler": self.scheduler}
 
     def set_progress_bar_config(self, **kwargs):
         self._progress_bar_config.update(kwargs)

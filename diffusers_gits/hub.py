@@ -303,7 +303,8 @@ def component_fingerprints(pipe) -> dict[str, dict]:
     """What identifies each component of `pipe` but its scheduler: class, config, and a digest of its tensors.
 
     Torch modules contribute every parameter and every buffer, persistent or not (a buffer set in `__init__` from the
-    config changes the model's output as much as a weight does). Tokenizers contribute a digest of their vocabulary.
+    config changes the model's output as much as a weight does). Tokenizers contribute a digest of their vocabulary,
+    other objects one of the tensors they hold as attributes.
     The scheduler is left out: the caller keys the model's noise schedule, whichever scheduler class carries it.
     """
     components = getattr(pipe, "components", {}) or {}
@@ -324,6 +325,12 @@ def component_fingerprints(pipe) -> dict[str, dict]:
             vocab = json.dumps(sorted(component.get_vocab().items()))
             entry["vocab"] = hashlib.sha256(vocab.encode()).hexdigest()
             entry["model_max_length"] = getattr(component, "model_max_length", None)
+        else:  # any other object: the tensors it holds (a custom component, an exact model)
+            digest = hashlib.sha256()
+            for key, value in sorted(vars(component).items()) if hasattr(component, "__dict__") else []:
+                if isinstance(value, torch.Tensor):
+                    _tensor_digest(digest, f"attribute.{key}", value)
+            entry["tensors"] = digest.hexdigest()
         fingerprints[name] = entry
     return fingerprints
 

@@ -129,7 +129,6 @@ def test_invalid_schedules_name_the_repo_and_field(hub, tmp_path, edit, field):
 
 def test_from_calibration_publishes_and_reuses_through_the_hub(hub, tmp_path, monkeypatch):
     pipe = GaussianMixturePipeline(GaussianMixture.random(), DDPMScheduler(**SD))
-    pipe.components = {}
     options = {"num_warmup": 32, "batch_size": 16, "hub_repo": "me/cal", **PURE_DP}
     first = GITSScheduler.from_calibration(pipe, [3], push=True, **options)
     assert len(list_schedules("me/cal")) == 1
@@ -142,7 +141,6 @@ def test_from_calibration_publishes_and_reuses_through_the_hub(hub, tmp_path, mo
 
 def test_local_cache_hit_makes_no_model_call_and_key_tracks_settings(monkeypatch):
     pipe = GaussianMixturePipeline(GaussianMixture.random(), DDPMScheduler(**SD))
-    pipe.components = {}
     options = {"num_warmup": 32, "batch_size": 16, **PURE_DP}
     first = GITSScheduler.from_calibration(pipe, [3], **options)
     original_call = GaussianMixturePipeline.__call__
@@ -169,7 +167,6 @@ def test_flow_calibration_is_cached_as_a_flow_scheduler_and_keyed_by_mu(monkeypa
 
     mixture = GaussianMixture.random()
     pipe = MixtureFlowPipeline(mixture, FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), mu=0.5)
-    pipe.components = {}
     options = {"num_warmup": 32, "batch_size": 16, **PURE_DP}
     first = GITSScheduler.from_calibration(pipe, [3], **options)
     calls = []

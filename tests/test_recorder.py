@@ -1,0 +1,72 @@
+"""The recorder: every patch calibration makes to a pipeline is undone, states are recorded and injected exactly,
+and bad model output is named."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from diffusers_gits import CalibrationError, GITSScheduler
+from diffusers_gits.families import model_family
+from diffusers_gits.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
+from diffusers_gits.recorder import PipelineRunner, batch_key, check_pipeline_family
+from diffusers_gits.solvers import sample
+
+
+SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+
+
+def test_a_run_records_the_exact_trajectory_and_restores_the_pipeline():
+    mixture = GaussianMixture.random()
+    pipe = GaussianMixturePipeline(mixture, DDPMScheduler(**SD_BETAS))
+    family = model_family(check_pipeline_family(pipe), None, False)
+    runner = PipelineRunner(pipe, None, seed=3, batch_size=4, pipe_kwargs={})
+    sigmas = family.grid(7)
+    scheduler = family.scheduler("dpmpp_2m", {7: sigmas})
+    trajectory = runner.run(scheduler, [0, 1, 2], 7, keep_path=True)
+    assert len(trajectory.states) == 8 and len(trajectory.denoised) == 7
+    start = trajectory.states[0]
+    expected = sample(mixture.denoiser, start.double(), sigmas, "dpmpp_2m").float()
+    torch.testing.assert_close(trajectory.states[-1], expected, rtol=1e-4, atol=1e-5)
+    assert isinstance(pipe.scheduler, DDPMScheduler) and pipe._progress_bar_config == {}
+    assert "step" not in vars(scheduler)  # the wrapper is gone
+
+    # Sample i gets the same noise in any batch, so teacher and student runs see the same noises.
+    again = runner.run(scheduler, [2], 7, keep_path=False)
+    torch.testing.assert_close(again.states[-1], trajectory.states[-1][2:])
+
+
+def test_injected_states_replace_the_pipelines_own():
+    mixture = GaussianMixture.random()
+    pipe = GaussianMixturePipeline(mixture, DDPMScheduler(**SD_BETAS))
+    family = model_family(check_pipeline_family(pipe), None, False)
+    runner = PipelineRunner(pipe, None, seed=0, batch_size=2, pipe_kwargs={})
+    sigmas = np.array([family.grid(5)[0], 3.0, 1.0, 0.0])
+    scheduler = family.scheduler("euler", {3: sigmas})
+    chosen = torch.randn(2, mixture.dim, dtype=torch.float64)
+    trajectory = runner.run(scheduler, [0, 1], 3, keep_path=True, inject=[chosen, None, None])
+    torch.testing.assert_close(trajectory.states[1], chosen.float())
+    torch.testing.assert_close(trajectory.denoised[1], mixture.denoiser(chosen, 3.0).float())
+
+
+def test_jobs_cut_indices_into_batches_named_by_their_noises():
+    pipe = GaussianMixturePipeline(GaussianMixture.random(), DDPMScheduler(**SD_BETAS))
+    runner = PipelineRunner(pipe, None, seed=0, batch_size=8, pipe_kwargs={})
+    scheduler = GITSScheduler.from_config(pipe.scheduler.config, gits_sigmas={"2": [14.6, 1.0, 0.0]})
+    jobs = runner.final_state_jobs("x", scheduler, list(range(20, 40)))
+    assert [job.key for job in jobs] == ["x/noises 20-27 (8)", "x/noises 28-35 (8)", "x/noises 36-39 (4)"]
+    assert [job.calls for job in jobs] == [16, 16, 8] and batch_key([5]) == "noises 5-5 (1)"
+    assert jobs[2].run().shape == (4, 8)
+
+
+def test_nan_model_output_names_the_grid_step():
+    class Broken(GaussianMixture):
+        def denoiser(self, x, sigma):
+            out = super().denoiser(x, sigma)
+            return out * float("nan") if sigma < 1.0 else out
+
+    pipe = GaussianMixturePipeline(Broken.random(), DDPMScheduler(**SD_BETAS))
+    with pytest.raises(CalibrationError, match="grid step") as info:
+        GITSScheduler.from_calibration(pipe, [4], num_warmup=16, batch_size=16, progress=False)
+    assert info.value.grid_step is not None and info.value.sigma < 1.0
+    assert isinstance(pipe.scheduler, DDPMScheduler)  # the pipeline's own scheduler is restored

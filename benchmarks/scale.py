@@ -82,7 +82,9 @@ def main() -> None:
     for jump_cost in ("student", "euler"):
         for num_warmup in (64, 512):
             row = calibration(num_warmup, jump_cost)
-            results["memory"][f"{jump_cost}/{num_warmup}"] = {k: row[k] for k in ("peak_rss_mib", "seconds", "model_calls")}
+            results["memory"][f"{jump_cost}/{num_warmup}"] = {
+                k: row[k] for k in ("peak_rss_mib", "seconds", "model_calls")
+            }
             print(jump_cost, num_warmup, results["memory"][f"{jump_cost}/{num_warmup}"], flush=True)
 
     one, two = calibration(128), calibration(128, processes=2)

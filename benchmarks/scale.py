@@ -45,7 +45,7 @@ def child(args) -> None:
     )  # fmt: skip
     seconds = time.perf_counter() - tic
     if state.is_main_process:
-        meta = scheduler.config.calibration
+        meta = scheduler.calibration_record
         print(json.dumps({
             "seconds": seconds,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

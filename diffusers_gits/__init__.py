@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .errors import CalibrationError, CheckpointMismatchError, ScheduleLoadError  # noqa: E402
+from .errors import CalibrationError, CheckpointMismatchError, ScheduleLoadError, WrongFamilyError  # noqa: E402
 from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler, GITSSchedulerOutput  # noqa: E402
 
 
@@ -13,5 +13,6 @@ __all__ = [
     "GITSScheduler",
     "GITSSchedulerOutput",
     "ScheduleLoadError",
+    "WrongFamilyError",
     "__version__",
 ]

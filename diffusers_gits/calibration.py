@@ -28,7 +28,15 @@ from .choice import SCREENED_BASELINES, HeldOutScorer, coeff_of, decide, race, r
 from .errors import ScheduleLoadError
 from .execution import CallBudget, Executor, Job, Progress, broadcast, process_state
 from .families import ModelFamily, model_family
-from .hub import cache_load, cache_store, calibration_key, fetch_schedule_config, jsonable, model_identity
+from .hub import (
+    cache_load,
+    cache_store,
+    calibration_key,
+    fetch_calibration_record,
+    fetch_schedule_config,
+    jsonable,
+    model_identity,
+)
 from .noise import is_flow_scheduler_config
 from .recorder import PipelineRunner, batch_key, check_pipeline_family, probe_shift
 from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler, scheduler_from_config
@@ -165,7 +173,10 @@ def calibrate(
         found = _lookup(key, cache, cache_dir, hub_repo) if state.is_main_process else None
         found = broadcast(state, found)
         if found is not None:
-            return scheduler_from_config(found)
+            config, record = found
+            scheduler = scheduler_from_config(config)
+            scheduler.calibration_record = record
+            return scheduler
 
     checkpoint = None
     if checkpoint_dir is not None:
@@ -184,25 +195,29 @@ def calibrate(
     scheduler = family.scheduler(solver, schedules, broadcast(state, metadata))
     if state.is_main_process:
         if cache:
-            cache_store(key, json.loads(scheduler.to_json_string()), Path(cache_dir) if cache_dir else None)
+            config = json.loads(scheduler.to_json_string())
+            cache_store(key, config, scheduler.calibration_record, Path(cache_dir) if cache_dir else None)
         if push:
             scheduler.push_to_hub(hub_repo, subfolder=key)
     state.wait_for_everyone()
     return scheduler
 
 
-def _lookup(key: str, cache: bool, cache_dir: str | Path | None, hub_repo: str | None) -> dict | None:
-    """A previous result's scheduler config for `key` from the local cache, then the Hub; `None` when neither has
-    a usable one."""
+def _lookup(
+    key: str, cache: bool, cache_dir: str | Path | None, hub_repo: str | None
+) -> tuple[dict, dict | None] | None:
+    """A previous result's scheduler config and calibration record for `key` from the local cache, then the Hub;
+    `None` when neither has a usable one."""
     if cache:
         found = cache_load(key, Path(cache_dir) if cache_dir else None)
         if found is not None:
+            config, record = found
             try:
-                scheduler_from_config(found)
+                scheduler_from_config(config)
             except ValueError as error:  # valid JSON the scheduler refuses
                 logger.warning("Ignoring an unusable GITS cache entry (it will be replaced): %s", error)
             else:
-                meta = found.get("calibration") or {}
+                meta = config.get("calibration") or {}
                 logger.warning(
                     "Using the cached GITS calibration %s (made on model %s, pipeline %s, at %s); pass cache=False "
                     "to calibrate again",
@@ -211,18 +226,19 @@ def _lookup(key: str, cache: bool, cache_dir: str | Path | None, hub_repo: str |
                     meta.get("pipeline_class"),
                     meta.get("created", "an unknown date"),
                 )
-                return found
+                return config, record
     if hub_repo:
         try:
-            found = fetch_schedule_config(hub_repo, subfolder=key)
-            scheduler_from_config(found)
+            config = fetch_schedule_config(hub_repo, subfolder=key)
+            scheduler_from_config(config)
+            record = fetch_calibration_record(hub_repo, subfolder=key)
         except ScheduleLoadError as error:
             logger.warning("No usable GITS schedule for this setting in %s (%s); calibrating.", hub_repo, error)
             return None
         if cache:
-            cache_store(key, found, Path(cache_dir) if cache_dir else None)
+            cache_store(key, config, record, Path(cache_dir) if cache_dir else None)
         logger.info("GITS calibration found on the Hub: %s, subfolder %s", hub_repo, key)
-        return found
+        return config, record
     return None
 
 
@@ -277,7 +293,7 @@ def _run_stages(
         races, entrants = race(scorer, candidates, baselines, steps, settings.confidence)
         for k in steps:
             schedules[k], report[str(k)] = decide(
-                races[k], entrants[k], candidates[k], family.default(k), scorer, settings.require_confidence
+                races[k], entrants[k], candidates[k], family.default(k, solver), scorer, settings.require_confidence
             )
         timings["selection_s"] = time.perf_counter() - tic
         if settings.refine:

@@ -5,6 +5,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .errors import CalibrationError
 from .solvers import SOLVERS
 
 
@@ -203,7 +204,8 @@ def run_calibrate(args: argparse.Namespace) -> None:
     )
     if not PartialState().is_main_process:  # every process holds the same result: one writes and reports it
         return
-    write_schedule_folder(json.loads(scheduler.to_json_string()), args.output, args.push_to_hub, args.subfolder)
+    config = json.loads(scheduler.to_json_string())
+    write_schedule_folder(config, args.output, args.push_to_hub, args.subfolder, scheduler.calibration_record)
     print_schedule(scheduler, str(args.output))
     if args.push_to_hub:
         print(f"pushed: {scheduler.push_to_hub(args.push_to_hub, subfolder=args.subfolder)}")
@@ -287,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
             run_show(args)
         else:
             run_push(args)
-    except (ValueError, TypeError, OSError, RuntimeError) as error:
+    # Bad input (ValueError, which the package's ScheduleLoadError and CheckpointMismatchError are), unusable model
+    # output (CalibrationError) and missing files or models (OSError) are the user's to fix: one line. Anything else is
+    # a bug and keeps its traceback.
+    except (ValueError, CalibrationError, OSError) as error:
         if args.debug:
             raise
         print(f"diffusers-gits: error: {error}", file=sys.stderr)

@@ -29,9 +29,11 @@ FRESH_NOISES_START = 1_000_000
 ALIASES = {"ays": "ays_sd15", "sd15": "gits_sd15_published"}
 
 
-def resolve_schedules(names: Sequence[str], family, steps: Sequence[int], mu: float | None) -> dict[str, dict]:
+def resolve_schedules(
+    names: Sequence[str], family, steps: Sequence[int], mu: float | None, solver: str
+) -> dict[str, dict]:
     """`{label: {N: sigmas}}` for each requested schedule: a baseline of the model's family, `default` (what the
-    pipeline runs today), or `gits:PATH_OR_REPO` (a saved or shared GITS schedule)."""
+    pipeline runs today with `solver`'s stock scheduler), or `gits:PATH_OR_REPO` (a saved or shared GITS schedule)."""
     from .hub import fetch_schedule_config
     from .scheduling_gits import GITSFlowMatchScheduler, scheduler_from_config
 
@@ -44,7 +46,7 @@ def resolve_schedules(names: Sequence[str], family, steps: Sequence[int], mu: fl
             continue
         key = ALIASES.get(name, name)
         if key == "default":
-            resolved[name] = {k: family.default(k) for k in steps}
+            resolved[name] = {k: family.default(k, solver) for k in steps}
             continue
         available = family.baselines(steps[0])
         if key not in available:
@@ -102,7 +104,7 @@ def compare_schedules(
     runner = PipelineRunner(pipe, prompts, seed, batch_size, pipe_kwargs)
     mu, passes_sigmas = probe_shift(runner, base_config) if is_flow_scheduler_config(base_config) else (None, False)
     family = model_family(base_config, mu, passes_sigmas)
-    resolved = resolve_schedules(list(schedules), family, steps, mu)
+    resolved = resolve_schedules(list(schedules), family, steps, mu, solver)
     fine, _ = family.fine_grid(grid_size)
     reference_scheduler = family.scheduler(teacher, {len(fine) - 1: fine})
     noises = list(range(FRESH_NOISES_START, FRESH_NOISES_START + num_noises))

@@ -47,7 +47,7 @@ def run_demo(
     )
     calibration_s = time.perf_counter() - tic
     scheduler.save_pretrained(output_dir / "scheduler")
-    meta = scheduler.config.calibration
+    meta = scheduler.calibration_record
     echo(
         f"Calibrated in {calibration_s:.1f} s ({meta['model_calls']['total']} model calls, "
         f"{meta['model_calls']['teacher_equivalents']}x one teacher run over the warm-ups)."

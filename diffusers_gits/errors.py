@@ -39,3 +39,11 @@ class CheckpointMismatchError(ValueError):
     def __init__(self, message: str, differences: list[str] | None = None):
         super().__init__(message)
         self.differences = differences or []
+
+
+class WrongFamilyError(AttributeError, ValueError):
+    """A pipeline asked a GITS scheduler for what only the other model family has (VP vs flow matching).
+
+    An `AttributeError`, so `hasattr(scheduler, name)` answers `False` as pipelines that probe for VP attributes
+    expect; a `ValueError` like the package's other refusals.
+    """

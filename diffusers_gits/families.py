@@ -11,15 +11,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .noise import is_flow_scheduler_config, shift_flow_sigmas, unshift_flow_sigmas
+from .noise import VPNoiseSchedule, is_flow_scheduler_config, shift_flow_sigmas, unshift_flow_sigmas
 from .schedules import (
     baseline_schedules,
     flow_baseline_schedules,
     flow_shifted_sigmas,
     flow_stock_sigmas,
-    timestep_spacing_sigmas,
+    stock_solver_sigmas,
 )
-from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler
+from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler, calibration_summary
 from .search import uniform_timestep_grid
 
 
@@ -32,7 +32,8 @@ class ModelFamily:
         base_config: the pipeline's scheduler config (the model's noise schedule).
         grid: `grid(size)` -> fine grid of `size` non-zero sigmas, then 0.
         baselines: `baselines(N)` -> the schedules people use today, by name.
-        default: `default(N)` -> the schedule the pipeline itself runs for N steps.
+        default: `default(N, solver)` -> the schedule the pipeline runs today for N steps with `solver`'s stock
+            diffusers scheduler (flow: FlowMatchEuler's, whatever the solver).
         to_coordinate / from_coordinate: sigmas <-> the coordinate the grid is uniform in.
         lowest: the coordinate the last non-zero point must stay above.
         spacing: `spacing(grid_size)` -> grid spacing in that coordinate.
@@ -43,7 +44,7 @@ class ModelFamily:
     base_config: dict
     grid: Callable[[int], np.ndarray]
     baselines: Callable[[int], dict[str, np.ndarray]]
-    default: Callable[[int], np.ndarray]
+    default: Callable[[int, str], np.ndarray]
     to_coordinate: Callable[[np.ndarray], np.ndarray]
     from_coordinate: Callable[[np.ndarray], np.ndarray]
     lowest: float
@@ -72,23 +73,26 @@ class ModelFamily:
         fine[indices] = grid  # exactly the grid's values, not their round trip through the coordinate
         return fine, indices
 
-    def scheduler(self, solver: str, schedules: dict[int, np.ndarray], calibration: dict | None = None):
-        """A scheduler of this family sampling `schedules` with `solver`."""
+    def scheduler(self, solver: str, schedules: dict[int, np.ndarray], record: dict | None = None):
+        """A scheduler of this family sampling `schedules` with `solver`, with the calibration `record` (its config
+        keeps the summary)."""
         table = {str(k): [float(s) for s in sigmas] for k, sigmas in schedules.items()}
-        return self.scheduler_class.from_config(
-            self.base_config, solver=solver, gits_sigmas=table, calibration=calibration
+        summary = calibration_summary(record) if record is not None else None
+        scheduler = self.scheduler_class.from_config(
+            self.base_config, solver=solver, gits_sigmas=table, calibration=summary
         )
+        scheduler.calibration_record = record
+        return scheduler
 
 
 def vp_family(base_config: dict) -> ModelFamily:
-    noise = GITSScheduler.from_config(base_config).noise_schedule
-    spacing, offset = base_config.get("timestep_spacing", "linspace"), base_config.get("steps_offset", 0)
+    noise = VPNoiseSchedule.from_config(base_config)
     return ModelFamily(
         scheduler_class=GITSScheduler,
         base_config=base_config,
         grid=lambda size: uniform_timestep_grid(noise, size),
         baselines=lambda k: baseline_schedules(noise, k),
-        default=lambda k: timestep_spacing_sigmas(noise, k, spacing, offset),
+        default=lambda k, solver: stock_solver_sigmas(base_config, solver, k),
         to_coordinate=noise.sigma_to_t,
         from_coordinate=noise.t_to_sigma,
         lowest=-1e-9,  # the last point may reach timestep 0
@@ -107,7 +111,7 @@ def flow_family(base_config: dict, mu: float | None, pipeline_passes_sigmas: boo
     factor = scheduler.shift_factor(mu)
     sigma_min = scheduler.train_sigma_min
 
-    def default(k: int) -> np.ndarray:
+    def default(k: int, solver: str) -> np.ndarray:
         return flow_shifted_sigmas(k, factor) if pipeline_passes_sigmas else flow_stock_sigmas(k, factor, sigma_min)
 
     return ModelFamily(

@@ -24,6 +24,9 @@ from .settings import CARD_FIELDS
 
 
 CONFIG_NAME = "scheduler_config.json"
+#: The full calibration record (settings, model calls, timings, report), beside the config: the config keeps a short
+#: summary, so that a stock scheduler built from it (`EulerDiscreteScheduler.from_config`) warns about a few lines.
+REPORT_NAME = "calibration_report.json"
 SCHEDULER_CLASSES = ("GITSScheduler", "GITSFlowMatchScheduler")
 FORMAT_VERSION = 1
 
@@ -69,6 +72,54 @@ def read_schedule_config(path: str | Path, source: str) -> dict:
     return config
 
 
+def _fetch_file(
+    repo_or_dir: str | Path,
+    name: str,
+    subfolder: str | None,
+    revision: str | None,
+    token: str | bool | None,
+    cache_dir: str | Path | None,
+    local_files_only: bool,
+    missing_ok: bool,
+) -> Path | None:
+    """The path of file `name` of a local folder or a Hub model repo (downloaded); `None` when it does not exist and
+    `missing_ok`."""
+    source = f"{repo_or_dir}" + (f" (subfolder {subfolder!r})" if subfolder else "")
+    local = Path(repo_or_dir) / (subfolder or "") / name
+    if local.is_file():
+        return local
+    if Path(repo_or_dir).is_dir():
+        if missing_ok:
+            return None
+        raise ScheduleLoadError(f"{source}: no {name} in that folder", source=source)
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return Path(
+            hf_hub_download(
+                str(repo_or_dir),
+                name,
+                subfolder=subfolder,
+                revision=revision,
+                token=token,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+            )
+        )
+    except EntryNotFoundError as error:
+        if missing_ok and not isinstance(error, LocalEntryNotFoundError):
+            return None
+        if isinstance(error, LocalEntryNotFoundError):
+            raise ScheduleLoadError(
+                f"{source}: not in the local cache and the Hub cannot be reached (offline mode?): {error}",
+                source=source,
+            ) from error
+        raise ScheduleLoadError(f"{source}: could not download {name}: {error}", source=source) from error
+    except Exception as error:  # HTTP status, transport (the HTTP client's own types) and file errors alike
+        raise ScheduleLoadError(f"{source}: could not download {name}: {error}", source=source) from error
+
+
 def fetch_schedule_config(
     repo_or_dir: str | Path,
     subfolder: str | None = None,
@@ -78,42 +129,46 @@ def fetch_schedule_config(
     local_files_only: bool = False,
 ) -> dict:
     """The validated config of a schedule in a local folder or a Hub model repo (only the JSON file is fetched)."""
-    local = Path(repo_or_dir) / (subfolder or "") / CONFIG_NAME
+    path = _fetch_file(repo_or_dir, CONFIG_NAME, subfolder, revision, token, cache_dir, local_files_only, False)
     source = f"{repo_or_dir}" + (f" (subfolder {subfolder!r})" if subfolder else "")
-    if local.is_file():
-        return read_schedule_config(local, source)
-    if Path(repo_or_dir).is_dir():
-        raise ScheduleLoadError(f"{source}: no {CONFIG_NAME} in that folder", source=source)
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    return read_schedule_config(path, source + (f" at revision {revision!r}" if revision else ""))
 
+
+def fetch_calibration_record(
+    repo_or_dir: str | Path,
+    subfolder: str | None = None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | Path | None = None,
+    local_files_only: bool = False,
+) -> dict | None:
+    """The calibration record saved beside a schedule (`calibration_report.json`); `None` where there is none
+    (presets, schedules saved before the record had a file of its own)."""
+    path = _fetch_file(repo_or_dir, REPORT_NAME, subfolder, revision, token, cache_dir, local_files_only, True)
+    return None if path is None else read_calibration_record(path)
+
+
+def read_calibration_record(path: str | Path) -> dict:
+    """Read a `calibration_report.json`; raise `ScheduleLoadError` when it is not a JSON object."""
     try:
-        path = hf_hub_download(
-            str(repo_or_dir),
-            CONFIG_NAME,
-            subfolder=subfolder,
-            revision=revision,
-            token=token,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-        )
-    except LocalEntryNotFoundError as error:
-        raise ScheduleLoadError(
-            f"{source}: not in the local cache and the Hub cannot be reached (offline mode?): {error}", source=source
-        ) from error
-    except Exception as error:  # HTTP status, transport (the HTTP client's own types) and file errors alike
-        raise ScheduleLoadError(f"{source}: could not download {CONFIG_NAME}: {error}", source=source) from error
-    return read_schedule_config(path, f"{source}" + (f" at revision {revision!r}" if revision else ""))
+        record = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ScheduleLoadError(f"{path}: not readable JSON ({error})", source=str(path), field=REPORT_NAME) from None
+    if not isinstance(record, dict):
+        raise ScheduleLoadError(f"{path}: not a JSON object", source=str(path), field=REPORT_NAME)
+    return record
 
 
 def _steps(config: dict) -> list[int]:
     return sorted(int(k) for k in config.get("gits_sigmas") or {})
 
 
-def model_card(config: dict, repo_id: str | None = None, subfolder: str | None = None) -> str:
-    """README.md with Hub metadata for a calibrated schedule (its scheduler config): settings, schedules and the
-    calibration report."""
-    meta = config.get("calibration") or {}
+def model_card(
+    config: dict, repo_id: str | None = None, subfolder: str | None = None, record: dict | None = None
+) -> str:
+    """README.md with Hub metadata for a calibrated schedule (its scheduler config and calibration record): settings,
+    schedules and the calibration report."""
+    meta = record or config.get("calibration") or {}
     class_name = config["_class_name"]
     base_model = meta.get("model")
     front = ["---", "library_name: diffusers", "tags:", "- gits", "- scheduler", "- diffusers-gits"]
@@ -184,15 +239,29 @@ def write_config(config: dict, folder: str | Path) -> Path:
     return path
 
 
+def write_record(record: dict, folder: str | Path) -> Path:
+    """Write a calibration record as `folder/calibration_report.json`."""
+    path = Path(folder) / REPORT_NAME
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return path
+
+
 def write_schedule_folder(
-    config: dict, folder: str | Path, repo_id: str | None = None, subfolder: str | None = None
+    config: dict,
+    folder: str | Path,
+    repo_id: str | None = None,
+    subfolder: str | None = None,
+    record: dict | None = None,
 ) -> Path:
-    """Write a schedule's `scheduler_config.json`, the model card `README.md` and `schedules.png` into `folder`."""
+    """Write a schedule's `scheduler_config.json`, its `calibration_report.json` (when it has a record), the model card
+    `README.md` and `schedules.png` into `folder`."""
     from .plotting import save_schedule_plot
 
     folder = Path(folder)
     write_config(config, folder)
-    (folder / "README.md").write_text(model_card(config, repo_id, subfolder))
+    if record is not None:
+        write_record(record, folder)
+    (folder / "README.md").write_text(model_card(config, repo_id, subfolder, record))
     save_schedule_plot({k: config["gits_sigmas"][str(k)] for k in _steps(config)}, folder / "schedules.png")
     return folder
 
@@ -206,14 +275,16 @@ def push_schedule(
     token: str | bool | None = None,
     revision: str | None = None,
     create_pr: bool = False,
+    record: dict | None = None,
 ) -> str:
-    """Upload the schedule folder (config, card, plot) to a Hub model repo, creating it if needed; return the commit URL."""
+    """Upload the schedule folder (config, calibration record, card, plot) to a Hub model repo, creating it if needed;
+    return the commit URL."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        write_schedule_folder(config, tmp, repo_id, subfolder)
+        write_schedule_folder(config, tmp, repo_id, subfolder, record)
         info = api.upload_folder(
             repo_id=repo_id,
             folder_path=tmp,
@@ -381,26 +452,32 @@ def calibration_key(model: dict[str, Any], settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def cache_load(key: str, cache_dir: Path | None = None) -> dict | None:
-    """The cached scheduler config for `key`, or `None`; an unreadable or invalid entry is skipped with a warning."""
+def cache_load(key: str, cache_dir: Path | None = None) -> tuple[dict, dict | None] | None:
+    """The cached scheduler config and calibration record for `key`, or `None`; an unreadable or invalid entry is
+    skipped with a warning."""
     path = (cache_dir or default_cache_dir()) / key / CONFIG_NAME
     if not path.is_file():
         return None
     try:
-        return read_schedule_config(path, f"cache entry {path.parent}")
+        config = read_schedule_config(path, f"cache entry {path.parent}")
+        record_path = path.parent / REPORT_NAME
+        return config, read_calibration_record(record_path) if record_path.is_file() else None
     except ScheduleLoadError as error:
         logger.warning("Ignoring an unusable GITS cache entry (it will be replaced): %s", error)
         return None
 
 
-def cache_store(key: str, config: dict, cache_dir: Path | None = None) -> Path:
-    """Write a scheduler config under `key` atomically: a temporary folder beside the entry, then a rename."""
+def cache_store(key: str, config: dict, record: dict | None = None, cache_dir: Path | None = None) -> Path:
+    """Write a scheduler config (and its calibration record) under `key` atomically: a temporary folder beside the
+    entry, then a rename."""
     root = cache_dir or default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     final = root / key
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
     try:
         write_config(config, tmp)
+        if record is not None:
+            write_record(record, tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -72,7 +72,7 @@ def _betas_for_cosine(num_train_timesteps: int, max_beta: float = 0.999) -> np.n
     )
 
 
-def alphas_cumprod_from_betas(
+def betas_from_config(
     num_train_timesteps: int = 1000,
     beta_start: float = 0.0001,
     beta_end: float = 0.02,
@@ -80,10 +80,10 @@ def alphas_cumprod_from_betas(
     trained_betas: list[float] | np.ndarray | None = None,
     rescale_betas_zero_snr: bool = False,
 ) -> np.ndarray:
-    """Cumulative product of `1 - beta` for a diffusers beta config, in float64.
+    """The betas of a diffusers beta config, in float64.
 
     Follows diffusers' definitions of the `linear`, `scaled_linear` and `squaredcos_cap_v2` schedules and of zero-SNR
-    rescaling (Lin et al. 2023, Algorithm 1), whose last value is replaced by 2^-24 so that sigma stays finite.
+    rescaling (Lin et al. 2023, Algorithm 1: the last beta becomes 1).
     """
     if trained_betas is not None:
         betas = np.asarray(trained_betas, dtype=np.float64)
@@ -98,11 +98,31 @@ def alphas_cumprod_from_betas(
     if rescale_betas_zero_snr:
         sqrt_ac = np.sqrt(np.cumprod(1.0 - betas))
         first, last = sqrt_ac[0], sqrt_ac[-1]
-        sqrt_ac = (sqrt_ac - last) * first / (first - last)
-        alphas_cumprod = sqrt_ac**2
+        alphas_cumprod = ((sqrt_ac - last) * first / (first - last)) ** 2
+        betas = 1.0 - np.concatenate([alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]])
+    return betas
+
+
+def alphas_cumprod_from_betas(
+    num_train_timesteps: int = 1000,
+    beta_start: float = 0.0001,
+    beta_end: float = 0.02,
+    beta_schedule: str = "linear",
+    trained_betas: list[float] | np.ndarray | None = None,
+    rescale_betas_zero_snr: bool = False,
+) -> np.ndarray:
+    """Cumulative product of `1 - beta` for a diffusers beta config (`betas_from_config`), in float64.
+
+    Under zero-SNR rescaling the last value (0) is replaced by 2^-24 so that sigma stays finite, as diffusers' Euler
+    scheduler does.
+    """
+    betas = betas_from_config(
+        num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
+    )
+    alphas_cumprod = np.cumprod(1.0 - betas)
+    if rescale_betas_zero_snr:
         alphas_cumprod[-1] = 2.0**-24
-        return alphas_cumprod
-    return np.cumprod(1.0 - betas)
+    return alphas_cumprod
 
 
 class VPNoiseSchedule:
@@ -123,6 +143,14 @@ class VPNoiseSchedule:
         if np.any(np.diff(self.log_sigmas) <= 0):
             raise ValueError("the training sigmas must increase strictly with the timestep")
         self.num_train_timesteps = len(alphas_cumprod)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "VPNoiseSchedule":
+        """The noise schedule a diffusers VP scheduler config describes (its beta keys, diffusers' defaults)."""
+        keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
+        return cls(
+            alphas_cumprod_from_betas(**{k: config[k] for k in keys + ("rescale_betas_zero_snr",) if k in config})
+        )
 
     @property
     def sigma_min(self) -> float:
@@ -188,6 +216,30 @@ def denoised_from_model_output(
     raise ValueError(
         f"prediction_type {prediction_type!r} is not supported; choose one of {PREDICTION_TYPES + (FLOW_PREDICTION,)}"
     )
+
+
+def limit_denoised(
+    denoised: torch.Tensor,
+    clip_sample: bool = False,
+    clip_sample_range: float = 1.0,
+    thresholding: bool = False,
+    dynamic_thresholding_ratio: float = 0.995,
+    sample_max_value: float = 1.0,
+) -> torch.Tensor:
+    """The x0 estimate limited as diffusers' DDPM / DDIM schedulers limit `pred_original_sample`.
+
+    `thresholding`: dynamic thresholding (Saharia et al. 2022): per sample, s = the `dynamic_thresholding_ratio`
+    quantile of |x0|, clamped to [1, `sample_max_value`]; x0 is clamped to [-s, s] and divided by s. Otherwise
+    `clip_sample` clamps x0 to [-`clip_sample_range`, `clip_sample_range`].
+    """
+    if thresholding:
+        flat = denoised.reshape(denoised.shape[0], -1)
+        s = torch.quantile(flat.abs().float(), dynamic_thresholding_ratio, dim=1).to(flat.dtype)
+        s = s.clamp(min=1.0, max=sample_max_value)[:, None]
+        return (flat.clamp(-s, s) / s).reshape(denoised.shape)
+    if clip_sample:
+        return denoised.clamp(-clip_sample_range, clip_sample_range)
+    return denoised
 
 
 def flow_shift_factor(

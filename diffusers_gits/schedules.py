@@ -6,6 +6,8 @@ published Stable Diffusion 1.5 table all live here, next to the log-linear inter
 to another step count. VP schedules are in VE sigmas (unbounded), flow schedules in flow sigmas (1 down to 0).
 """
 
+import functools
+import inspect
 import json
 from importlib import resources
 
@@ -81,6 +83,42 @@ def timestep_spacing_sigmas(
     return append_zero(noise.t_to_sigma(np.clip(timesteps, 0, t_max - 1)))
 
 
+#: The diffusers scheduler that runs each solver today. Diffusers has no VP iPNDM scheduler (its IPNDMScheduler is
+#: for VE models), so iPNDM's users get Euler's spacing.
+STOCK_SCHEDULERS = {
+    "euler": "EulerDiscreteScheduler",
+    "ipndm": "EulerDiscreteScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+
+
+def stock_solver_sigmas(config: dict, solver: str, num_steps: int) -> np.ndarray:
+    """The sigmas the stock diffusers scheduler of `solver`, built from a VP scheduler config, runs for `num_steps`.
+
+    DPM-Solver and UniPC space `linspace` timesteps over N + 1 points and drop the last (ending at t = 999/N, then a
+    final step to sigma 0), Euler over N points (ending at t = 0): "the pipeline's default" differs by solver.
+    """
+    import diffusers
+
+    if solver not in STOCK_SCHEDULERS:
+        raise ValueError(f"solver {solver!r} is not supported; choose one of {sorted(STOCK_SCHEDULERS)}")
+    noise = VPNoiseSchedule.from_config(config)
+    if STOCK_SCHEDULERS[solver] == "EulerDiscreteScheduler":
+        spacing, offset = config.get("timestep_spacing", "linspace"), config.get("steps_offset", 0)
+        return timestep_spacing_sigmas(noise, num_steps, spacing, offset)
+    scheduler_class = getattr(diffusers, STOCK_SCHEDULERS[solver])
+    accepted = inspect.signature(scheduler_class.__init__).parameters
+    scheduler = scheduler_class(**{k: v for k, v in config.items() if k in accepted and k != "solver_order"})
+    scheduler.set_timesteps(num_steps)
+    sigmas = scheduler.sigmas.double().numpy()
+    if len(sigmas) != num_steps + 1 or sigmas[-1] != 0:
+        raise ValueError(
+            f"{scheduler_class.__name__} ran {sigmas.tolist()} for {num_steps} steps; expected N + 1 ending in 0"
+        )
+    return sigmas
+
+
 def karras_sigmas(sigma_min: float, sigma_max: float, num_steps: int, rho: float = 7.0) -> np.ndarray:
     """Karras et al. 2022 (eq. 5) schedule: uniform in sigma^(1/rho), then 0."""
     ramp = np.linspace(0, 1, num_steps)
@@ -121,18 +159,46 @@ def load_published_gits_sd15() -> dict:
     return json.loads(resources.files("diffusers_gits").joinpath("tables/published_gits_sd15.json").read_text())
 
 
-def published_gits_sd15(num_steps: int) -> np.ndarray:
-    """The authors' SD1.5 GITS schedule for `num_steps`, its final sigma_min replaced by 0 (ComfyUI's practice).
+def stretch_published_row(row: np.ndarray | list[float], num_steps: int) -> np.ndarray:
+    """A published GITS row (ending at sigma_min) for another step count, by ComfyUI's rule for the authors' tables:
+    log sigma of the whole row, sigma_min included, interpolated linearly at `num_steps + 1` uniform positions, then
+    the last value set to 0."""
+    log_row = np.log(np.asarray(row, dtype=np.float64))
+    positions = np.linspace(0, 1, len(log_row))
+    stretched = np.exp(np.interp(np.linspace(0, 1, num_steps + 1), positions, log_row))
+    stretched[-1] = 0.0
+    return stretched
 
-    Rows exist for 2-10 and 20 steps; other counts are log-linearly interpolated from the next longer row (the 20-step
-    row beyond 20), as the authors' ComfyUI node does. Valid for models on SD's noise schedule only.
+
+@functools.cache
+def load_gits_sd15_coeff_tables() -> dict:
+    """The authors' SD1.5 tables for coeff 0.80-1.50 (steps 2-20), as ComfyUI ships them; see the file's `source`."""
+    return json.loads(resources.files("diffusers_gits").joinpath("tables/gits_sd15_coeffs.json").read_text())
+
+
+def sd15_coeffs() -> list[float]:
+    """The coeff values the authors' SD1.5 tables exist for."""
+    return sorted(float(c) for c in load_gits_sd15_coeff_tables()["coeffs"])
+
+
+def published_gits_sd15(num_steps: int, coeff: float = 1.2) -> np.ndarray:
+    """The authors' SD1.5 GITS schedule for `num_steps` and `coeff`, its final sigma_min replaced by 0 (ComfyUI's
+    practice).
+
+    Rows exist for every step count 2-20 and coeff 0.80-1.50 in steps of 0.05 (1.2 is the published default); beyond
+    20 (and for 1 step) the nearest row is stretched by ComfyUI's rule (`stretch_published_row`). Valid for models on
+    SD's noise schedule only.
     """
-    table = {int(k): v for k, v in load_published_gits_sd15()["schedules"].items()}
+    check_step_count(num_steps)
+    tables = load_gits_sd15_coeff_tables()["coeffs"]
+    key = f"{coeff:.2f}" if isinstance(coeff, (int, float)) and not isinstance(coeff, bool) else None
+    if key not in tables or abs(float(key) - coeff) > 1e-9:
+        raise ValueError(f"the SD1.5 GITS tables exist for coeff in {sd15_coeffs()}, got coeff={coeff!r}")
+    table = {int(k): row for k, row in tables[key].items()}
     if num_steps in table:
         return np.append(np.asarray(table[num_steps][:-1], dtype=np.float64), 0.0)
-    longer = [k for k in sorted(table) if k > num_steps]
-    source = table[longer[0]] if longer else table[max(table)]
-    return loglinear_interpolate(np.append(np.asarray(source[:-1], dtype=np.float64), 0.0), num_steps)
+    nearest = min(table) if num_steps < min(table) else max(table)
+    return stretch_published_row(table[nearest], num_steps)
 
 
 def sd15_tables_apply(noise: VPNoiseSchedule) -> bool:

@@ -6,8 +6,10 @@ config keys. Both keep the same schedule table (`gits_sigmas`), calibration reco
 parameterisation differs, and it comes from `diffusers_gits.noise`.
 """
 
+import functools
 import json
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,6 +19,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 from diffusers.utils import BaseOutput
 
+from .errors import WrongFamilyError
 from .noise import (
     FLOW_PATH,
     FLOW_PREDICTION,
@@ -27,10 +30,12 @@ from .noise import (
     VPNoiseSchedule,
     alpha,
     alphas_cumprod_from_betas,
+    betas_from_config,
     denoised_from_model_output,
     flow_shift_factor,
     is_flow_scheduler_config,
     is_vp_scheduler_config,
+    limit_denoised,
     shift_flow_sigmas,
     sigma_space_to_vp,
     unshift_flow_sigmas,
@@ -41,7 +46,8 @@ from .schedules import (
     check_step_count,
     flow_stock_sigmas,
     loglinear_interpolate,
-    timestep_spacing_sigmas,
+    published_gits_sd15,
+    stock_solver_sigmas,
     validate_schedule_table,
 )
 from .solvers import SolverHistory, get_solver
@@ -85,13 +91,21 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
         self._step_index = None
         self._begin_index = None
         self._fallbacks_logged: set[int] = set()
+        self._record: dict | None = None
+        self._record_loader = None
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
         """Build from a config (of any compatible scheduler); a config of the other model family raises `ValueError`."""
         if config is not None:
-            cls._check_config_family(dict(config))
+            config = dict(config)
+            cls._check_config_family(config)
+            config = cls._with_source_defaults(config)
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    @classmethod
+    def _with_source_defaults(cls, config: dict) -> dict:
+        return config
 
     @classmethod
     def from_calibration(cls, pipe, num_inference_steps: int | list[int], **kwargs) -> "_GITSSchedulerBase":
@@ -120,7 +134,7 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
         `local_files_only` go to the download (which honours `HF_HUB_OFFLINE`); other keyword arguments override
         config values, e.g. `solver="euler"`.
         """
-        from .hub import fetch_schedule_config
+        from .hub import fetch_calibration_record, fetch_schedule_config
 
         download = {
             key: kwargs.pop(key) for key in ("revision", "token", "cache_dir", "local_files_only") if key in kwargs
@@ -129,6 +143,9 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
             kwargs.pop(ignored, None)
         config = fetch_schedule_config(pretrained_model_name_or_path, subfolder=subfolder, **download)
         scheduler = scheduler_from_config(config, **kwargs)
+        scheduler._record_loader = functools.partial(
+            fetch_calibration_record, pretrained_model_name_or_path, subfolder=subfolder, **download
+        )
         return (scheduler, {}) if return_unused_kwargs else scheduler
 
     def push_to_hub(
@@ -150,7 +167,9 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
         from .hub import push_schedule
 
         config = json.loads(self.to_json_string())
-        return push_schedule(config, repo_id, subfolder, commit_message, private, token, revision, create_pr)
+        return push_schedule(
+            config, repo_id, subfolder, commit_message, private, token, revision, create_pr, self.calibration_record
+        )
 
     def check_pipeline(self, pipe) -> None:
         """Check that this schedule fits `pipe` before `pipe.scheduler = self`; call it with the pipeline's own scheduler.
@@ -167,9 +186,38 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
         return sorted(self._table)
 
     @property
+    def calibration_record(self) -> dict | None:
+        """Everything the calibration recorded: settings, model calls by stage, timings and the report.
+
+        `config.calibration` keeps only a summary (model, pipeline, solver, the choice per step count); the record is
+        saved beside the config as `calibration_report.json` and loaded from there on first use. `None` for presets
+        and uncalibrated schedulers.
+        """
+        if self._record is None and self._record_loader is not None:
+            loader, self._record_loader = self._record_loader, None
+            self._record = loader()
+        if self._record is None and "report" in (self.config.calibration or {}):
+            return dict(self.config.calibration)  # saved before the record had a file of its own
+        return self._record
+
+    @calibration_record.setter
+    def calibration_record(self, record: dict | None) -> None:
+        self._record, self._record_loader = record, None
+
+    @property
     def calibration_report(self) -> dict | None:
-        """Per step count, held-out error to the teacher of the GITS schedule and the default schedule, if stored."""
-        return (self.config.calibration or {}).get("report")
+        """Per step count: the choice, whether it beat every baseline with confidence, every candidate's held-out
+        error, the default schedule's, and a one-line summary (from `calibration_record`)."""
+        return (self.calibration_record or {}).get("report")
+
+    def save_config(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
+        """Save `scheduler_config.json` (as diffusers does) and, for a calibrated schedule, `calibration_report.json`."""
+        if self.calibration_record is not None:  # first, so that push_to_hub=True uploads it too
+            from .hub import write_record
+
+            os.makedirs(save_directory, exist_ok=True)
+            write_record(self.calibration_record, save_directory)
+        super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
 
     @property
     def step_index(self) -> int | None:
@@ -188,6 +236,10 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
         num_inference_steps = check_step_count(num_inference_steps)
         if num_inference_steps in self._table:
             return self._table[num_inference_steps].copy(), True
+        preset = self.config.calibration or {}
+        if preset.get("preset") == "sd15":
+            # The published tables' own rule beyond their rows, as the `gits_sd15_published` baseline uses.
+            return published_gits_sd15(num_inference_steps, preset["coeff"]), True
         warn = logger.warning if num_inference_steps not in self._fallbacks_logged else logger.debug
         self._fallbacks_logged.add(num_inference_steps)  # a pipeline calls this on every image: say it once per N
         if self._table:
@@ -209,6 +261,10 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
             type(self).__name__,
         )
         return self._base_schedule(num_inference_steps, mu), False
+
+    def _limit(self, denoised: torch.Tensor) -> torch.Tensor:
+        """The x0 estimate the solver steps with (the VP scheduler clips or thresholds it when configured to)."""
+        return denoised
 
     def _set_schedule(self, schedule: np.ndarray, model_timesteps: np.ndarray, device) -> None:
         self.num_inference_steps = len(schedule) - 1
@@ -269,7 +325,9 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
         sigma_next = float(self.sigmas[self._step_index + 1])
 
         x = self.to_solver_state(sample.to(torch.float32), sigma)
-        denoised = denoised_from_model_output(model_output.to(torch.float32), x, sigma, self._prediction_type)
+        denoised = self._limit(
+            denoised_from_model_output(model_output.to(torch.float32), x, sigma, self._prediction_type)
+        )
         x_next, self._history = self._solver_step(x, denoised, sigma, sigma_next, self._history)
         prev_sample = self.from_solver_state(x_next, sigma_next).to(model_output.dtype)
         denoised = denoised.to(model_output.dtype)
@@ -281,6 +339,26 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
+
+
+#: What a scheduler config keeps of its calibration record (see `calibration_record`).
+SUMMARY_KEYS = (
+    "format_version", "package_version", "created", "model", "pipeline_class", "pipe_kwargs", "family", "mu", "solver",
+    "preset", "coeff", "source",
+)  # fmt: skip
+
+
+def calibration_summary(record: dict) -> dict:
+    """The short calibration summary a scheduler config holds: who made it on what, and the choice per step count."""
+    summary = {key: record[key] for key in SUMMARY_KEYS if key in record}
+    report = record.get("report") or {}
+    if report:
+        summary["chosen"] = {k: entry["chosen"] for k, entry in report.items()}
+    return summary
+
+
+#: DDPM / DDIM config keys that limit the x0 estimate; GITSScheduler honours them.
+X0_LIMIT_KEYS = ("clip_sample", "clip_sample_range", "thresholding", "dynamic_thresholding_ratio", "sample_max_value")
 
 
 class GITSScheduler(_GITSSchedulerBase):
@@ -301,10 +379,18 @@ class GITSScheduler(_GITSSchedulerBase):
         beta_schedule (`str`, defaults to `"linear"`): `"linear"`, `"scaled_linear"` or `"squaredcos_cap_v2"`.
         trained_betas (`list[float]`, *optional*): explicit betas, overriding the three above.
         prediction_type (`str`, defaults to `"epsilon"`): `"epsilon"`, `"v_prediction"` or `"sample"`.
-        timestep_spacing (`str`, defaults to `"linspace"`): spacing of the base schedule used for step counts when no
-            schedule is calibrated: `"linspace"`, `"leading"` or `"trailing"`.
+        timestep_spacing (`str`, defaults to `"linspace"`): the model's timestep spacing (`"linspace"`, `"leading"`
+            or `"trailing"`), which the base schedule follows when no schedule is calibrated: the schedule the stock
+            diffusers scheduler of `solver` runs with it (`diffusers_gits.schedules.stock_solver_sigmas`).
         steps_offset (`int`, defaults to 0): offset added to `"leading"` timesteps.
         rescale_betas_zero_snr (`bool`, defaults to `False`): rescale betas to zero terminal SNR (Lin et al. 2023).
+        clip_sample (`bool`, defaults to `False`): clamp the x0 estimate the solver steps with to
+            [-`clip_sample_range`, `clip_sample_range`], as DDPM / DDIM do (kept from their configs, so a pixel model
+            that samples clipped there samples clipped here).
+        clip_sample_range (`float`, defaults to 1.0): the clamp's bound.
+        thresholding (`bool`, defaults to `False`): dynamic thresholding of the x0 estimate (Saharia et al. 2022),
+            with `dynamic_thresholding_ratio` (defaults to 0.995) and `sample_max_value` (defaults to 1.0); it takes
+            precedence over `clip_sample`, as in DDPM.
         solver (`str`, defaults to `"dpmpp_2m"`): `"euler"` (DDIM), `"ipndm"` (variable-step, order <= 4),
             `"dpmpp_2m"` (DPM-Solver++ 2M) or `"unipc"` (UniPC bh2).
         gits_sigmas (`dict[str, list[float]]`, *optional*): calibrated schedules, `{"6": [7 sigmas ending in 0]}`.
@@ -326,6 +412,11 @@ class GITSScheduler(_GITSSchedulerBase):
         timestep_spacing: str = "linspace",
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
+        clip_sample: bool = False,
+        clip_sample_range: float = 1.0,
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
         solver: SolverName = "dpmpp_2m",
         gits_sigmas: dict[str, list[float]] | None = None,
         calibration: dict[str, Any] | None = None,
@@ -336,13 +427,32 @@ class GITSScheduler(_GITSSchedulerBase):
             raise ValueError(
                 f"timestep_spacing {timestep_spacing!r} is not supported; choose one of {TIMESTEP_SPACINGS}"
             )
+        betas = betas_from_config(
+            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
+        )
         alphas_cumprod = alphas_cumprod_from_betas(
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
         )
         self.noise_schedule = VPNoiseSchedule(alphas_cumprod)
+        # As on every diffusers DDPM-family scheduler: training utilities read them.
+        self.betas = torch.from_numpy(betas).float()
+        self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.from_numpy(alphas_cumprod).float()
         self.init_noise_sigma = 1.0
         self._init_schedule_state(solver, gits_sigmas)
+
+    @classmethod
+    def _with_source_defaults(cls, config: dict) -> dict:
+        """The config with its x0 limits kept even where they are its class's defaults.
+
+        diffusers passes on only the keys a config set explicitly (`_use_default_values` lists the others), so a stock
+        DDPM / DDIM scheduler that clips by default (`clip_sample=True` is their default) would sample unclipped
+        under GITS. The config holds the values its class used: keep those.
+        """
+        defaulted = config.get("_use_default_values")
+        if not defaulted:
+            return config
+        return {**config, "_use_default_values": [key for key in defaulted if key not in X0_LIMIT_KEYS]}
 
     @classmethod
     def _check_config_family(cls, config: dict) -> None:
@@ -381,20 +491,20 @@ class GITSScheduler(_GITSSchedulerBase):
     def from_preset(cls, name: str = "sd15", coeff: float = 1.2, solver: SolverName = "dpmpp_2m") -> "GITSScheduler":
         """A scheduler with the GITS authors' published schedules, with no calibration and no network.
 
-        `"sd15"`: the Stable Diffusion 1.5 table of Chen et al. (ICML 2024, arXiv 2405.11326; the table ComfyUI ships as
-        its default), coeff 1.2, for 2-10 and 20 steps (other counts are stretched log-linearly from the next longer
-        row); its final sigma_min is replaced by 0. Limits: it was searched on SD1.5 at guidance 7.5 with an unstated
-        teacher and warm-up, so it fits models on SD's noise schedule (SD 1.x, SDXL and their fine-tunes, epsilon
-        prediction) only approximately, and only `coeff=1.2` is published. Calibrate for your own model to do better.
+        `"sd15"`: the Stable Diffusion 1.5 tables of Chen et al. (ICML 2024, arXiv 2405.11326), with a row for every
+        step count 2-20, each ending at sigma_min, which is replaced by 0. `coeff` 1.2 is the published default; the
+        authors' tables for 0.80-1.50 in steps of 0.05 come as ComfyUI ships them (`comfy_extras/nodes_gits.py`; a
+        larger coeff puts more steps at low noise). Other step counts stretch the nearest row, sigma_min included,
+        log-linearly to N + 1 values and set the last to 0 (ComfyUI's rule; `diffusers_gits.schedules.
+        published_gits_sd15`, also the `gits_sd15_published` baseline). Limits: searched on SD1.5 at guidance 7.5
+        with an unstated teacher and warm-up, so they fit models on SD's noise schedule (SD 1.x, SDXL and their
+        fine-tunes, epsilon prediction) only approximately. Calibrate for your own model to do better.
         """
-        from .schedules import load_published_gits_sd15, published_gits_sd15
+        from .schedules import load_gits_sd15_coeff_tables
 
         if name != "sd15":
             raise ValueError(f"preset {name!r} does not exist; available: ['sd15']")
-        table = load_published_gits_sd15()
-        if coeff != table["coeff"]:
-            raise ValueError(f"the sd15 preset is published for coeff={table['coeff']} only, got coeff={coeff}")
-        steps = sorted(int(k) for k in table["schedules"])
+        rows = {k: published_gits_sd15(k, coeff).tolist() for k in range(2, 21)}  # refuses an unknown coeff
         return cls(
             beta_start=0.00085,
             beta_end=0.012,
@@ -402,18 +512,27 @@ class GITSScheduler(_GITSSchedulerBase):
             timestep_spacing="leading",
             steps_offset=1,
             solver=solver,
-            gits_sigmas={str(k): published_gits_sd15(k).tolist() for k in steps},
-            calibration={"format_version": 1, "preset": name, "coeff": coeff, "source": table["source"]},
-        )
+            gits_sigmas={str(k): sigmas for k, sigmas in rows.items()},
+            calibration={
+                "format_version": 1, "preset": name, "coeff": float(coeff),
+                "source": load_gits_sd15_coeff_tables()["source"],
+            },
+        )  # fmt: skip
 
     @property
     def _prediction_type(self) -> str:
         return self.config.prediction_type
 
+    def _limit(self, denoised: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return limit_denoised(
+            denoised, c.clip_sample, c.clip_sample_range, c.thresholding, c.dynamic_thresholding_ratio,
+            c.sample_max_value,
+        )  # fmt: skip
+
     def _base_schedule(self, num_inference_steps: int, mu: float | None) -> np.ndarray:
-        return timestep_spacing_sigmas(
-            self.noise_schedule, num_inference_steps, self.config.timestep_spacing, self.config.steps_offset
-        )
+        # What the pipeline runs today with this solver: the stock diffusers scheduler's spacing for it.
+        return stock_solver_sigmas(dict(self.config), self.config.solver, num_inference_steps)
 
     def to_solver_state(self, sample: torch.Tensor, sigma: float) -> torch.Tensor:
         """The pipeline's VP-normalised sample in the solvers' sigma-space coordinates."""
@@ -427,7 +546,8 @@ class GITSScheduler(_GITSSchedulerBase):
         """The sigmas (`num_inference_steps + 1` values, ending in 0) that `set_timesteps(num_inference_steps)` uses.
 
         The calibrated schedule when there is one; otherwise the nearest calibrated schedule stretched log-linearly,
-        or the base schedule (`timestep_spacing`) when nothing is calibrated. The fallback is logged.
+        or the base schedule (what `solver`'s stock diffusers scheduler runs) when nothing is calibrated. The fallback
+        is logged.
         """
         return self._table_or_fallback(num_inference_steps)[0]
 
@@ -541,8 +661,9 @@ class GITSFlowMatchScheduler(_GITSSchedulerBase):
     schedule was not calibrated at that resolution.
 
     Custom `sigmas` (Flux always passes some): `linspace(1, 1/N, N)` is what Flux sends when the user asked for
-    nothing, so it is read as "N steps" and the calibrated N-step schedule wins (logged at INFO); any other sigmas are
-    the caller's own and are shifted as FlowMatchEuler shifts them. `sigmas_for(N)` exports a calibrated schedule in
+    nothing, so it is read as "N steps" and the calibrated N-step schedule wins (a one-time warning says so and how to
+    opt out: `replace_default_sigmas=False`); any other sigmas are the caller's own and are shifted as FlowMatchEuler
+    shifts them. `sigmas_for(N)` exports a calibrated schedule in
     that unshifted form, so a stock FlowMatchEuler scheduler reproduces it.
 
     Args:
@@ -554,6 +675,9 @@ class GITSFlowMatchScheduler(_GITSSchedulerBase):
         base_image_seq_len (`int`, defaults to 256): read by pipelines to compute `mu`.
         max_image_seq_len (`int`, defaults to 4096): read by pipelines to compute `mu`.
         time_shift_type (`str`, defaults to `"exponential"`): dynamic shift form, `"exponential"` or `"linear"`.
+        replace_default_sigmas (`bool`, defaults to `True`): read custom sigmas equal to `linspace(1, 1/N, N)` (what
+            Flux passes when the user asked for nothing) as "N steps" and sample the calibrated schedule, with a
+            one-time warning; `False` samples any custom sigmas as given.
         solver (`str`, defaults to `"dpmpp_2m"`): `"euler"` (FlowMatchEuler's step), `"ipndm"`, `"dpmpp_2m"` or
             `"unipc"`.
         gits_sigmas (`dict[str, list[float]]`, *optional*): calibrated schedules, `{"6": [1.0, ..., 0.0]}`.
@@ -575,6 +699,7 @@ class GITSFlowMatchScheduler(_GITSSchedulerBase):
         base_image_seq_len: int = 256,
         max_image_seq_len: int = 4096,
         time_shift_type: str = "exponential",
+        replace_default_sigmas: bool = True,
         solver: SolverName = "dpmpp_2m",
         gits_sigmas: dict[str, list[float]] | None = None,
         calibration: dict[str, Any] | None = None,
@@ -587,7 +712,7 @@ class GITSFlowMatchScheduler(_GITSSchedulerBase):
             if sigmas[0] > 1:
                 raise ValueError(f"gits_sigmas[{str(steps)!r}]: flow sigmas must lie in [0, 1], got {sigmas.tolist()}")
         self._reshifts_logged: set[tuple[int, float]] = set()
-        self._default_sigmas_logged: set[int] = set()
+        self._default_sigmas_warned = False
 
     @classmethod
     def _check_config_family(cls, config: dict) -> None:
@@ -618,12 +743,15 @@ class GITSFlowMatchScheduler(_GITSSchedulerBase):
         """The `mu` the schedules were calibrated at (dynamic shifting only)."""
         return (self.config.calibration or {}).get("mu")
 
-    @property
-    def init_noise_sigma(self) -> float:
-        raise ValueError(
-            "GITSFlowMatchScheduler is for flow-matching models (SD3, Flux), but this pipeline reads "
-            "init_noise_sigma, as VP (DDPM-style) pipelines do: use GITSScheduler"
-        )
+    def __getattr__(self, name: str) -> Any:
+        # Not a property: an AttributeError raised inside one sends Python to __getattr__, which would replace its
+        # message with a bare "no attribute".
+        if name == "init_noise_sigma":
+            raise WrongFamilyError(
+                "GITSFlowMatchScheduler is for flow-matching models (SD3, Flux), but this pipeline reads "
+                "init_noise_sigma, as VP (DDPM-style) pipelines do: use GITSScheduler"
+            )
+        return super().__getattr__(name)
 
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
         """Not for flow models: VP pipelines call it, so refuse clearly."""
@@ -740,11 +868,18 @@ class GITSFlowMatchScheduler(_GITSSchedulerBase):
         elif num_inference_steps is None:
             raise ValueError("pass `num_inference_steps`, `sigmas` or `timesteps`")
 
-        if sigmas is not None and self._table and _is_pipeline_default(custom):
+        if sigmas is not None and self._table and self.config.replace_default_sigmas and _is_pipeline_default(custom):
             steps = len(custom)
-            if steps not in self._default_sigmas_logged:
-                self._default_sigmas_logged.add(steps)
-                logger.info("the pipeline passed its default sigmas for %d steps: using the GITS schedule", steps)
+            if not self._default_sigmas_warned:
+                self._default_sigmas_warned = True
+                logger.warning(
+                    "the pipeline passed sigmas equal to its default linspace(1, 1/N, N) (N=%d), which Flux sends when "
+                    "no schedule was asked for: sampling the GITS %d-step schedule instead. To sample exactly the "
+                    "sigmas you pass (e.g. to compare with the stock schedule), set replace_default_sigmas=False "
+                    "(`scheduler.register_to_config(replace_default_sigmas=False)`). Said once per scheduler.",
+                    steps,
+                    steps,
+                )
             schedule = self.schedule_for(steps, mu)
         elif sigmas is not None:
             _check_unit_interval(custom, "sigmas")

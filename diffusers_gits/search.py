@@ -90,8 +90,9 @@ class JumpCostAccumulator:
         """
         _check_trajectory(self.grid_sigmas, states, denoised)
         size = len(self.grid_sigmas)
-        states = states.flatten(2).to(torch.float32)
-        denoised = denoised.flatten(2).to(torch.float32)
+        # The statistics live on the CPU: trajectories may come from any device and dtype.
+        states = states.detach().flatten(2).to("cpu", torch.float32)
+        denoised = denoised.detach().flatten(2).to("cpu", torch.float32)
         sigmas = torch.tensor(self.grid_sigmas, dtype=torch.float32)
         slopes = (states[:-1] - denoised) / sigmas[:-1, None, None]
         chord = None
@@ -180,7 +181,8 @@ class SolverJumpCostAccumulator:
     def update(self, states: torch.Tensor, denoised: torch.Tensor, chunk: int = 8) -> None:
         """Add one batch of teacher trajectories: states (P, B, ...), denoised (P - 1, B, ...)."""
         _check_trajectory(self.grid_sigmas, states, denoised)
-        vectors = torch.cat([states, denoised]).flatten(2).transpose(0, 1).to(torch.float64)  # (B, 2P - 1, F)
+        # On the CPU, in float64, whatever the trajectories' device and dtype: (B, 2P - 1, F).
+        vectors = torch.cat([states.detach().cpu(), denoised.detach().cpu()]).flatten(2).transpose(0, 1).double()
         sums = torch.zeros(len(self.triples), dtype=torch.float64)
         for start in range(0, vectors.shape[0], chunk):
             gram = vectors[start : start + chunk] @ vectors[start : start + chunk].transpose(1, 2)

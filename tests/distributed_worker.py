@@ -36,7 +36,7 @@ def calibrate_all(checkpoint_dir: str | None = None) -> dict:
     for name, pipe in pipelines().items():
         folder = f"{checkpoint_dir}/{name}" if checkpoint_dir else None
         scheduler = GITSScheduler.from_calibration(pipe, [3, 4], checkpoint_dir=folder, **SETTINGS, **CALLS[name])
-        meta = scheduler.config.calibration
+        meta = scheduler.calibration_record
         results[name] = {
             "sigmas": {str(k): scheduler.sigmas_for(k) for k in scheduler.calibrated_steps},
             "chosen": {k: entry["chosen"] for k, entry in meta["report"].items()},

@@ -3,6 +3,7 @@ import sys
 
 import pytest
 
+from diffusers_gits import CalibrationError
 from diffusers_gits.cli import build_parser, main
 
 
@@ -82,3 +83,16 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("diffusers-gits: error:") and "holds no scheduler_config.json" in err
     assert main(["calibrate", str(tmp_path / "missing"), "--steps", "4", "--output", str(tmp_path / "o")]) == 1
+
+
+def test_a_programming_error_keeps_its_traceback(tmp_path, monkeypatch):
+    from diffusers_gits import cli
+
+    def broken(args):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+    monkeypatch.setattr(cli, "run_show", broken)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(["show", str(tmp_path)])
+    monkeypatch.setattr(cli, "run_show", lambda args: (_ for _ in ()).throw(CalibrationError("NaN at grid step 3")))
+    assert main(["show", str(tmp_path)]) == 1  # the package's own errors stay one line

@@ -115,5 +115,6 @@ def test_cli_under_accelerate_launch_on_cpus(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("steps: gits") == 1  # one process reports
     config = json.loads((output / "scheduler_config.json").read_text())
-    assert config["calibration"]["num_warmup"] == 24 and sorted(config["gits_sigmas"]) == ["3"]
+    record = json.loads((output / "calibration_report.json").read_text())
+    assert record["num_warmup"] == 24 and sorted(config["gits_sigmas"]) == ["3"]
     assert (tmp_path / "checkpoint" / "manifest.json").is_file()

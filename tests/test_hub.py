@@ -14,9 +14,11 @@ from diffusers import DDPMScheduler
 from diffusers_gits import GITSScheduler, ScheduleLoadError
 from diffusers_gits.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
 from diffusers_gits.hub import cache_load, cache_store, list_schedules
+from diffusers_gits.scheduling_gits import calibration_summary
 
 
-SD = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+# clip_sample=False: DDPMScheduler clips x0 to [-1, 1] by default, and the exact mixture lives outside it.
+SD = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "clip_sample": False}
 #: The paper's search alone (no held-out race): these tests are about caching and sharing, not the search.
 PURE_DP = {"jump_cost": "euler", "coeff": 1.0, "num_holdout": 0, "progress": False}
 TINY_PURE_DP = {**PURE_DP, "num_warmup": 2, "batch_size": 2, "grid_size": 4}
@@ -25,7 +27,11 @@ TINY_PURE_DP = {**PURE_DP, "num_warmup": 2, "batch_size": 2, "grid_size": 4}
 def calibrated(table=None):
     meta = {"format_version": 1, "model": "org/base-model", "solver": "dpmpp_2m", "pipeline_class": "StableDiffusionPipeline",
             "pipe_kwargs": {"guidance_scale": 7.5}, "report": {"3": {"gits_error": 0.1, "default_error": 0.2, "chosen": "gits_coeff_1"}}}  # fmt: skip
-    return GITSScheduler(**SD, gits_sigmas=table or {"3": [14.6, 2.0, 0.4, 0.0]}, calibration=meta)
+    scheduler = GITSScheduler(
+        **SD, gits_sigmas=table or {"3": [14.6, 2.0, 0.4, 0.0]}, calibration=calibration_summary(meta)
+    )
+    scheduler.calibration_record = meta
+    return scheduler
 
 
 def test_push_pull_round_trip_with_card_plot_and_listing(hub):
@@ -43,7 +49,12 @@ def test_push_pull_round_trip_with_card_plot_and_listing(hub):
         "sd15/512-cfg7.5/README.md",
         "sd15/512-cfg7.5/schedules.png",
         "sd15/512-cfg7.5/scheduler_config.json",
+        "sd15/512-cfg7.5/calibration_report.json",
     } <= set(files)
+    config = json.loads(
+        open(huggingface_hub.hf_hub_download("me/sd15-gits", "scheduler_config.json", subfolder="sdxl/1024")).read()
+    )
+    assert "report" not in config["calibration"] and config["calibration"]["chosen"] == {"3": "gits_coeff_1"}
     card = huggingface_hub.hf_hub_download("me/sd15-gits", "README.md", subfolder="sd15/512-cfg7.5")
     text = open(card).read()
     assert (
@@ -194,24 +205,25 @@ def test_cache_writes_are_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(hub, "write_config", killed)
     with pytest.raises(KeyboardInterrupt):
-        cache_store("k1", config, tmp_path)
+        cache_store("k1", config, cache_dir=tmp_path)
     monkeypatch.undo()
     assert cache_load("k1", tmp_path) is None and list(tmp_path.iterdir()) == []
-    cache_store("k1", config, tmp_path)
-    assert cache_load("k1", tmp_path)["gits_sigmas"] == scheduler.config.gits_sigmas
+    cache_store("k1", config, scheduler.calibration_record, cache_dir=tmp_path)
+    loaded_config, record = cache_load("k1", tmp_path)
+    assert loaded_config["gits_sigmas"] == scheduler.config.gits_sigmas and record == scheduler.calibration_record
 
 
 def test_sd15_preset_needs_no_calibration_or_network():
     preset = GITSScheduler.from_preset("sd15", coeff=1.2)
-    assert preset.calibrated_steps == [2, 3, 4, 5, 6, 7, 8, 9, 10, 20]
+    assert preset.calibrated_steps == list(range(2, 21))
     np.testing.assert_allclose(
         preset.sigmas_for(6)[:-1], [14.61464119, 5.85520077, 2.05039096, 0.95350921, 0.45573691, 0.17026083]
     )
     assert preset.sigmas_for(6)[-1] == 0
-    preset.set_timesteps(12)  # stretched from the 20-step row, exactly 12 steps
-    assert len(preset.timesteps) == 12
-    with pytest.raises(ValueError, match="coeff=1.2 only"):
-        GITSScheduler.from_preset("sd15", coeff=1.1)
+    preset.set_timesteps(25)  # stretched from the 20-step row, exactly 25 steps
+    assert len(preset.timesteps) == 25
+    with pytest.raises(ValueError, match=r"coeff in \[0.8, 0.85.*got coeff=1.12"):
+        GITSScheduler.from_preset("sd15", coeff=1.12)
     with pytest.raises(ValueError, match="'sdxl'"):
         GITSScheduler.from_preset("sdxl")
     torch.manual_seed(0)

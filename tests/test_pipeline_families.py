@@ -147,12 +147,23 @@ def test_flux_calibration_records_mu_and_wins_over_the_default_sigmas(calibrated
         seq_len - config.base_image_seq_len
     ) / (config.max_image_seq_len - config.base_image_seq_len)
     assert scheduler.calibration_mu == pytest.approx(expected_mu)
-    assert scheduler.config.calibration["grid"]["type"] == "shifted_uniform_sigma"
-    fresh = GITSFlowMatchScheduler.from_config(scheduler.config)  # it says so once per step count
-    with caplog.at_level(logging.INFO, logger="diffusers_gits"):
+    assert scheduler.calibration_record["grid"]["type"] == "shifted_uniform_sigma"
+    fresh = GITSFlowMatchScheduler.from_config(scheduler.config)
+    with caplog.at_level(logging.WARNING, logger="diffusers_gits"):
         fresh.set_timesteps(5, sigmas=np.linspace(1, 1 / 5, 5), mu=expected_mu)
     np.testing.assert_allclose(fresh.sigmas.numpy(), scheduler.schedule_for(5), rtol=1e-6)
-    assert "default sigmas" in caplog.text
+    assert "replace_default_sigmas=False" in caplog.text  # visible, and says how to opt out
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="diffusers_gits"):
+        fresh.set_timesteps(6, sigmas=np.linspace(1, 1 / 6, 6), mu=expected_mu)
+    assert "replace_default_sigmas" not in caplog.text  # once per scheduler
+
+    # Opted out: the caller's uniform sigmas are sampled, shifted exactly as the stock FlowMatchEuler shifts them.
+    fresh.register_to_config(replace_default_sigmas=False)
+    fresh.set_timesteps(5, sigmas=np.linspace(1, 1 / 5, 5), mu=expected_mu)
+    stock = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    stock.set_timesteps(5, sigmas=np.linspace(1, 1 / 5, 5), mu=expected_mu)
+    np.testing.assert_allclose(fresh.sigmas.numpy(), stock.sigmas.numpy(), rtol=1e-5)
 
 
 def test_flux_at_another_resolution_reshifts_the_schedule_with_a_warning(calibrated, caplog):

@@ -1,4 +1,4 @@
-"""Command line: `diffusers-gits demo | calibrate | compare | show | push`. Each command is one library call and a printout."""
+"""Command line: `diffusers-gits demo | calibrate | compare | analyze | show | push`. Each command is one library call and a printout."""
 
 import argparse
 import logging
@@ -132,6 +132,28 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--output", type=Path, default=Path("gits_compare"), help="folder for the PNGs")
     _add_model_arguments(compare)
 
+    analyze = _command(
+        commands,
+        "analyze",
+        "record sampling trajectories through a pipeline and measure the regularity GITS relies on (deviation from "
+        "the chord, its principal directions, the boomerang profile, convergence of the x0 estimates); writes plots",
+        [
+            "diffusers-gits analyze",
+            "diffusers-gits analyze stable-diffusion-v1-5/stable-diffusion-v1-5 --prompts prompts.txt --guidance 7.5 "
+            "--num-samples 64 --output sd15-geometry",
+        ],
+    )
+    analyze.add_argument(
+        "model", nargs="?", help="Hub model id or local pipeline folder (default: the embedded digits model)"
+    )
+    analyze.add_argument("--num-samples", type=_positive_int, default=32, help="trajectories (default: 32)")
+    analyze.add_argument("--steps", type=_positive_int, default=60, help="steps per trajectory (default: 60)")
+    analyze.add_argument(
+        "--batch-size", type=_positive_int, default=16, help="samples per pipeline call (default: 16)"
+    )
+    analyze.add_argument("--output", type=Path, default=Path("gits_analysis"), help="folder for the PNGs")
+    _add_model_arguments(analyze)
+
     show = _command(
         commands,
         "show",
@@ -248,6 +270,26 @@ def run_compare(args: argparse.Namespace) -> None:
     print(f"plots: {args.output}")
 
 
+def run_analyze(args: argparse.Namespace) -> None:
+    from .analysis import analyze, format_summary
+    from .evaluation import default_model_path
+
+    args.model = args.model or str(default_model_path())
+    pipe, prompts, pipe_kwargs = load_pipeline(args)
+    summary = analyze(
+        pipe,
+        args.num_samples,
+        prompts=prompts,
+        num_steps=args.steps,
+        batch_size=args.batch_size,
+        output_dir=args.output,
+        **pipe_kwargs,
+    )
+    print(f"{args.model}:")
+    print(format_summary(summary))
+    print(f"plots: {args.output}")
+
+
 def run_show(args: argparse.Namespace) -> None:
     from .hub import list_schedules
     from .plotting import save_schedule_plot
@@ -285,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             run_calibrate(args)
         elif args.command == "compare":
             run_compare(args)
+        elif args.command == "analyze":
+            run_analyze(args)
         elif args.command == "show":
             run_show(args)
         else:

@@ -44,12 +44,20 @@ class GaussianMixture:
         means = data.reshape(len(data), -1).to(torch.float64)
         return cls(means, torch.full((len(means),), float(bandwidth)), torch.zeros(len(means)))
 
+    def _log_joint(self, x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """log(weight_k N(x; mean_k, (std_k^2 + sigma^2) I)) for each row of `x` (B, K), and the variances (K,)."""
+        var = self.stds**2 + sigma**2
+        sq = torch.cdist(x.to(torch.float64), self.means) ** 2
+        return self.log_weights - 0.5 * sq / var - 0.5 * self.dim * torch.log(2 * math.pi * var), var
+
+    def log_density(self, x: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:
+        """log p(x) (B,) of the mixture smoothed by noise of level `sigma` (the data density itself at 0)."""
+        return torch.logsumexp(self._log_joint(x, sigma)[0], dim=1)
+
     def denoiser(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """The optimal denoiser on the sigma path (`x = x0 + sigma * noise`), batched over rows of `x` (B, D)."""
         x64 = x.to(torch.float64)
-        var = self.stds**2 + sigma**2  # (K,)
-        sq = torch.cdist(x64, self.means) ** 2  # (B, K)
-        logp = self.log_weights - 0.5 * sq / var - 0.5 * self.dim * torch.log(var)
+        logp, var = self._log_joint(x64, sigma)
         resp = torch.softmax(logp, dim=1)  # (B, K)
         shrink = self.stds**2 / var  # (K,)
         # sum_k r_k (m_k + s_k (x - m_k)) = (r @ ((1 - s) m)) + (r @ s) x

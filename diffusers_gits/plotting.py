@@ -76,3 +76,78 @@ def save_schedule_plot(schedules: dict[int, list[float]], path: str | Path) -> P
         positive = [s for s in sigmas if s > 0]
         lines[f"{steps} steps"] = (list(range(len(positive))), positive)
     return _save_log_plot(lines, path, "step", "sigma (the last step goes to 0)", "GITS schedules")
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_trajectory_projections(states: torch.Tensor, path: str | Path, max_trajectories: int = 16) -> Path:
+    """Each trajectory (states (T, B, ...)) in its own frame: the position along its chord (0 at the start, 1 at the
+    end) against its deviation on its top two principal directions, as fractions of the chord; 2D and 3D panels."""
+    from .geometry import chord_deviations
+
+    plt = _figure()
+    x = states.detach().to("cpu", torch.float64).flatten(2)[:, :max_trajectories]
+    chord = x[-1] - x[0]
+    length = chord.norm(dim=-1)
+    along = ((x - x[0]) * chord).sum(-1) / length**2  # (T, B)
+    deviation = chord_deviations(states)[:, :max_trajectories]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = plt.figure(figsize=(10, 4.5))
+    flat, solid = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2, projection="3d")
+    for b in range(x.shape[1]):
+        _, _, vh = torch.linalg.svd(deviation[:, b], full_matrices=False)
+        pcs = (deviation[:, b] @ vh[:2].T) / length[b]  # (T, 2)
+        pcs = pcs * torch.sign(pcs[pcs[:, 0].abs().argmax(), 0])  # the hump upwards
+        flat.plot(along[:, b], pcs[:, 0], alpha=0.6)
+        solid.plot(along[:, b].numpy(), pcs[:, 0].numpy(), pcs[:, 1].numpy(), alpha=0.6)
+    flat.set_xlabel("position along the chord (start 0, end 1)")
+    flat.set_ylabel("deviation on PC1 / chord length")
+    flat.set_title("trajectories projected on their chord and PC1")
+    solid.set_xlabel("along chord")
+    solid.set_ylabel("PC1")
+    solid.set_zlabel("PC2")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def save_deviation_profiles(profiles: torch.Tensor, path: str | Path) -> Path:
+    """Each trajectory's deviation from its chord (profiles (T, B), fractions of the chord) against the fraction of
+    steps taken, with the mean profile."""
+    plt = _figure()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    steps = np.linspace(0, 1, profiles.shape[0])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(steps, profiles.numpy(), color="tab:blue", alpha=0.15, linewidth=0.8)
+    ax.plot(steps, profiles.mean(1).numpy(), color="black", linewidth=2, label="mean")
+    ax.set_xlabel("fraction of the steps")
+    ax.set_ylabel("distance from the chord / chord length")
+    ax.set_title("deviation profiles (the boomerang)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def save_convergence(sampling: torch.Tensor, denoising: torch.Tensor, path: str | Path) -> Path:
+    """Mean distance to the final sample of the sampling and the denoising trajectory ((T - 1, B) each, fractions of
+    the start's distance) against the fraction of steps taken, log scale."""
+    steps = list(np.linspace(0, 1, sampling.shape[0] + 1)[:-1])
+    lines = {
+        "sampling trajectory (states)": (steps, sampling.mean(1).tolist()),
+        "denoising trajectory (x0 estimates)": (steps, denoising.mean(1).clamp_min(1e-6).tolist()),
+    }
+    return _save_log_plot(
+        lines, path, "fraction of the steps", "distance to the final sample (relative)", "convergence"
+    )

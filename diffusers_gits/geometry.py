@@ -1,0 +1,139 @@
+"""Trajectory geometry: the regularity of deterministic sampling trajectories that GITS relies on, measured.
+
+Chen et al. ("A Geometric Perspective on Diffusion Models"; "On the Trajectory Regularity of ODE-based Diffusion
+Sampling", ICML 2024; "Geometric Regularity in Deterministic Sampling Dynamics", 2025) observe that each sampling
+trajectory stays close to the straight line (the chord) from its start to its end, that its deviation from the chord
+has the same one-hump "boomerang" profile for every trajectory of a model, that it deviates within a subspace of a
+few dimensions, and that the denoising trajectory (the x0 estimates) approaches the final sample faster than the
+sampling trajectory does. Everything here is pure math on recorded trajectories: `states` (T, B, ...) are the solver
+states along a schedule (the last one the final sample), `denoised` (T - 1, B, ...) the x0 estimates at all but the
+last. Trajectories are compared in float64.
+"""
+
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _flat(values: torch.Tensor) -> torch.Tensor:
+    return values.detach().to("cpu", torch.float64).flatten(2)
+
+
+def _check(states: torch.Tensor, denoised: torch.Tensor | None = None) -> None:
+    if states.ndim < 3 or states.shape[0] < 3:
+        raise ValueError(f"states must be (T >= 3, B, ...) trajectories, got shape {tuple(states.shape)}")
+    if denoised is not None and (denoised.shape[0] != states.shape[0] - 1 or denoised.shape[1:] != states.shape[1:]):
+        raise ValueError(
+            f"denoised must be (T - 1, B, ...) = {(states.shape[0] - 1, *states.shape[1:])}, got {tuple(denoised.shape)}"
+        )
+
+
+def chord_deviations(states: torch.Tensor) -> torch.Tensor:
+    """(T, B, F) vectors from each state to its nearest point on the line through the trajectory's start and end."""
+    _check(states)
+    x = _flat(states)
+    start, end = x[0], x[-1]
+    direction = end - start
+    direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+    offset = x - start
+    return offset - (offset * direction).sum(-1, keepdim=True) * direction
+
+
+def deviation_profile(states: torch.Tensor) -> torch.Tensor:
+    """(T, B): each state's distance from the chord, as a fraction of the chord's length (0 at both ends)."""
+    chord = (_flat(states)[-1] - _flat(states)[0]).norm(dim=-1)
+    return chord_deviations(states).norm(dim=-1) / chord
+
+
+def explained_variance(vectors: torch.Tensor, k: int = 3, center: bool = False) -> torch.Tensor:
+    """(B, k): the fraction of each trajectory's squared norm (of its `vectors`, (T, B, F)) that its top 1..k principal
+    directions hold, cumulative. `center` subtracts the trajectory's mean point first (PCA of the points); 1 where
+    there is nothing to explain (a squared norm below 1e-20: pass vectors on a scale of about 1, e.g. as fractions
+    of the chord, so that this is rounding)."""
+    v = vectors.to(torch.float64).transpose(0, 1)  # (B, T, F)
+    if center:
+        v = v - v.mean(dim=1, keepdim=True)
+    singular = torch.linalg.svdvals(v) ** 2  # (B, min(T, F))
+    total = singular.sum(-1, keepdim=True)
+    top = torch.nn.functional.pad(singular, (0, max(0, k - singular.shape[-1])))[:, :k].cumsum(-1)
+    return torch.where(total > 1e-20, top / total.clamp_min(1e-300), torch.ones_like(top))
+
+
+def step_angles(states: torch.Tensor) -> torch.Tensor:
+    """(T - 2, B): the angle in degrees between consecutive steps x_{t+1} - x_t of each trajectory."""
+    _check(states)
+    steps = torch.diff(_flat(states), dim=0)
+    cosine = torch.nn.functional.cosine_similarity(steps[:-1], steps[1:], dim=-1)
+    return torch.rad2deg(torch.arccos(cosine.clamp(-1, 1)))
+
+
+def convergence(states: torch.Tensor, denoised: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T - 1, B) each: the distance to the final sample of the sampling trajectory (the states) and of the denoising
+    trajectory (the x0 estimates), as fractions of the start's distance to it."""
+    _check(states, denoised)
+    x, d = _flat(states), _flat(denoised)
+    final = x[-1]
+    scale = (x[0] - final).norm(dim=-1)
+    return (x[:-1] - final).norm(dim=-1) / scale, (d - final).norm(dim=-1) / scale
+
+
+def profile_similarity(profiles: torch.Tensor) -> torch.Tensor:
+    """(B,): cosine similarity of each trajectory's deviation profile (T, B) to the mean profile: 1 when every
+    trajectory has the same boomerang shape."""
+    mean = profiles.mean(dim=1, keepdim=True)
+    return torch.nn.functional.cosine_similarity(profiles, mean.expand_as(profiles), dim=0)
+
+
+def summarize(states: torch.Tensor, denoised: torch.Tensor | None = None) -> dict[str, Any]:
+    """The regularity numbers of a batch of trajectories, aggregated over them (plain JSON values).
+
+    - `deviation_pca_top{1,2,3}`: mean fraction of the deviation from the chord that the top 1/2/3 principal
+      directions hold (near 1: the trajectory deviates within a subspace of that many dimensions).
+    - `trajectory_pca_top{1,2,3}`: the same for the trajectory's points, centred (1 component for a straight line).
+    - `max_deviation` / `max_deviation_spread`: the boomerang's height as a fraction of the chord (mean over
+      trajectories) and its standard deviation across them; `peak_position`: where the mean profile peaks (fraction
+      of the steps).
+    - `profile_similarity`: mean cosine similarity of each profile to the mean one; `regularity_score` is its minimum
+      over trajectories (1 = every trajectory has the same boomerang shape, which is why one schedule serves all).
+    - `mean_step_angle_deg`: mean angle between consecutive steps.
+    - with `denoised`: `denoising_closer_fraction`, the fraction of interior (step, trajectory) pairs where the x0
+      estimate is closer to the final sample than the state is.
+    """
+    profiles = deviation_profile(states)
+    x = _flat(states)
+    chord = (x[-1] - x[0]).norm(dim=-1)[None, :, None]
+    deviation_pca = explained_variance(chord_deviations(states) / chord).mean(0)
+    trajectory_pca = explained_variance(x / chord, center=True).mean(0)
+    heights = profiles.max(dim=0).values
+    similarity = profile_similarity(profiles)
+    mean_profile = profiles.mean(dim=1)
+    summary = {
+        "num_trajectories": int(states.shape[1]),
+        "num_steps": int(states.shape[0] - 1),
+        **{f"deviation_pca_top{k + 1}": float(deviation_pca[k]) for k in range(3)},
+        **{f"trajectory_pca_top{k + 1}": float(trajectory_pca[k]) for k in range(3)},
+        "max_deviation": float(heights.mean()),
+        "max_deviation_spread": float(heights.std()) if len(heights) > 1 else 0.0,
+        "peak_position": float(mean_profile.argmax()) / (len(mean_profile) - 1),
+        "profile_similarity": float(similarity.mean()),
+        "regularity_score": float(similarity.min()),
+        "mean_step_angle_deg": float(step_angles(states).mean()),
+    }
+    if denoised is not None:
+        sampling, denoising = convergence(states, denoised)
+        summary["denoising_closer_fraction"] = float((denoising[1:] < sampling[1:]).double().mean())
+    return summary
+
+
+def mean_shift(points: torch.Tensor, x: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    """One Gaussian mean-shift step: the softmax(-|x - p|^2 / 2h^2)-weighted mean of `points` (N, D) for each row of
+    `x` (B, D)."""
+    weights = torch.softmax(-0.5 * torch.cdist(x.to(torch.float64), points.to(torch.float64)) ** 2 / bandwidth**2, 1)
+    return weights @ points.to(torch.float64)
+
+
+def monotone_fraction(values: np.ndarray | torch.Tensor) -> float:
+    """The fraction of consecutive pairs (along axis 0) where `values` rises."""
+    values = torch.as_tensor(values, dtype=torch.float64)
+    return float((torch.diff(values, dim=0) > 0).double().mean())

@@ -28,6 +28,7 @@ from .choice import SCREENED_BASELINES, HeldOutScorer, coeff_of, decide, race, r
 from .errors import ScheduleLoadError
 from .execution import CallBudget, Executor, Job, Progress, broadcast, process_state
 from .families import ModelFamily, model_family
+from .geometry import aggregate, per_trajectory
 from .hub import (
     cache_load,
     cache_store,
@@ -155,8 +156,10 @@ def calibrate(
         step count and the calibration metadata and report in its config.
     """
     settings = CalibrationSettings.create(
-        num_inference_steps, prompts, num_warmup, batch_size, solver, teacher, grid_size, jump_cost, num_search,
-        budget, confidence, require_confidence, metric, coeff, refine, num_holdout, seed, pipe_kwargs,
+        num_inference_steps, prompts=prompts, num_warmup=num_warmup, batch_size=batch_size, solver=solver,
+        teacher=teacher, grid_size=grid_size, jump_cost=jump_cost, num_search=num_search, budget=budget,
+        confidence=confidence, require_confidence=require_confidence, metric=metric, coeff=coeff, refine=refine,
+        num_holdout=num_holdout, seed=seed, pipe_kwargs=pipe_kwargs,
     )  # fmt: skip
     base_config = check_pipeline_family(pipe)
     if push and not hub_repo:
@@ -255,7 +258,9 @@ def _run_stages(
     reference_scheduler = family.scheduler(settings.teacher, {len(fine) - 1: fine})
     search_indices = list(range(settings.num_search))
     if settings.jump_cost == "student":
-        targets, first_denoised = teacher_targets(executor, runner, reference_scheduler, on_grid, search_indices)
+        targets, first_denoised, regularity = teacher_targets(
+            executor, runner, reference_scheduler, on_grid, search_indices
+        )
         budget.spend("teacher", len(search_indices) * (len(fine) - 1))
         timings["teacher_s"] = time.perf_counter() - tic
         tic = time.perf_counter()
@@ -267,7 +272,7 @@ def _run_stages(
         else:
             accumulator = SolverJumpCostAccumulator(grid, solver, family.scheduler_class.path)
         teacher_scheduler = family.scheduler(settings.teacher, {grid_size: grid})
-        teacher_jump_costs(executor, runner, teacher_scheduler, accumulator, search_indices)
+        regularity = teacher_jump_costs(executor, runner, teacher_scheduler, accumulator, search_indices)
         budget.spend("teacher", len(search_indices) * grid_size)
         timings["teacher_s"] = time.perf_counter() - tic
         tic = time.perf_counter()
@@ -329,6 +334,9 @@ def _run_stages(
             "teacher_equivalents": round(budget.total / (settings.num_warmup * grid_size), 3),
         },
         "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
+        # How regular the teacher's trajectories on the search noises are (no extra model calls): why one schedule
+        # calibrated on them can serve every prompt.
+        "regularity": regularity,
         "report": report,
     }
     return schedules, metadata
@@ -336,9 +344,10 @@ def _run_stages(
 
 def teacher_targets(
     executor: Executor, runner: PipelineRunner, reference_scheduler, on_grid: np.ndarray, indices: list[int]
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The teacher on the fine grid for the search noises: its states at the search grid's points (`on_grid`),
-    (P, B, ...), and the denoised value at the first point (where every path starts: the search needs no call there)."""
+    (P, B, ...), the denoised value at the first point (where every path starts: the search needs no call there), and
+    the regularity of those trajectories (`diffusers_gits.geometry.aggregate`)."""
     (fine_steps,) = reference_scheduler.calibrated_steps
 
     def run(batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -350,13 +359,14 @@ def teacher_targets(
         for batch in runner.batches(indices)
     ]
     results = executor.map("teacher", jobs)
-    return torch.cat([states for states, _ in results], dim=1), torch.cat([first for _, first in results])
+    regularity = aggregate([per_trajectory(states) for states, _ in results])
+    return torch.cat([states for states, _ in results], dim=1), torch.cat([first for _, first in results]), regularity
 
 
-def teacher_jump_costs(executor: Executor, runner: PipelineRunner, teacher_scheduler, accumulator, indices) -> None:
+def teacher_jump_costs(executor: Executor, runner: PipelineRunner, teacher_scheduler, accumulator, indices) -> dict:
     """Run the teacher over `indices` into the jump-cost statistics, one batch per process at a time, so memory does
     not grow with the number of noises; batches are added in order (the float64 sums do not depend on the process
-    count)."""
+    count). Returns the trajectories' regularity (`diffusers_gits.geometry.aggregate`)."""
     (num_steps,) = teacher_scheduler.calibrated_steps
 
     def run(batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -364,6 +374,7 @@ def teacher_jump_costs(executor: Executor, runner: PipelineRunner, teacher_sched
         return torch.stack(trajectory.states), torch.stack(trajectory.denoised)
 
     batches = runner.batches(indices)
+    parts = []
     for start in range(0, len(batches), executor.num_processes):
         jobs = [
             Job(f"teacher/{batch_key(batch)}", len(batch) * num_steps, len(batch), functools.partial(run, batch))
@@ -371,6 +382,8 @@ def teacher_jump_costs(executor: Executor, runner: PipelineRunner, teacher_sched
         ]
         for states, denoised in executor.map("teacher", jobs):
             accumulator.update(states, denoised)
+            parts.append(per_trajectory(states, denoised))
+    return aggregate(parts)
 
 
 def student_candidates(

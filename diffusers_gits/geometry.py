@@ -10,6 +10,7 @@ states along a schedule (the last one the final sample), `denoised` (T - 1, B, .
 last. Trajectories are compared in float64.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -85,8 +86,26 @@ def profile_similarity(profiles: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(profiles, mean.expand_as(profiles), dim=0)
 
 
-def summarize(states: torch.Tensor, denoised: torch.Tensor | None = None) -> dict[str, Any]:
-    """The regularity numbers of a batch of trajectories, aggregated over them (plain JSON values).
+def per_trajectory(states: torch.Tensor, denoised: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The per-trajectory numbers `summarize` aggregates, for one batch (so that batches can be measured as they
+    come and aggregated with `aggregate`): deviation `profiles` (T, B), `deviation_pca` and `trajectory_pca` (B, 3),
+    `step_angle` (B,) and, with `denoised`, `denoising_closer` (B,)."""
+    x = _flat(states)
+    chord = (x[-1] - x[0]).norm(dim=-1)[None, :, None]
+    numbers = {
+        "profiles": deviation_profile(states),
+        "deviation_pca": explained_variance(chord_deviations(states) / chord),
+        "trajectory_pca": explained_variance(x / chord, center=True),
+        "step_angle": step_angles(states).mean(0),
+    }
+    if denoised is not None:
+        sampling, denoising = convergence(states, denoised)
+        numbers["denoising_closer"] = (denoising[1:] < sampling[1:]).double().mean(0)
+    return numbers
+
+
+def aggregate(parts: Sequence[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """The regularity numbers of all trajectories of `parts` (from `per_trajectory`), as plain JSON values.
 
     - `deviation_pca_top{1,2,3}`: mean fraction of the deviation from the chord that the top 1/2/3 principal
       directions hold (near 1: the trajectory deviates within a subspace of that many dimensions).
@@ -100,17 +119,15 @@ def summarize(states: torch.Tensor, denoised: torch.Tensor | None = None) -> dic
     - with `denoised`: `denoising_closer_fraction`, the fraction of interior (step, trajectory) pairs where the x0
       estimate is closer to the final sample than the state is.
     """
-    profiles = deviation_profile(states)
-    x = _flat(states)
-    chord = (x[-1] - x[0]).norm(dim=-1)[None, :, None]
-    deviation_pca = explained_variance(chord_deviations(states) / chord).mean(0)
-    trajectory_pca = explained_variance(x / chord, center=True).mean(0)
+    numbers = {key: torch.cat([part[key] for part in parts], dim=1 if key == "profiles" else 0) for key in parts[0]}
+    profiles = numbers["profiles"]
     heights = profiles.max(dim=0).values
     similarity = profile_similarity(profiles)
     mean_profile = profiles.mean(dim=1)
+    deviation_pca, trajectory_pca = numbers["deviation_pca"].mean(0), numbers["trajectory_pca"].mean(0)
     summary = {
-        "num_trajectories": int(states.shape[1]),
-        "num_steps": int(states.shape[0] - 1),
+        "num_trajectories": int(profiles.shape[1]),
+        "num_steps": int(profiles.shape[0] - 1),
         **{f"deviation_pca_top{k + 1}": float(deviation_pca[k]) for k in range(3)},
         **{f"trajectory_pca_top{k + 1}": float(trajectory_pca[k]) for k in range(3)},
         "max_deviation": float(heights.mean()),
@@ -118,12 +135,16 @@ def summarize(states: torch.Tensor, denoised: torch.Tensor | None = None) -> dic
         "peak_position": float(mean_profile.argmax()) / (len(mean_profile) - 1),
         "profile_similarity": float(similarity.mean()),
         "regularity_score": float(similarity.min()),
-        "mean_step_angle_deg": float(step_angles(states).mean()),
+        "mean_step_angle_deg": float(numbers["step_angle"].mean()),
     }
-    if denoised is not None:
-        sampling, denoising = convergence(states, denoised)
-        summary["denoising_closer_fraction"] = float((denoising[1:] < sampling[1:]).double().mean())
+    if "denoising_closer" in numbers:
+        summary["denoising_closer_fraction"] = float(numbers["denoising_closer"].mean())
     return summary
+
+
+def summarize(states: torch.Tensor, denoised: torch.Tensor | None = None) -> dict[str, Any]:
+    """The regularity numbers (`aggregate`) of one batch of trajectories."""
+    return aggregate([per_trajectory(states, denoised)])
 
 
 def mean_shift(points: torch.Tensor, x: torch.Tensor, bandwidth: float) -> torch.Tensor:

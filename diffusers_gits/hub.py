@@ -226,6 +226,25 @@ def model_card(
                     f"| {k} | {entry['chosen']} | {entry['gits_error']:.4g} | "
                     f"{'-' if default is None else f'{default:.4g}'} | {entry.get('summary', '')} |"
                 )
+    regularity = meta.get("regularity")
+    if regularity:
+        lines += [
+            "",
+            f"## Trajectory regularity of the model ({regularity['num_trajectories']} teacher trajectories)",
+            "",
+            "Why one calibrated schedule serves every prompt: how straight and how alike the model's sampling "
+            "trajectories are (`diffusers_gits.geometry`; `diffusers-gits analyze` measures more).",
+            "",
+            "| measure | value |",
+            "|---|---|",
+            f"| deviation from the chord held by its top 1 / 2 / 3 principal directions | "
+            f"{regularity['deviation_pca_top1']:.3f} / {regularity['deviation_pca_top2']:.3f} / "
+            f"{regularity['deviation_pca_top3']:.3f} |",
+            f"| largest distance from the chord (fraction of its length) | {regularity['max_deviation']:.4f} "
+            f"(spread {regularity['max_deviation_spread']:.4f}) |",
+            f"| deviation profile similarity, mean / lowest (regularity score) | "
+            f"{regularity['profile_similarity']:.4f} / {regularity['regularity_score']:.4f} |",
+        ]
     lines += ["", "![schedules](schedules.png)", ""]
     return "\n".join(lines)
 

@@ -103,23 +103,10 @@ def betas_from_config(
     return betas
 
 
-def alphas_cumprod_from_betas(
-    num_train_timesteps: int = 1000,
-    beta_start: float = 0.0001,
-    beta_end: float = 0.02,
-    beta_schedule: str = "linear",
-    trained_betas: list[float] | np.ndarray | None = None,
-    rescale_betas_zero_snr: bool = False,
-) -> np.ndarray:
-    """Cumulative product of `1 - beta` for a diffusers beta config (`betas_from_config`), in float64.
-
-    Under zero-SNR rescaling the last value (0) is replaced by 2^-24 so that sigma stays finite, as diffusers' Euler
-    scheduler does.
-    """
-    betas = betas_from_config(
-        num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
-    )
-    alphas_cumprod = np.cumprod(1.0 - betas)
+def cumulative_alphas(betas: np.ndarray, rescale_betas_zero_snr: bool = False) -> np.ndarray:
+    """The cumulative product of `1 - beta`, in float64. Under zero-SNR rescaling its last value (0) is replaced by
+    2^-24 so that sigma stays finite, as diffusers' Euler scheduler does."""
+    alphas_cumprod = np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
     if rescale_betas_zero_snr:
         alphas_cumprod[-1] = 2.0**-24
     return alphas_cumprod
@@ -148,9 +135,8 @@ class VPNoiseSchedule:
     def from_config(cls, config: dict) -> "VPNoiseSchedule":
         """The noise schedule a diffusers VP scheduler config describes (its beta keys, diffusers' defaults)."""
         keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
-        return cls(
-            alphas_cumprod_from_betas(**{k: config[k] for k in keys + ("rescale_betas_zero_snr",) if k in config})
-        )
+        betas = betas_from_config(**{k: config[k] for k in (*keys, "rescale_betas_zero_snr") if k in config})
+        return cls(cumulative_alphas(betas, bool(config.get("rescale_betas_zero_snr"))))
 
     @property
     def sigma_min(self) -> float:

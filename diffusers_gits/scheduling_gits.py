@@ -29,8 +29,8 @@ from .noise import (
     OdePath,
     VPNoiseSchedule,
     alpha,
-    alphas_cumprod_from_betas,
     betas_from_config,
+    cumulative_alphas,
     denoised_from_model_output,
     flow_shift_factor,
     is_flow_scheduler_config,
@@ -430,9 +430,7 @@ class GITSScheduler(_GITSSchedulerBase):
         betas = betas_from_config(
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
         )
-        alphas_cumprod = alphas_cumprod_from_betas(
-            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
-        )
+        alphas_cumprod = cumulative_alphas(betas, rescale_betas_zero_snr)
         self.noise_schedule = VPNoiseSchedule(alphas_cumprod)
         # As on every diffusers DDPM-family scheduler: training utilities read them.
         self.betas = torch.from_numpy(betas).float()

@@ -82,30 +82,32 @@ class CalibrationSettings:
     def create(
         cls,
         num_inference_steps: int | Sequence[int],
-        prompts: Sequence[str] | None = None,
-        num_warmup: int = 256,
-        batch_size: int = 16,
-        solver: str = "dpmpp_2m",
-        teacher: str = "ipndm",
-        grid_size: int = 61,
-        jump_cost: str = "student",
-        num_search: int | None = None,
-        budget: float = 2.0,
-        confidence: float = 0.95,
-        require_confidence: bool = False,
-        metric: str = "l2",
-        coeff: float | str | None = None,
-        refine: bool = False,
-        num_holdout: int | None = None,
-        seed: int = 0,
-        pipe_kwargs: dict[str, Any] | None = None,
+        *,
+        prompts: Sequence[str] | None,
+        num_warmup: int,
+        batch_size: int,
+        solver: str,
+        teacher: str,
+        grid_size: int,
+        jump_cost: str,
+        num_search: int | None,
+        budget: float,
+        confidence: float,
+        require_confidence: bool,
+        metric: str,
+        coeff: float | str | None,
+        refine: bool,
+        num_holdout: int | None,
+        seed: int,
+        pipe_kwargs: dict[str, Any],
     ) -> "CalibrationSettings":
-        """Validate the calibration options and fill in the defaults that depend on the others.
+        """Validate the calibration options and fill in the defaults that depend on the others (`num_search`,
+        `num_holdout`, `coeff`); the other defaults are `calibrate`'s, the public signature.
 
         Raises:
             ValueError: naming the bad value and what is allowed.
         """
-        pipe_kwargs = dict(pipe_kwargs or {})
+        pipe_kwargs = dict(pipe_kwargs)
         steps = _check_steps(num_inference_steps, grid_size)
         if solver not in SOLVERS:
             raise ValueError(f"solver {solver!r} is not supported; choose one of {sorted(SOLVERS)}")

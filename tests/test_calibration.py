@@ -217,6 +217,12 @@ def test_report_and_metadata_are_recorded(mixture_problem):
         assert ("beats every baseline" in entry["summary"]) == entry["confident"]
         assert len(validate_sigmas(scheduler.sigmas_for(int(k)))) == int(k) + 1
     json.dumps(meta)  # plain JSON values only
+    regularity = meta["regularity"]  # the teacher's search trajectories, measured with no extra model call
+    assert regularity["num_trajectories"] == meta["num_search"] and regularity["num_steps"] == 61
+    assert 0 < regularity["max_deviation"] < 1 and 0 < regularity["regularity_score"] <= 1
+    from diffusers_gits.hub import model_card
+
+    assert "Trajectory regularity" in model_card(json.loads(scheduler.to_json_string()), record=meta)
     # The config keeps a summary: a stock scheduler built from it warns about a few short keys, not the report.
     summary = scheduler.config.calibration
     assert summary["chosen"] == {k: scheduler.calibration_report[k]["chosen"] for k in ("3", "5")}
@@ -232,6 +238,7 @@ def test_fixed_coeff_without_holdout_is_the_pure_dp(mixture_problem):
     assert set(np.round(scheduler.sigmas_for(4), 6)) <= grid  # every point is a fine-grid point (plus the final 0)
     meta = scheduler.calibration_record
     assert meta["num_holdout"] == 0 and meta["report"]["4"]["coeff"] == 1.2
+    assert meta["regularity"]["num_trajectories"] == 32 and 0 <= meta["regularity"]["denoising_closer_fraction"] <= 1
     assert meta["model_calls"] == {
         "teacher": 32 * 61,
         "total": 32 * 61,

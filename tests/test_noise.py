@@ -5,7 +5,8 @@ from diffusers import DDPMScheduler
 
 from diffusers_gits.noise import (
     VPNoiseSchedule,
-    alphas_cumprod_from_betas,
+    betas_from_config,
+    cumulative_alphas,
     denoised_from_model_output,
     sigma_space_to_vp,
     vp_to_sigma_space,
@@ -14,13 +15,15 @@ from diffusers_gits.noise import (
 
 @pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
 def test_alphas_cumprod_match_diffusers(schedule):
-    ours = alphas_cumprod_from_betas(1000, 0.00085, 0.012, schedule)
+    ours = cumulative_alphas(betas_from_config(1000, 0.00085, 0.012, schedule))
     theirs = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule=schedule).alphas_cumprod.double().numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-4)  # diffusers accumulates in float32
 
 
 def test_zero_snr_matches_diffusers_and_stays_finite():
-    ours = alphas_cumprod_from_betas(1000, 0.00085, 0.012, "scaled_linear", rescale_betas_zero_snr=True)
+    ours = cumulative_alphas(
+        betas_from_config(1000, 0.00085, 0.012, "scaled_linear", rescale_betas_zero_snr=True), True
+    )
     theirs = (
         DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", rescale_betas_zero_snr=True)
         .alphas_cumprod.double()
@@ -32,11 +35,11 @@ def test_zero_snr_matches_diffusers_and_stays_finite():
 
 def test_unknown_beta_schedule_names_the_value():
     with pytest.raises(ValueError, match="'cubic'"):
-        alphas_cumprod_from_betas(beta_schedule="cubic")
+        betas_from_config(beta_schedule="cubic")
 
 
 def test_sd_sigma_range_and_round_trip():
-    noise = VPNoiseSchedule(alphas_cumprod_from_betas(1000, 0.00085, 0.012, "scaled_linear"))
+    noise = VPNoiseSchedule(cumulative_alphas(betas_from_config(1000, 0.00085, 0.012, "scaled_linear")))
     assert noise.sigma_min == pytest.approx(0.0291675, rel=1e-4)
     assert noise.sigma_max == pytest.approx(14.6146, rel=1e-4)
     t = np.array([999.0, 829.17, 500.5, 17.3, 0.0])

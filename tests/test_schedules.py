@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from diffusers_gits.noise import VPNoiseSchedule, alphas_cumprod_from_betas
+from diffusers_gits.noise import VPNoiseSchedule, betas_from_config, cumulative_alphas
 from diffusers_gits.schedules import (
     align_your_steps_sd15,
     karras_sigmas,
@@ -14,7 +14,7 @@ from diffusers_gits.schedules import (
 )
 
 
-NOISE = VPNoiseSchedule(alphas_cumprod_from_betas(1000, 0.00085, 0.012, "scaled_linear"))
+NOISE = VPNoiseSchedule(cumulative_alphas(betas_from_config(1000, 0.00085, 0.012, "scaled_linear")))
 
 
 def builders():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_gits.noise import FLOW_PATH, SIGMA_PATH, VPNoiseSchedule, alphas_cumprod_from_betas
+from diffusers_gits.noise import FLOW_PATH, SIGMA_PATH, VPNoiseSchedule, betas_from_config, cumulative_alphas
 from diffusers_gits.search import JumpCostAccumulator, dp_schedules, path_cost, uniform_timestep_grid
 
 
@@ -62,7 +62,7 @@ def test_dp_serves_every_step_count_on_a_101_point_grid():
 
 
 def test_uniform_timestep_grid_for_sd():
-    noise = VPNoiseSchedule(alphas_cumprod_from_betas(1000, 0.00085, 0.012, "scaled_linear"))
+    noise = VPNoiseSchedule(cumulative_alphas(betas_from_config(1000, 0.00085, 0.012, "scaled_linear")))
     grid = uniform_timestep_grid(noise, 101)
     assert len(grid) == 102 and grid[-1] == 0
     np.testing.assert_allclose(noise.sigma_to_t(grid[:-1]), np.linspace(999, 0, 101), atol=1e-8)
@@ -195,7 +195,7 @@ def _student_problem(solver: str, size: int = 8, batch: int = 16):
     from diffusers_gits.solvers import sample
 
     mixture = GaussianMixture.random(num_components=2, seed=1)
-    noise = VPNoiseSchedule(alphas_cumprod_from_betas(1000, 0.00085, 0.012, "scaled_linear"))
+    noise = VPNoiseSchedule(cumulative_alphas(betas_from_config(1000, 0.00085, 0.012, "scaled_linear")))
     grid = uniform_timestep_grid(noise, size - 1)
     x = torch.randn(batch, mixture.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * grid[0]
     targets = [x]  # the exact ODE solution at every grid point

@@ -1,6 +1,7 @@
 """Calibration settings: validated before any model call, defaults filled in, and the one source of the cache
 key's, the checkpoint's and the metadata's fields."""
 
+import inspect
 import json
 
 import pytest
@@ -52,18 +53,28 @@ def test_bad_input_fails_before_any_model_call(kwargs, error, match):
     assert calls == []
 
 
+def create(num_inference_steps, **overrides) -> CalibrationSettings:
+    """Settings with `calibrate`'s defaults: every setting is a parameter of the public signature."""
+    from diffusers_gits.calibration import calibrate
+
+    public = inspect.signature(calibrate).parameters
+    names = list(inspect.signature(CalibrationSettings.create).parameters)[1:]  # after num_inference_steps
+    defaults = {name: public[name].default for name in names if name != "pipe_kwargs"}
+    return CalibrationSettings.create(num_inference_steps, **{**defaults, "pipe_kwargs": {}, **overrides})
+
+
 def test_defaults_fill_in_from_the_budget():
-    settings = CalibrationSettings.create([4, 5, 6, 8, 10])
+    settings = create([4, 5, 6, 8, 10])
     # Half the budget (2 x 256 x 61 calls) buys 24 search noises at 122 teacher + 513 search calls each.
     assert student_search_calls([10], 61, 1) == 513
     assert settings.num_search == 24 and settings.num_holdout == 232 and settings.call_limit == 31232
     assert settings.coeff is None and settings.steps == (4, 5, 6, 8, 10)
-    teacher_priced = CalibrationSettings.create(6, jump_cost="euler", num_warmup=64)
+    teacher_priced = create(6, jump_cost="euler", num_warmup=64)
     assert teacher_priced.coeff == "auto" and teacher_priced.num_search == 48 and teacher_priced.num_holdout == 16
 
 
 def test_fields_for_the_key_the_checkpoint_and_the_metadata():
-    settings = CalibrationSettings.create(
+    settings = create(
         [6, 4, 6], prompts=["a fox"], batch_size=8, pipe_kwargs={"guidance_scale": 7.5, "latents": torch.zeros(1)}
     )
     result = settings.result_fields()

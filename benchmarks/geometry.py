@@ -35,19 +35,25 @@ NUM_TRAJECTORIES, NUM_STEPS = 128, 60
 def kde_claims(kde: GaussianMixture, states: torch.Tensor, denoised: torch.Tensor, sigmas: list[float]) -> dict:
     """Mean-shift identity error and likelihood monotonicity along the recorded KDE trajectories."""
     h2 = KDE_BANDWIDTH**2
-    worst, log_likelihood = 0.0, []
+    worst, log_likelihood, ascents = 0.0, [], []
     for t, sigma in enumerate(sigmas[:-1]):
         x = states[t].flatten(1).double()
         expected = (sigma**2 * mean_shift(kde.means, x, math.sqrt(h2 + sigma**2)) + h2 * x) / (h2 + sigma**2)
         exact = kde.denoiser(x, sigma)
         worst = max(worst, float(((exact - expected).norm(dim=1) / exact.norm(dim=1)).max()))
-        log_likelihood.append(kde.log_density(denoised[t].flatten(1).double()))
+        d = denoised[t].flatten(1).double()
+        log_likelihood.append(kde.log_density(d))
+        # Mean shift climbs the density it smooths with: the x0 estimate is likelier than the state under p_sigma.
+        ascents.append(kde.log_density(d, sigma) >= kde.log_density(x, sigma))
     log_likelihood = torch.stack(log_likelihood)  # (T - 1, B)
     per_trajectory = torch.tensor([monotone_fraction(log_likelihood[:, b]) for b in range(log_likelihood.shape[1])])
+    peaks = log_likelihood.argmax(dim=0).double() / (len(log_likelihood) - 1)
     return {
         "mean_shift_max_relative_error": worst,
+        "ascent_fraction": float(torch.stack(ascents).double().mean()),
         "likelihood_rise_fraction": float(per_trajectory.mean()),
         "likelihood_monotone_trajectories": float((per_trajectory == 1).double().mean()),
+        "likelihood_peak_position": float(peaks.mean()),
     }
 
 
@@ -125,8 +131,12 @@ def report(results: dict) -> str:
             "The likelihood of the denoising output rises monotonically along the trajectory.",
             "stated for the KDE; no number",
             "-",
-            f"KDE log-density of the x0 estimate rises at {k['likelihood_rise_fraction']:.3f} of the steps; "
-            f"monotone over the whole trajectory for {k['likelihood_monotone_trajectories']:.3f} of them",
+            f"each x0 estimate is likelier than its state under the density at its noise level p_sigma (mean-shift "
+            f"ascent) at {k['ascent_fraction']:.3f} of the (step, trajectory) pairs. Under the data KDE itself its "
+            f"log-density rises at {k['likelihood_rise_fraction']:.3f} of the steps, peaks at "
+            f"{k['likelihood_peak_position']:.2f} of them on average, then falls as the estimate becomes the final "
+            "sample, which carries the kernel's own noise (bandwidth 0.25 > 0): monotone over a whole trajectory for "
+            f"{k['likelihood_monotone_trajectories']:.3f} of them. The claim holds as ascent, not along the whole path",
         ),
     ]
     lines = [

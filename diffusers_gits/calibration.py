@@ -153,7 +153,8 @@ def calibrate(
 
     Returns:
         A [`GITSScheduler`] (VP) or [`GITSFlowMatchScheduler`] (flow matching) with `gits_sigmas` for every requested
-        step count and the calibration metadata and report in its config.
+        step count, a calibration summary in its config and the full record (settings, model calls, timings,
+        trajectory regularity, report) in `calibration_record`.
     """
     settings = CalibrationSettings.create(
         num_inference_steps, prompts=prompts, num_warmup=num_warmup, batch_size=batch_size, solver=solver,

@@ -136,7 +136,8 @@ class Executor:
             mine.append((i, result))
             self._advance(stage, jobs[i])
         if self.num_processes > 1:
-            others = [(i, result) for i, result in gather_object(mine) if i not in dict(mine)]
+            own = {i for i, _ in mine}
+            others = [(i, result) for i, result in gather_object(mine) if i not in own]
             for i, _ in others:
                 self._advance(stage, jobs[i])
             mine += others

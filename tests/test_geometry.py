@@ -135,3 +135,19 @@ def test_analyze_command_on_a_tiny_stable_diffusion_pipeline(sd_pipe, tmp_path, 
     out = capsys.readouterr().out
     assert "4 trajectories of 6 steps" in out and "regularity score" in out
     assert (tmp_path / "out" / "trajectories.png").is_file()
+
+
+def test_analyze_on_a_flow_pipeline():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from diffusers_gits.analysis import analyze, record_trajectories
+    from diffusers_gits.gaussian_mixture import MixtureFlowPipeline
+
+    mixture = GaussianMixture.random()
+    pipe = MixtureFlowPipeline(mixture, FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), mu=1.15)
+    states, denoised, sigmas = record_trajectories(pipe, 6, num_steps=30, batch_size=3, progress=False)
+    assert states.shape == (31, 6, mixture.dim) and sigmas[0] == 1.0 and sigmas[-1] == 0.0
+    # On the flow path the last state is the sample and every x0 estimate's distance to it shrinks to 0.
+    torch.testing.assert_close(denoised[-1], states[-1], rtol=0, atol=1e-4)
+    summary = analyze(pipe, num_samples=6, num_steps=30, batch_size=3, progress=False)
+    assert summary["denoising_closer_fraction"] > 0.9 and 0 < summary["max_deviation"] < 0.5

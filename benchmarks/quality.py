@@ -306,16 +306,20 @@ def render(results: dict, model: str = "embedded") -> str:
         "## Headline: the package default vs the best baseline, pooled RMSE ratio",
         "",
         "Ratio < 1 means the default is closer to the reference. The baselines: uniform timesteps, Karras, log-SNR, "
-        "Align-Your-Steps SD1.5 and the GITS authors' published SD1.5 table. Cells marked * kept the searched "
-        "schedule (it beat every baseline on held-out noises with 95% confidence); elsewhere the default is the "
-        "baseline its race could not beat. Targets: never > 1; <= 0.85 at NFE 5 and 6 (dpmpp_2m, unipc, ipndm).",
+        "Align-Your-Steps SD1.5 and the GITS authors' published SD1.5 table. The default keeps the searched schedule "
+        "unless a baseline beat it on held-out noises with 95% confidence (then that baseline); cells marked * are "
+        "where the searched schedule beat every baseline with that confidence, and the brackets name what it chose. "
+        "Targets: never > 1; <= 0.85 at NFE 5 and 6 (dpmpp_2m, unipc, ipndm).",
         "",
         header,
         rule,
     ]
     for solver, table in results["solvers"].items():
-        confident = results["calibration_cost"][solver][DEFAULT]["confident"]
-        cells = [cell + ("*" if confident[str(k)] else "") for cell, k in zip(ratio_cells(table), NFES)]
+        cost = results["calibration_cost"][solver][DEFAULT]
+        cells = [
+            cell + ("*" if cost["confident"][str(k)] else "") + f" [{cost['chosen'][str(k)]}]"
+            for cell, k in zip(ratio_cells(table), NFES)
+        ]
         lines.append(f"| {solver} | " + " | ".join(cells) + " |")
     lines += [
         "",

@@ -84,10 +84,10 @@ def calibrate(
     The default search runs the target solver along the student's own states (`jump_cost="student"`,
     `diffusers_gits.search.student_path_dp`) on `num_search` warm-up noises, then races its schedule against the
     baseline schedules people use today on held-out warm-up noises, adding noises only while the ranking is unclear
-    (`diffusers_gits.selection.PairedRace`). The leader is returned: the searched schedule where it leads (the
-    report says whether every baseline was beaten with `confidence`), else the baseline that leads, and the report
-    says that nothing better was found (`require_confidence=True` keeps a searched schedule only where it is
-    confirmed). Every stage stays within `budget`.
+    (`diffusers_gits.selection.PairedRace`). The searched schedule is kept unless a baseline beats it with
+    `confidence` (the report says whether it beat every baseline with it); a baseline that beats it is returned and
+    the report says that nothing better was found (`require_confidence=True` keeps a searched schedule only where it
+    is confirmed; a teacher-priced coeff sweep returns the race's leader). Every stage stays within `budget`.
 
     Args:
         pipe: a diffusers pipeline whose scheduler is VP / DDPM-style (SD 1.x/2.x, SDXL, PixArt, DDPMPipeline, ...)
@@ -121,9 +121,10 @@ def calibrate(
         confidence (`float`, defaults to 0.95): the race drops a schedule once it is worse than the leader with this
             confidence; the report says whether the choice beat every baseline with it.
         require_confidence (`bool`, defaults to `False`): keep a searched schedule only where it beats every baseline
-            with `confidence`, else return the best baseline. By default the race's leader is kept: at the default
-            budget the held-out noises rarely confirm a 5-15% gain, and a leading searched schedule was the better
-            bet on every cell measured (benchmarks/RESULTS.md).
+            with `confidence`, else return the best baseline. By default the searched schedule is kept unless a
+            baseline beats it with `confidence`: at the default budget the held-out noises rarely confirm a 5-15%
+            difference either way, and the race's unconfirmed leader was a worse bet than the search on the
+            embedded model (benchmarks/RESULTS.md).
         metric (`str`, defaults to `"l2"`): `jump_cost="euler"` only: `l2`, `l1` or `dev` (the authors' deviation).
         coeff (`float` or `"auto"`, *optional*): teacher-priced costs only: the DP's per-jump weight factor; `"auto"`
             (their default) puts the DP's schedules for every coeff in `AUTO_COEFFS` into the race.

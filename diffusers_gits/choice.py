@@ -195,14 +195,19 @@ def decide(
     if confident:
         entry["summary"] = f"{chosen} beats every baseline with {race.confidence:.0%} confidence on {noises}"
     elif chosen in searched:
-        runner_up = min((name for name in race.alive if name != chosen), key=race.mean)
+        rival = min((name for name in race.alive if name != chosen), key=race.mean)
         entry["summary"] = (
-            f"{chosen} leads on {noises} (mean RMSE {race.mean(chosen):.4g} vs {runner_up} {race.mean(runner_up):.4g}), "
-            f"not yet with {race.confidence:.0%} confidence"
+            f"{chosen} kept: no baseline beat it with {race.confidence:.0%} confidence on {noises}, nor it every "
+            f"baseline (mean RMSE {race.mean(chosen):.4g} vs {rival} {race.mean(rival):.4g})"
         )
     else:
         best_searched = min(searched, key=race.mean)
-        entry["summary"] = f"{chosen} is as good as this budget finds ({best_searched} did not beat it on {noises})"
+        how = (
+            "was worse with confidence"
+            if best_searched in race.eliminated_after
+            else "did not beat it with confidence"
+        )
+        entry["summary"] = f"{chosen} is as good as this budget finds ({best_searched} {how} on {noises})"
     return np.asarray(entrants[chosen], dtype=np.float64), entry
 
 

@@ -51,7 +51,7 @@ def test_a_tie_keeps_the_race_open_and_falls_back_to_the_best_baseline():
         if race.decided:
             break
     assert not race.decided and race.num_noises == 160
-    assert race.choice() == (race.leader, False)  # the leader, unconfirmed
+    assert race.choice() == ("gits", False)  # the searched schedule stays: no baseline beat it, unconfirmed
     assert race.choice(require_confidence=True) == ("ays", False)  # the strict rule falls back to the baseline
     naive = PairedRace(["gits", "ays"], baselines={"ays"}, min_noises=16)  # the same data, tested at 95% every look
     for start in range(0, 160, 8):
@@ -76,6 +76,14 @@ def test_bad_batches_are_refused(losses, error):
     race = PairedRace(["gits", "ays"], baselines={"ays"})
     with pytest.raises(ValueError, match=error):
         race.add(losses)
+
+
+def test_a_baseline_that_leads_without_confidence_does_not_unseat_the_searched_schedule():
+    race = PairedRace(["gits", "ays"], baselines={"ays"}, min_noises=16, looks=4)
+    shared = noisy_losses(1.0, 32, 0, spread=1.0)
+    race.add({"gits": shared * 1.01 + noisy_losses(-0.15, 32, 1, spread=0.3), "ays": shared})  # 1% worse, noisy
+    assert race.leader == "ays" and "gits" in race.alive
+    assert race.choice() == ("gits", False) and race.choice(require_confidence=True) == ("ays", False)
 
 
 def test_bad_race_settings_are_refused():

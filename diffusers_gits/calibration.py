@@ -24,7 +24,7 @@ import torch
 
 from . import __version__
 from .checkpoint import CalibrationCheckpoint
-from .choice import SCREENED_BASELINES, HeldOutScorer, coeff_of, decide, race, refine, screened
+from .choice import SCREENED_BASELINES, HeldOutScorer, coeff_of, decide, refine_schedule, run_race, screened
 from .errors import ScheduleLoadError
 from .execution import CallBudget, Executor, Job, Progress, broadcast, process_state
 from .families import ModelFamily, model_family
@@ -297,7 +297,7 @@ def _run_stages(
                 executor, runner, family, solver, reference_scheduler, search_indices, budget, targets[-1]
             )
             baselines = screened(screen, baselines, SCREENED_BASELINES)
-        races, entrants = race(scorer, candidates, baselines, steps, settings.confidence)
+        races, entrants = run_race(scorer, candidates, baselines, steps, settings.confidence)
         for k in steps:
             schedules[k], report[str(k)] = decide(
                 races[k], entrants[k], candidates[k], family.default(k, solver), scorer, settings.require_confidence
@@ -307,7 +307,9 @@ def _run_stages(
             tic = time.perf_counter()
             for k in steps:
                 if k > 1:
-                    schedules[k], report[str(k)] = refine(scorer, schedules[k], report[str(k)], family, grid_size)
+                    schedules[k], report[str(k)] = refine_schedule(
+                        scorer, schedules[k], report[str(k)], family, grid_size
+                    )
             timings["refine_s"] = time.perf_counter() - tic
     else:
         for k in steps:

@@ -133,7 +133,7 @@ def screened(screen: HeldOutScorer, baselines: dict[int, dict[str, np.ndarray]],
     return kept
 
 
-def race(scorer: HeldOutScorer, candidates, baselines, steps, confidence) -> tuple[dict[int, PairedRace], dict]:
+def run_race(scorer: HeldOutScorer, candidates, baselines, steps, confidence) -> tuple[dict[int, PairedRace], dict]:
     """Race each step count's searched schedules against its baselines, a batch of held-out noises per round,
     until every race is decided or the budget or the held-out noises run out. Returns the races and their entrants'
     schedules."""
@@ -211,7 +211,9 @@ def decide(
     return np.asarray(entrants[chosen], dtype=np.float64), entry
 
 
-def refine(scorer, sigmas, entry, family, grid_size, rounds: int = 4, sweeps: int = 2) -> tuple[np.ndarray, dict]:
+def refine_schedule(
+    scorer, sigmas, entry, family, grid_size, rounds: int = 4, sweeps: int = 2
+) -> tuple[np.ndarray, dict]:
     """Coordinate descent on the interior points in the grid's coordinate, by 2, 1, 1/2 and 1/4 grid spacings.
 
     Each sweep tries moving every point both ways on the race's held-out noises and keeps the better move if it

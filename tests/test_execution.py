@@ -3,6 +3,7 @@ processes (gloo) gives the same schedules, and a checkpoint written by two proce
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -65,8 +66,16 @@ def launch(command: list[str], output: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=output.parent)
 
 
+def free_port() -> str:
+    """A port nothing listens on: launches one after another must not wait for the last one's port to be freed."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
 def torchrun(processes: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), str(WORKER), *args]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+    return [*launcher, "--master_port", free_port(), str(WORKER), *args]
 
 
 def assert_same(single: dict, output: Path, processes: int) -> None:
@@ -107,7 +116,8 @@ def test_cli_under_accelerate_launch_on_cpus(tmp_path):
     output = tmp_path / "out"
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-        "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "diffusers_gits", "calibrate",
+        "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", free_port(),
+        "-m", "diffusers_gits", "calibrate",
         str(default_model_path()), "--steps", "3", "--num-warmup", "24", "--batch-size", "8", "--device", "cpu",
         "--output", str(output), "--checkpoint-dir", str(tmp_path / "checkpoint"),
     ]  # fmt: skip

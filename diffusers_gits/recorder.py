@@ -79,6 +79,10 @@ def recording(
         return output
 
     scheduler.step = recording_step
+    if isinstance(scheduler, GITSFlowMatchScheduler):
+        # Calibration's own schedulers take Flux's default sigmas as "N steps" on purpose: warning users about that
+        # is for their schedulers, not for the hundreds a calibration makes.
+        scheduler._default_sigmas_warned = True
     pipe.scheduler = scheduler
     pipe.set_progress_bar_config(disable=True)
     try:

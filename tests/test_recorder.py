@@ -71,3 +71,23 @@ def test_nan_model_output_names_the_grid_step():
         GITSScheduler.from_calibration(pipe, [4], num_warmup=16, batch_size=16, progress=False)
     assert info.value.grid_step is not None and info.value.sigma < 1.0
     assert isinstance(pipe.scheduler, DDPMScheduler)  # the pipeline's own scheduler is restored
+
+
+def test_calibration_schedulers_do_not_warn_about_flux_default_sigmas(caplog):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from diffusers_gits.gaussian_mixture import MixtureFlowPipeline
+
+    pipe = MixtureFlowPipeline(
+        GaussianMixture.random(), FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), mu=1.15
+    )
+    family = model_family(check_pipeline_family(pipe), 1.15, True)
+    runner = PipelineRunner(pipe, None, seed=0, batch_size=2, pipe_kwargs={})
+    scheduler = family.scheduler("euler", {4: family.grid(4)})
+    with caplog.at_level("WARNING", logger="diffusers_gits"):
+        runner.run(scheduler, [0, 1], 4, keep_path=False)
+    assert "replace_default_sigmas" not in caplog.text
+    with caplog.at_level("WARNING", logger="diffusers_gits"):
+        user = family.scheduler("euler", {4: family.grid(4)})
+        user.set_timesteps(4, sigmas=np.linspace(1, 1 / 4, 4), mu=1.15)
+    assert "replace_default_sigmas" in caplog.text  # the user's own scheduler still says so

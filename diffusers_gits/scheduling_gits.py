@@ -100,11 +100,11 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
         if config is not None:
             config = dict(config)
             cls._check_config_family(config)
-            config = cls._with_source_defaults(config)
+            config = cls._keep_x0_limits(config)
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     @classmethod
-    def _with_source_defaults(cls, config: dict) -> dict:
+    def _keep_x0_limits(cls, config: dict) -> dict:
         return config
 
     @classmethod
@@ -440,7 +440,7 @@ class GITSScheduler(_GITSSchedulerBase):
         self._init_schedule_state(solver, gits_sigmas)
 
     @classmethod
-    def _with_source_defaults(cls, config: dict) -> dict:
+    def _keep_x0_limits(cls, config: dict) -> dict:
         """The config with its x0 limits kept even where they are its class's defaults.
 
         diffusers passes on only the keys a config set explicitly (`_use_default_values` lists the others), so a stock

@@ -116,10 +116,6 @@ class Executor:
     def num_processes(self) -> int:
         return self.state.num_processes
 
-    @property
-    def is_main_process(self) -> bool:
-        return self.state.is_main_process
-
     def map(self, stage: str, jobs: Sequence[Job]) -> list[Any]:
         """Every job's result, in order, on every process; jobs a checkpoint holds are not run again."""
         if len({job.key for job in jobs}) != len(jobs):
@@ -145,7 +141,7 @@ class Executor:
         return [results[i] for i in range(len(jobs))]
 
     def _advance(self, stage: str, job: Job) -> None:
-        if self.progress is not None and self.is_main_process:
+        if self.progress is not None:  # enabled on the main process only
             self.progress.update(stage, job.calls, job.samples)
 
 

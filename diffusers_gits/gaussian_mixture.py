@@ -82,7 +82,27 @@ class GaussianMixture:
         return sample(self.denoiser, x, grid, solver="ipndm")
 
 
-class GaussianMixturePipeline:
+class _MixturePipeline:
+    """What both mixture pipelines share: the model, the scheduler, components, the progress-bar hook and noises."""
+
+    def __init__(self, mixture: GaussianMixture, scheduler):
+        self.mixture = mixture
+        self.scheduler = scheduler
+        self._progress_bar_config = {}
+
+    @property
+    def components(self) -> dict:
+        """The model and the scheduler, as a diffusers pipeline lists its components (the calibration keys them)."""
+        return {"mixture": self.mixture, "scheduler": self.scheduler}
+
+    def set_progress_bar_config(self, **kwargs):
+        self._progress_bar_config.update(kwargs)
+
+    def start_noise(self, generators: list[torch.Generator]) -> torch.Tensor:
+        return torch.cat([torch.randn(1, self.mixture.dim, generator=g, dtype=torch.float64) for g in generators])
+
+
+class GaussianMixturePipeline(_MixturePipeline):
     """A Gaussian mixture sampled as a VP (DDPM-style) model through `scheduler`, the way DDPMPipeline drives one.
 
     The model is the mixture's exact epsilon predictor on the scheduler's noise schedule; each call draws one noise
@@ -98,21 +118,8 @@ class GaussianMixturePipeline:
     def __init__(self, mixture: GaussianMixture, scheduler):
         from .noise import VPNoiseSchedule
 
-        self.mixture = mixture
-        self.scheduler = scheduler
+        super().__init__(mixture, scheduler)
         self.noise = VPNoiseSchedule(scheduler.alphas_cumprod.double().numpy())
-        self._progress_bar_config = {}
-
-    @property
-    def components(self) -> dict:
-        """The model and the scheduler, as a diffusers pipeline lists its components (the calibration keys them)."""
-        return {"mixture": self.mixture, "scheduler": self.scheduler}
-
-    def set_progress_bar_config(self, **kwargs):
-        self._progress_bar_config.update(kwargs)
-
-    def start_noise(self, generators: list[torch.Generator]) -> torch.Tensor:
-        return torch.cat([torch.randn(1, self.mixture.dim, generator=g, dtype=torch.float64) for g in generators])
 
     def __call__(self, batch_size=1, generator=None, num_inference_steps=50, output_type="np"):
         generators = generator if isinstance(generator, list) else [generator] * batch_size
@@ -131,7 +138,7 @@ class MixtureOutput:
     images: torch.Tensor
 
 
-class MixtureFlowPipeline:
+class MixtureFlowPipeline(_MixturePipeline):
     """A Gaussian mixture sampled as a flow-matching model through `scheduler`, the way FluxPipeline drives one.
 
     Each call draws one noise per generator, calls `set_timesteps(sigmas=linspace(1, 1/N, N), mu=mu)` (Flux always
@@ -145,21 +152,8 @@ class MixtureFlowPipeline:
     """
 
     def __init__(self, mixture: GaussianMixture, scheduler, mu: float | None = None):
-        self.mixture = mixture
-        self.scheduler = scheduler
+        super().__init__(mixture, scheduler)
         self.mu = mu
-        self._progress_bar_config = {}
-
-    @property
-    def components(self) -> dict:
-        """The model and the scheduler, as a diffusers pipeline lists its components (the calibration keys them)."""
-        return {"mixture": self.mixture, "scheduler": self.scheduler}
-
-    def set_progress_bar_config(self, **kwargs):
-        self._progress_bar_config.update(kwargs)
-
-    def start_noise(self, generators: list[torch.Generator]) -> torch.Tensor:
-        return torch.cat([torch.randn(1, self.mixture.dim, generator=g, dtype=torch.float64) for g in generators])
 
     def __call__(
         self,

@@ -84,10 +84,12 @@ def calibrate(
     The default search runs the target solver along the student's own states (`jump_cost="student"`,
     `diffusers_gits.search.student_path_dp`) on `num_search` warm-up noises, then races its schedule against the
     baseline schedules people use today on held-out warm-up noises, adding noises only while the ranking is unclear
-    (`diffusers_gits.selection.PairedRace`). The searched schedule is kept unless a baseline beats it with
-    `confidence` (the report says whether it beat every baseline with it); a baseline that beats it is returned and
-    the report says that nothing better was found (`require_confidence=True` keeps a searched schedule only where it
-    is confirmed; a teacher-priced coeff sweep returns the race's leader). Every stage stays within `budget`.
+    (`diffusers_gits.selection.PairedRace`). Schedules are compared by squared error to the teacher, whose mean is
+    the pooled error. The searched schedule is the incumbent, kept unless a baseline beats it with `confidence` (the
+    report says whether it beat every baseline with it), or unless the best baseline beat it both on the search's own
+    noises (where the search is favoured) and on the held-out noises. A baseline returned says so in the report:
+    nothing better was found (`require_confidence=True` keeps a searched schedule only where it is confirmed; a
+    teacher-priced coeff sweep returns the race's leader). Every stage stays within `budget`.
 
     Args:
         pipe: a diffusers pipeline whose scheduler is VP / DDPM-style (SD 1.x/2.x, SDXL, PixArt, DDPMPipeline, ...)
@@ -121,10 +123,10 @@ def calibrate(
         confidence (`float`, defaults to 0.95): the race drops a schedule once it is worse than the leader with this
             confidence; the report says whether the choice beat every baseline with it.
         require_confidence (`bool`, defaults to `False`): keep a searched schedule only where it beats every baseline
-            with `confidence`, else return the best baseline. By default the searched schedule is kept unless a
-            baseline beats it with `confidence`: at the default budget the held-out noises rarely confirm a 5-15%
-            difference either way, and the race's unconfirmed leader was a worse bet than the search on the
-            embedded model (benchmarks/RESULTS.md).
+            with `confidence`, else return the best baseline. By default the incumbent is kept unless beaten with
+            `confidence`: at the default budget the held-out noises rarely confirm a 5-15% difference either way,
+            and the race's unconfirmed leader was a worse bet than the search on the embedded model
+            (benchmarks/RESULTS.md).
         metric (`str`, defaults to `"l2"`): `jump_cost="euler"` only: `l2`, `l1` or `dev` (the authors' deviation).
         coeff (`float` or `"auto"`, *optional*): teacher-priced costs only: the DP's per-jump weight factor; `"auto"`
             (their default) puts the DP's schedules for every coeff in `AUTO_COEFFS` into the race.
@@ -290,18 +292,23 @@ def _run_stages(
         pool = list(range(settings.num_search, settings.num_search + settings.num_holdout))
         scorer = HeldOutScorer(executor, runner, family, solver, reference_scheduler, pool, budget)
         baselines = {k: family.baselines(k) for k in steps}
+        screenings = {}
         if settings.jump_cost == "student":
-            # The search noises already have the teacher's final samples: screening the baselines there costs their
-            # sampling only, and leaves the race (which pays for references too) two baselines to beat, not five.
+            # The search noises already have the teacher's final samples: screening there costs the sampling only,
+            # leaves the race (which pays for references too) two baselines to beat, not five, and shows where the
+            # search lost even on the noises it was fitted to.
             screen = HeldOutScorer(
                 executor, runner, family, solver, reference_scheduler, search_indices, budget, targets[-1]
             )
-            baselines = screened(screen, baselines, SCREENED_BASELINES)
-        races, entrants = run_race(scorer, candidates, baselines, steps, settings.confidence)
+            screenings = screened(screen, candidates, baselines, SCREENED_BASELINES)
+            baselines = {k: screenings[k].baselines for k in steps}
+        challengers = {k: screenings[k].challenger for k in steps} if screenings else None
+        races, entrants = run_race(scorer, candidates, baselines, steps, settings.confidence, challengers)
         for k in steps:
             schedules[k], report[str(k)] = decide(
-                races[k], entrants[k], candidates[k], family.default(k, solver), scorer, settings.require_confidence
-            )
+                races[k], entrants[k], candidates[k], family.default(k, solver), scorer, settings.require_confidence,
+                screenings.get(k),
+            )  # fmt: skip
         timings["selection_s"] = time.perf_counter() - tic
         if settings.refine:
             tic = time.perf_counter()

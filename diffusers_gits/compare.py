@@ -2,8 +2,8 @@
 
 "Which schedule is best for my model at 6 steps?" Each schedule is sampled through the pipeline with the target solver
 on noises no calibration uses (indices from `FRESH_NOISES_START`), against the teacher on the fine grid that
-calibration uses, and reported with per-sample RMSE (mean and 95% CI), pooled RMSE, and the paired difference to the
-best schedule of each step count.
+calibration uses, and reported with pooled RMSE, per-sample RMSE (mean and 95% CI), and the paired per-noise difference
+in squared error to the best schedule (by pooled RMSE) of each step count.
 """
 
 from collections.abc import Sequence
@@ -93,7 +93,8 @@ def compare_schedules(
 
     Returns:
         `{name: {N: {"mean_rmse", "ci", "pooled_rmse", "minus_best", "minus_best_ci"}}}`; `minus_best` is the mean
-        paired per-noise RMSE difference to the best schedule at that N (0 for the best itself).
+        paired per-noise difference in squared error to the schedule with the lowest pooled RMSE at that N (0 for that
+        one itself).
     """
     steps = sorted({check_step_count(k, "each of num_inference_steps") for k in np.atleast_1d(num_inference_steps)})
     if not schedules:
@@ -121,12 +122,12 @@ def compare_schedules(
     for k in steps:
         best = min(resolved, key=lambda name: float(losses[name][k].mean()))
         for name in resolved:
-            mean, ci = mean_and_ci(losses[name][k])
+            mean, ci = mean_and_ci(losses[name][k].sqrt())
             difference = paired_difference(losses[name][k], losses[best][k])
             table[name][k] = {
                 "mean_rmse": mean,
                 "ci": ci,
-                "pooled_rmse": float(losses[name][k].pow(2).mean()) ** 0.5,
+                "pooled_rmse": float(losses[name][k].mean()) ** 0.5,
                 "minus_best": difference.mean,
                 "minus_best_ci": 0.0 if name == best else difference.half_width,
             }
@@ -149,14 +150,16 @@ def _write_pngs(output_dir: Path, table, resolved, scorer, steps, solver) -> Non
 
 
 def format_table(table: dict[str, dict[int, dict[str, Any]]]) -> str:
-    """The comparison as text: a row per schedule, per N mean RMSE ± CI (pooled) and the paired gap to the best."""
+    """The comparison as text: a row per schedule, per N pooled RMSE, mean per-sample RMSE ± CI, and the paired gap in
+    squared error to the best."""
     steps = sorted(next(iter(table.values())))
-    lines = [f"{'schedule':<24}" + "".join(f"{f'N={k}: RMSE ± 95% CI (pooled) | vs best':>46}" for k in steps)]
+    title = "pooled RMSE | per-sample ± 95% CI | vs best (MSE)"
+    lines = [f"{'schedule':<24}" + "".join(f"{f'N={k}: {title}':>58}" for k in steps)]
     for name, row in table.items():
         cells = []
         for k in steps:
             r = row[k]
-            gap = "best" if r["minus_best"] == 0 else f"+{r['minus_best']:.4f} ± {r['minus_best_ci']:.4f}"
-            cells.append(f"{r['mean_rmse']:.4f} ± {r['ci']:.4f} ({r['pooled_rmse']:.4f}) | {gap}".rjust(46))
+            gap = "best" if r["minus_best"] == 0 else f"+{r['minus_best']:.2e} ± {r['minus_best_ci']:.1e}"
+            cells.append(f"{r['pooled_rmse']:.4f} | {r['mean_rmse']:.4f} ± {r['ci']:.4f} | {gap}".rjust(58))
         lines.append(f"{name:<24}" + "".join(cells))
     return "\n".join(lines)

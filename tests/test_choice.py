@@ -1,6 +1,8 @@
-"""The choice stage's scorer: per-noise RMSE to the teacher, each sample made once, every call charged."""
+"""The choice stage: the scorer (per-noise squared error to the teacher, each sample made once, every call charged)
+and the screening on the search noises."""
 
 import numpy as np
+import pytest
 import torch
 from diffusers import DDPMScheduler
 
@@ -34,7 +36,7 @@ def scorer_for(pool, budget, calls):
     return HeldOutScorer(executor, runner, family, "dpmpp_2m", reference, pool, budget), family, mixture, fine
 
 
-def test_losses_are_per_noise_rmse_to_the_teacher_and_each_sample_is_made_once():
+def test_losses_are_per_noise_squared_error_to_the_teacher_and_each_sample_is_made_once():
     calls, budget = [], CallBudget(10**6)
     scorer, family, mixture, fine = scorer_for(list(range(10, 20)), budget, calls)
     coarse = family.grid(4)
@@ -42,13 +44,13 @@ def test_losses_are_per_noise_rmse_to_the_teacher_and_each_sample_is_made_once()
     assert scorer.used == list(range(10, 16)) and first.shape == (6,)
     assert budget.spent == {"teacher": 6 * scorer.fine_steps, "selection": 6 * 4} and sum(calls) == budget.total
 
-    # The same RMSE as sampling the mixture directly from the pipeline's noises.
+    # The same error as sampling the mixture directly from the pipeline's noises.
     noises = torch.cat([torch.randn(1, mixture.dim, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
                         for i in range(10, 16)])  # fmt: skip
     start = noises * (1 + float(fine[0]) ** 2) ** 0.5
     teacher = sample(mixture.denoiser, start, fine, "ipndm")
     student = sample(mixture.denoiser, start, coarse, "dpmpp_2m")
-    expected = (student - teacher).pow(2).mean(1).sqrt()
+    expected = (student - teacher).pow(2).mean(1)
     torch.testing.assert_close(first, expected, rtol=1e-4, atol=1e-6)
 
     calls.clear()
@@ -64,3 +66,69 @@ def test_the_teacher_scored_against_itself_has_no_error():
     scorer.solver = "ipndm"
     (losses,) = scorer.score([np.asarray(fine)], "race", add_noises=8)
     assert losses.abs().max() == 0
+
+
+class ScriptedScreen:
+    """A screening scorer whose per-noise losses are given per schedule."""
+
+    def __init__(self, losses: dict[tuple, torch.Tensor]):
+        self.losses = losses
+        self.stages = []
+
+    def score(self, schedules, stage):
+        self.stages.append(stage)
+        return [self.losses[tuple(sigmas)] for sigmas in schedules]
+
+
+def test_screening_keeps_the_best_baselines_and_names_a_challenger_that_beat_the_search_on_its_own_noises():
+    from diffusers_gits.choice import screened
+
+    schedules = {name: np.array([10.0, value, 0.0]) for name, value in
+                 {"gits": 1.0, "uniform": 2.0, "karras": 3.0, "ays": 4.0}.items()}  # fmt: skip
+    baselines = {name: schedules[name] for name in ("uniform", "karras", "ays")}
+    per_noise = {"gits": [0.04, 0.0], "uniform": [0.05, 0.03], "karras": [0.01, 0.01], "ays": [0.02, 0.01]}
+    screen = ScriptedScreen({tuple(schedules[n]): torch.tensor(v, dtype=torch.float64) for n, v in per_noise.items()})
+    result = screened(screen, {2: {"gits": schedules["gits"]}}, {2: baselines}, keep=2)[2]
+    assert screen.stages == ["screening"]  # one batch of calls for everything
+    assert list(result.baselines) == ["karras", "ays"] and result.challenger == "karras"
+    assert result.pooled_rmse == pytest.approx({n: (sum(v) / 2) ** 0.5 for n, v in per_noise.items()})
+
+    per_noise["gits"] = [0.0, 0.01]  # now better than every baseline on the search noises: no challenger
+    screen = ScriptedScreen({tuple(schedules[n]): torch.tensor(v, dtype=torch.float64) for n, v in per_noise.items()})
+    assert screened(screen, {2: {"gits": schedules["gits"]}}, {2: baselines}, keep=2)[2].challenger is None
+
+
+def test_a_challenger_that_leads_on_held_out_noises_too_is_returned_with_a_report_that_says_why():
+    from types import SimpleNamespace
+
+    from diffusers_gits.choice import Screening, decide
+    from diffusers_gits.selection import PairedRace
+
+    sigmas = {"gits": np.array([10.0, 1.0, 0.0]), "ays": np.array([10.0, 2.0, 0.0])}
+    screening = Screening({"ays": sigmas["ays"]}, "ays", {"gits": 0.2, "ays": 0.1})
+    unaffordable = SimpleNamespace(cost=lambda schedule, count: 10**9, budget=SimpleNamespace(remaining=0))
+
+    def race_on(gits_losses, ays_losses):
+        race = PairedRace(["gits", "ays"], {"ays"}, min_noises=16, incumbent="gits", challenger="ays")
+        if len(gits_losses):
+            race.add({"gits": gits_losses, "ays": ays_losses})
+        return decide(race, sigmas, {"gits": sigmas["gits"]}, sigmas["ays"], unaffordable, False, screening)
+
+    chosen, entry = race_on(torch.zeros(0), torch.zeros(0))
+    assert entry["chosen"] == "gits" and "unchecked" in entry["summary"]  # no held-out noise: the search stands
+    np.testing.assert_array_equal(chosen, sigmas["gits"])
+
+    noisy = torch.rand(32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    chosen, entry = race_on(noisy.flip(0) * 1.05, noisy)  # the challenger leads, unconfirmed
+    np.testing.assert_array_equal(chosen, sigmas["ays"])
+    assert entry["chosen"] == "ays" and not entry["confident"] and entry["default_error"] is None
+    assert entry["summary"] == (
+        "ays is as good as this budget finds (gits was worse on its own search noises (pooled RMSE 0.2 vs 0.1) and on "
+        f"32 held-out noises ({float(noisy.mean() * 1.05) ** 0.5:.4g} vs {float(noisy.mean()) ** 0.5:.4g}))"
+    )
+    assert entry["gits_error"] == pytest.approx(float(noisy.mean()) ** 0.5)
+    assert entry["gits_mean_rmse"] == pytest.approx(float(noisy.sqrt().mean()))
+    assert entry["search_noise_pooled_rmse"] == {"gits": 0.2, "ays": 0.1}
+
+    chosen, entry = race_on(noisy.flip(0) * 0.95, noisy)  # the search leads here: it stays
+    assert entry["chosen"] == "gits" and "no baseline beat it" in entry["summary"]

@@ -43,7 +43,7 @@ def test_a_clear_winner_ends_the_race_after_the_minimum_noises():
 
 
 def test_a_tie_keeps_the_race_open_and_falls_back_to_the_best_baseline():
-    race = PairedRace(["gits", "ays"], baselines={"ays"}, min_noises=16, looks=20)
+    race = PairedRace(["gits", "ays"], baselines={"ays"}, min_noises=16, looks=20, incumbent="gits")
     for seed in range(20):
         race.add(
             {"gits": noisy_losses(1.0, 8, 2 * seed, spread=1.0), "ays": noisy_losses(1.0, 8, 2 * seed + 1, spread=1.0)}
@@ -53,7 +53,7 @@ def test_a_tie_keeps_the_race_open_and_falls_back_to_the_best_baseline():
     assert not race.decided and race.num_noises == 160
     assert race.choice() == ("gits", False)  # the searched schedule stays: no baseline beat it, unconfirmed
     assert race.choice(require_confidence=True) == ("ays", False)  # the strict rule falls back to the baseline
-    naive = PairedRace(["gits", "ays"], baselines={"ays"}, min_noises=16)  # the same data, tested at 95% every look
+    naive = PairedRace(["gits", "ays"], baselines={"ays"}, min_noises=16, incumbent="gits")  # 95% at every look
     for start in range(0, 160, 8):
         naive.add({name: race.losses[name][start : start + 8] for name in naive.alive})
     assert naive.decided  # a tie called a winner: why each look is stricter
@@ -78,12 +78,34 @@ def test_bad_batches_are_refused(losses, error):
         race.add(losses)
 
 
-def test_a_baseline_that_leads_without_confidence_does_not_unseat_the_searched_schedule():
-    race = PairedRace(["gits", "ays"], baselines={"ays"}, min_noises=16, looks=4)
+def test_a_baseline_that_leads_without_confidence_does_not_unseat_the_searched_incumbent():
+    race = PairedRace(["gits", "ays"], baselines={"ays"}, min_noises=16, looks=4, incumbent="gits")
     shared = noisy_losses(1.0, 32, 0, spread=1.0)
     race.add({"gits": shared * 1.01 + noisy_losses(-0.15, 32, 1, spread=0.3), "ays": shared})  # 1% worse, noisy
     assert race.leader == "ays" and "gits" in race.alive
     assert race.choice() == ("gits", False) and race.choice(require_confidence=True) == ("ays", False)
+    leader_rule = PairedRace(["gits", "ays"], baselines={"ays"}, min_noises=16, looks=4)  # no incumbent
+    leader_rule.add({name: race.losses[name] for name in race.alive})
+    assert leader_rule.choice() == ("ays", False)
+
+
+def test_a_challenger_replaces_the_incumbent_only_where_it_leads_it_too():
+    shared = noisy_losses(1.0, 64, 0, spread=1.0)
+    entrants = ["gits", "ays", "karras"]
+    behind = PairedRace(entrants, baselines={"ays", "karras"}, min_noises=16, incumbent="gits", challenger="ays")
+    behind.add({"gits": shared * 0.98 + noisy_losses(-0.5, 64, 1, spread=1.0), "ays": shared, "karras": shared * 1.5})
+    assert behind.leader == "gits" and set(behind.alive) == {"gits", "ays"}  # karras is out, gits unconfirmed
+    assert behind.choice() == ("gits", False)
+    ahead = PairedRace(entrants, baselines={"ays", "karras"}, min_noises=16, incumbent="gits", challenger="ays")
+    ahead.add({"gits": shared * 1.02 + noisy_losses(-0.5, 64, 1, spread=1.0), "ays": shared, "karras": shared * 1.5})
+    assert ahead.leader == "ays" and set(ahead.alive) == {"gits", "ays"}
+    assert ahead.choice() == ("ays", False)  # unconfirmed here, but it beat the incumbent on other noises too
+    clear = PairedRace(entrants, baselines={"ays", "karras"}, min_noises=16, incumbent="gits", challenger="ays")
+    clear.add({"gits": shared * 0.7, "ays": shared, "karras": shared * 1.5})
+    assert clear.alive == ["gits"] and clear.choice() == ("gits", True)
+    gone = PairedRace(entrants, baselines={"ays", "karras"}, min_noises=16, incumbent="gits", challenger="ays")
+    gone.add({"gits": shared * 1.5, "ays": shared * 1.4, "karras": shared})  # incumbent and challenger out: the leader
+    assert gone.choice() == ("karras", False)
 
 
 def test_bad_race_settings_are_refused():
@@ -93,3 +115,7 @@ def test_bad_race_settings_are_refused():
         PairedRace(["gits", "ays"], baselines={"ays"}, confidence=1.5)
     with pytest.raises(ValueError, match="at least one"):
         PairedRace([], baselines=set())
+    with pytest.raises(ValueError, match="incumbent 'sd15' is not among"):
+        PairedRace(["gits", "ays"], baselines={"ays"}, incumbent="sd15")
+    with pytest.raises(ValueError, match="challenger 'karras' is not among"):
+        PairedRace(["gits", "ays"], baselines={"ays"}, incumbent="gits", challenger="karras")

@@ -307,8 +307,9 @@ def render(results: dict, model: str = "embedded") -> str:
         "",
         "Ratio < 1 means the default is closer to the reference. The baselines: uniform timesteps, Karras, log-SNR, "
         "Align-Your-Steps SD1.5 and the GITS authors' published SD1.5 table. The default keeps the searched schedule "
-        "unless a baseline beat it on held-out noises with 95% confidence, or the best baseline beat it both on the "
-        "search noises and on the held-out noises (then that baseline; every comparison in squared error); cells "
+        "unless a baseline beat it on held-out noises with 95% confidence, or the best baseline beat it on the search "
+        "noises and over them and the held-out noises together (then that baseline; every comparison in squared "
+        "error); cells "
         "marked * are where the searched schedule beat every baseline with that confidence, and the brackets name "
         "what it chose. "
         "Targets: never > 1; <= 0.85 at NFE 5 and 6 (dpmpp_2m, unipc, ipndm).",

@@ -86,10 +86,10 @@ def calibrate(
     baseline schedules people use today on held-out warm-up noises, adding noises only while the ranking is unclear
     (`diffusers_gits.selection.PairedRace`). Schedules are compared by squared error to the teacher, whose mean is
     the pooled error. The searched schedule is the incumbent, kept unless a baseline beats it with `confidence` (the
-    report says whether it beat every baseline with it), or unless the best baseline beat it both on the search's own
-    noises (where the search is favoured) and on the held-out noises. A baseline returned says so in the report:
-    nothing better was found (`require_confidence=True` keeps a searched schedule only where it is confirmed; a
-    teacher-priced coeff sweep returns the race's leader). Every stage stays within `budget`.
+    report says whether it beat every baseline with it), or unless the best baseline beat it on the search's own
+    noises (where the search is favoured) and over them and the held-out noises together. A baseline returned says so
+    in the report: nothing better was found (`require_confidence=True` keeps a searched schedule only where it is
+    confirmed; a teacher-priced coeff sweep returns the race's leader). Every stage stays within `budget`.
 
     Args:
         pipe: a diffusers pipeline whose scheduler is VP / DDPM-style (SD 1.x/2.x, SDXL, PixArt, DDPMPipeline, ...)
@@ -302,8 +302,7 @@ def _run_stages(
             )
             screenings = screened(screen, candidates, baselines, SCREENED_BASELINES)
             baselines = {k: screenings[k].baselines for k in steps}
-        challengers = {k: screenings[k].challenger for k in steps} if screenings else None
-        races, entrants = run_race(scorer, candidates, baselines, steps, settings.confidence, challengers)
+        races, entrants = run_race(scorer, candidates, baselines, steps, settings.confidence, screenings)
         for k in steps:
             schedules[k], report[str(k)] = decide(
                 races[k], entrants[k], candidates[k], family.default(k, solver), scorer, settings.require_confidence,

@@ -4,7 +4,8 @@ Each held-out noise gets a teacher reference (the fine grid, as in the search); 
 pipeline with the target solver and scored by each sample's mean squared error to the reference, the loss whose mean
 is the pooled error users see and the search minimises. The baselines are screened first on the search noises, whose
 teacher samples are already paid for; there the searched schedule is scored too, and a baseline that beats it even on
-the noises it was fitted to becomes its challenger, which replaces it if it leads on the held-out noises too. A race
+the noises it was fitted to becomes its challenger, which replaces it if it leads over those and the held-out noises
+together. A race
 (`PairedRace`) adds held-out noises a round at a time while the ranking is unclear and the budget allows; an optional
 refinement moves the chosen schedule's points while both halves of the noises agree that it helps. Every pipeline
 call goes through the `Executor`, so the stage is split over processes and resumes from a checkpoint like the others.
@@ -135,11 +136,13 @@ class Screening:
         baselines: the baselines kept for the race.
         challenger: the best baseline where it beat the searched schedule on the search's own noises (where the
             search is favoured: it was fitted to them), else `None`.
+        challenger_lead: the searched schedule's loss minus the challenger's per search noise (`None` without one).
         pooled_rmse: every screened schedule's pooled RMSE on the search noises.
     """
 
     baselines: dict[str, np.ndarray]
     challenger: str | None
+    challenger_lead: torch.Tensor | None
     pooled_rmse: dict[str, float]
 
 
@@ -152,24 +155,27 @@ def screened(
     losses = screen.score([sigmas for _, _, sigmas in requests], "screening")
     result = {}
     for k in baselines:
-        errors = {name: float(loss.mean()) for (kk, name, _), loss in zip(requests, losses) if kk == k}
+        losses_k = {name: loss for (kk, name, _), loss in zip(requests, losses) if kk == k}
+        errors = {name: float(loss.mean()) for name, loss in losses_k.items()}
         ranked = sorted(baselines[k], key=errors.get)
         ((name, _),) = searched[k].items()
+        challenger = ranked[0] if errors[ranked[0]] < errors[name] else None
         result[k] = Screening(
             baselines={b: baselines[k][b] for b in ranked[:keep]},
-            challenger=ranked[0] if errors[ranked[0]] < errors[name] else None,
+            challenger=challenger,
+            challenger_lead=losses_k[name] - losses_k[challenger] if challenger else None,
             pooled_rmse={n: e**0.5 for n, e in errors.items()},
         )
     return result
 
 
 def run_race(
-    scorer: HeldOutScorer, candidates, baselines, steps, confidence, challengers: dict[int, str | None] | None = None
+    scorer: HeldOutScorer, candidates, baselines, steps, confidence, screenings: dict[int, Screening] | None = None
 ) -> tuple[dict[int, PairedRace], dict]:
     """Race each step count's searched schedules against its baselines, a batch of held-out noises per round,
     until every race is decided or the budget or the held-out noises run out. A lone searched schedule is the
-    incumbent (`PairedRace`), with the step count's challenger from `challengers`; among several the race's leader
-    is chosen. Returns the races and their entrants' schedules."""
+    incumbent (`PairedRace`), with the challenger that `screenings` found for it; among several the race's leader is
+    chosen. Returns the races and their entrants' schedules."""
     races, entrants = {}, {}
     # Each look tests again: the confidence is split over the most rounds the budget and the pool could pay for.
     cheapest_round = RACE_ROUND * (scorer.fine_steps + min(steps))
@@ -179,7 +185,8 @@ def run_race(
         races[k] = PairedRace(
             list(entrants[k]), set(baselines[k]), confidence, min_noises=2 * RACE_ROUND, looks=looks,
             incumbent=next(iter(candidates[k])) if len(candidates[k]) == 1 else None,
-            challenger=challengers[k] if challengers else None,
+            challenger=screenings[k].challenger if screenings else None,
+            challenger_lead=screenings[k].challenger_lead if screenings else None,
         )  # fmt: skip
     while len(scorer.used) < len(scorer.pool):
         open_races = [k for k in steps if not races[k].decided]
@@ -255,8 +262,7 @@ def decide(
         elif chosen == race.challenger:
             how = (
                 f"was worse on its own search noises (pooled RMSE {screening.pooled_rmse[best_searched]:.4g} vs "
-                f"{screening.pooled_rmse[chosen]:.4g}) and on {noises} ({race.mean(best_searched) ** 0.5:.4g} vs "
-                f"{race.mean(chosen) ** 0.5:.4g})"
+                f"{screening.pooled_rmse[chosen]:.4g}), and over them and {noises} together"
             )
         else:
             how = f"did not beat it with confidence on {noises}"

@@ -57,7 +57,9 @@ class PairedRace:
         incumbent (`str`, *optional*): the schedule chosen unless it leaves the race, a searched schedule beats every
             baseline with confidence, or the challenger leads it; without one, the leader is chosen.
         challenger (`str`, *optional*): a schedule that already beat the incumbent on other noises: it replaces the
-            incumbent when it leads it here too (two independent samples agreeing), even without confidence.
+            incumbent when it leads it over those noises and the race's together, even without confidence.
+        challenger_lead (`torch.Tensor`, *optional*): the incumbent's loss minus the challenger's on those other
+            noises, one value per noise.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class PairedRace:
         looks: int = 1,
         incumbent: str | None = None,
         challenger: str | None = None,
+        challenger_lead: torch.Tensor | None = None,
     ):
         if not candidates:
             raise ValueError("a race needs at least one candidate")
@@ -84,6 +87,8 @@ class PairedRace:
         self.baselines = set(baselines)
         self.incumbent = incumbent
         self.challenger = challenger
+        no_lead = torch.zeros(0, dtype=torch.float64)
+        self.challenger_lead = no_lead if challenger_lead is None else challenger_lead.double().cpu().flatten()
         self.confidence = confidence
         self.look_confidence = 1 - (1 - confidence) / looks
         self.min_noises = min_noises
@@ -130,10 +135,11 @@ class PairedRace:
         """The schedule to use and whether it is a searched one that beat every baseline with confidence.
 
         A searched schedule that beat every baseline with confidence is chosen. Otherwise the incumbent, while it is in
-        the race and the challenger (if any) does not lead it: the held-out noises rarely confirm a 5-15% difference
-        either way at the default budget, and on the embedded model the race's unconfirmed leader was often a baseline
-        that the searched incumbent beat on fresh noises (benchmarks/RESULTS.md). Without an incumbent (a coeff sweep
-        of the teacher-priced DP, or an incumbent that left the race), the leader. With `require_confidence`, a
+        the race and the challenger (if any) does not lead it over its earlier noises and the race's together: the
+        held-out noises rarely confirm a 5-15% difference either way at the default budget, and on the embedded model
+        the race's unconfirmed leader was often a baseline that the searched incumbent beat on fresh noises
+        (benchmarks/RESULTS.md). Without an incumbent (a coeff sweep of the teacher-priced DP, or an incumbent that
+        left the race), the leader. With `require_confidence`, a
         searched schedule is chosen only when every baseline has left the race; otherwise the best baseline still in
         it.
         """
@@ -144,10 +150,16 @@ class PairedRace:
         if require_confidence:
             return min(baselines, key=self.mean), False
         if self.incumbent in self.alive:
-            if self.challenger in self.alive and self.mean(self.challenger) < self.mean(self.incumbent):
+            if self.challenger in self.alive and self.challenger_leads:
                 return self.challenger, False
             return self.incumbent, False
         return self.leader, False
+
+    @property
+    def challenger_leads(self) -> bool:
+        """Whether the challenger's loss is below the incumbent's over its earlier noises and the race's together."""
+        here = self.losses[self.incumbent] - self.losses[self.challenger]
+        return bool(torch.cat([self.challenger_lead, here]).mean() > 0)
 
     def summary(self, chosen: str) -> dict[str, dict]:
         """Per candidate: noises scored, mean loss, and the paired difference to `chosen` (with the half-width of

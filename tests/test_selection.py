@@ -89,21 +89,31 @@ def test_a_baseline_that_leads_without_confidence_does_not_unseat_the_searched_i
     assert leader_rule.choice() == ("ays", False)
 
 
-def test_a_challenger_replaces_the_incumbent_only_where_it_leads_it_too():
+def test_a_challenger_replaces_the_incumbent_where_it_leads_over_its_earlier_noises_and_the_race_together():
     shared = noisy_losses(1.0, 64, 0, spread=1.0)
-    entrants = ["gits", "ays", "karras"]
-    behind = PairedRace(entrants, baselines={"ays", "karras"}, min_noises=16, incumbent="gits", challenger="ays")
-    behind.add({"gits": shared * 0.98 + noisy_losses(-0.5, 64, 1, spread=1.0), "ays": shared, "karras": shared * 1.5})
+    entrants, baselines = ["gits", "ays", "karras"], {"ays", "karras"}
+
+    def race(gits_factor, earlier_lead=None):
+        result = PairedRace(
+            entrants, baselines, min_noises=16, incumbent="gits", challenger="ays", challenger_lead=earlier_lead
+        )
+        gits = shared * gits_factor + noisy_losses(-0.5, 64, 1, spread=1.0)
+        result.add({"gits": gits, "ays": shared, "karras": shared * 1.5})
+        return result
+
+    behind = race(0.98)
     assert behind.leader == "gits" and set(behind.alive) == {"gits", "ays"}  # karras is out, gits unconfirmed
     assert behind.choice() == ("gits", False)
-    ahead = PairedRace(entrants, baselines={"ays", "karras"}, min_noises=16, incumbent="gits", challenger="ays")
-    ahead.add({"gits": shared * 1.02 + noisy_losses(-0.5, 64, 1, spread=1.0), "ays": shared, "karras": shared * 1.5})
+    ahead = race(1.02)
     assert ahead.leader == "ays" and set(ahead.alive) == {"gits", "ays"}
     assert ahead.choice() == ("ays", False)  # unconfirmed here, but it beat the incumbent on other noises too
-    clear = PairedRace(entrants, baselines={"ays", "karras"}, min_noises=16, incumbent="gits", challenger="ays")
+    # Its lead on 32 earlier noises counts per noise: a lead of 0.1 there outweighs the 2% deficit on 64, 0.02 not.
+    assert race(0.98, torch.full((32,), 0.1, dtype=torch.float64)).choice() == ("ays", False)
+    assert race(0.98, torch.full((32,), 0.02, dtype=torch.float64)).choice() == ("gits", False)
+    clear = PairedRace(entrants, baselines, min_noises=16, incumbent="gits", challenger="ays")
     clear.add({"gits": shared * 0.7, "ays": shared, "karras": shared * 1.5})
     assert clear.alive == ["gits"] and clear.choice() == ("gits", True)
-    gone = PairedRace(entrants, baselines={"ays", "karras"}, min_noises=16, incumbent="gits", challenger="ays")
+    gone = PairedRace(entrants, baselines, min_noises=16, incumbent="gits", challenger="ays")
     gone.add({"gits": shared * 1.5, "ays": shared * 1.4, "karras": shared})  # incumbent and challenger out: the leader
     assert gone.choice() == ("karras", False)
 

@@ -5,10 +5,10 @@ pipeline with the target solver and scored by each sample's mean squared error t
 is the pooled error users see and the search minimises. The baselines are screened first on the search noises, whose
 teacher samples are already paid for; there the searched schedule is scored too, and a baseline that beats it even on
 the noises it was fitted to becomes its challenger, which replaces it if it leads over those and the held-out noises
-together. A race
-(`PairedRace`) adds held-out noises a round at a time while the ranking is unclear and the budget allows; an optional
-refinement moves the chosen schedule's points while both halves of the noises agree that it helps. Every pipeline
-call goes through the `Executor`, so the stage is split over processes and resumes from a checkpoint like the others.
+together. A race (`PairedRace`) adds held-out noises a round at a time while the ranking is unclear and the budget
+allows; an optional refinement moves the chosen schedule's points while both halves of the noises agree that it
+helps. Every pipeline call goes through the `Executor`, so the stage is split over processes and resumes from a
+checkpoint like the others.
 """
 
 import hashlib

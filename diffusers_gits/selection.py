@@ -139,9 +139,8 @@ class PairedRace:
         held-out noises rarely confirm a 5-15% difference either way at the default budget, and on the embedded model
         the race's unconfirmed leader was often a baseline that the searched incumbent beat on fresh noises
         (benchmarks/RESULTS.md). Without an incumbent (a coeff sweep of the teacher-priced DP, or an incumbent that
-        left the race), the leader. With `require_confidence`, a
-        searched schedule is chosen only when every baseline has left the race; otherwise the best baseline still in
-        it.
+        left the race), the leader. With `require_confidence`, a searched schedule is chosen only when every baseline
+        has left the race; otherwise the best baseline still in it.
         """
         searched = [name for name in self.alive if name not in self.baselines]
         baselines = [name for name in self.alive if name in self.baselines]

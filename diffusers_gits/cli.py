@@ -26,7 +26,7 @@ def _positive_float(text: str) -> float:
 def _command(commands, name: str, help_text: str, examples: list[str]) -> argparse.ArgumentParser:
     return commands.add_parser(
         name,
-        help=help_text,
+        help=help_text.replace("%", "%%"),  # argparse %-formats help strings (not descriptions)
         description=help_text[0].upper() + help_text[1:] + ".\n\nexamples:\n" + "\n".join(f"  {e}" for e in examples),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -43,6 +43,31 @@ def _add_model_arguments(command: argparse.ArgumentParser) -> None:
         help="torch device (default: this process's GPU under accelerate launch / torchrun, else cuda if available, "
         "else cpu); with cpu, processes started by torchrun or accelerate launch --multi_gpu join over gloo",
     )
+    command.add_argument(
+        "--dtype",
+        choices=list(DTYPES),
+        default="auto",
+        help="weights' dtype (default: auto = float32 on cpu; on a GPU float16 for UNet pipelines (SD, SDXL) and "
+        "bfloat16 for transformer pipelines (SD3, Flux, QwenImage, ...), whose activations overflow float16)",
+    )
+
+
+#: The `--dtype` choices; `auto` is resolved by `resolve_dtype`.
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+
+
+def resolve_dtype(choice: str, device: str, model_index: dict):
+    """The torch dtype to load a pipeline in: `choice` itself, or for `auto` float32 on a CPU, float16 on a GPU for
+    pipelines whose denoiser is a `unet`, bfloat16 for the others (transformers: SD3, Flux, ...)."""
+    import torch
+
+    if choice not in DTYPES:
+        raise ValueError(f"dtype {choice!r} is not supported; choose one of {list(DTYPES)}")
+    if choice != "auto":
+        return getattr(torch, choice)
+    if not device.startswith("cuda"):
+        return torch.float32
+    return torch.float16 if "unet" in model_index else torch.bfloat16
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,17 +78,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo = _command(
         commands,
         "demo",
-        "calibrate GITS on the embedded digits model (no network), then print RMSE to a reference solution for GITS and "
-        "today's schedules at several NFE, and write a plot and sample grids",
-        ["diffusers-gits demo", "diffusers-gits demo --solver euler --output out/"],
+        "text to image in few steps on an embedded model (no network): calibrate GITS with prompts and guidance, "
+        "compare it with the schedules people use (RMSE to a reference, prompt adherence), write labelled image "
+        "grids and a plot",
+        [
+            "diffusers-gits demo",
+            "diffusers-gits demo --model flow",
+            "diffusers-gits demo --solver unipc --output out/",
+        ],
+    )
+    demo.add_argument(
+        "--model",
+        choices=["sd", "flow"],
+        default="sd",
+        help="sd: the StableDiffusionPipeline; flow: the StableDiffusion3Pipeline (default: sd)",
     )
     demo.add_argument("--solver", choices=sorted(SOLVERS), default="dpmpp_2m", help="sampler (default: dpmpp_2m)")
     demo.add_argument(
-        "--output", default="demo_output", help="folder for PNGs and the scheduler (default: demo_output)"
+        "--output",
+        default="demo_output",
+        help="folder for PNGs, results.json and the scheduler (default: demo_output)",
     )
     demo.add_argument("--steps", type=_positive_int, nargs="+", default=[4, 5, 6, 8, 10], help="NFEs to compare")
-    demo.add_argument("--num-warmup", type=_positive_int, default=256, help="calibration samples (default: 256)")
-    demo.add_argument("--num-test", type=_positive_int, default=128, help="test noises (default: 128)")
+    demo.add_argument("--num-warmup", type=_positive_int, default=32, help="calibration samples (default: 32)")
+    demo.add_argument(
+        "--num-test", type=_positive_int, default=32, help="fresh noises and prompts to score (default: 32)"
+    )
 
     calibrate = _command(
         commands,
@@ -192,7 +232,7 @@ def load_pipeline(args: argparse.Namespace):
     # Each process of a launch loads the pipeline on its own device (accelerate's choice for GPUs).
     state = process_state(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     device = str(state.device) if args.device in (None, "cuda") else args.device
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    dtype = resolve_dtype(args.dtype, device, DiffusionPipeline.load_config(args.model))
     prompts = None
     if args.prompts:
         prompts = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
@@ -322,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import run_demo
 
-            run_demo(args.output, args.solver, tuple(args.steps), args.num_warmup, args.num_test)
+            run_demo(args.output, args.model, args.solver, tuple(args.steps), args.num_warmup, args.num_test)
         elif args.command == "calibrate":
             run_calibrate(args)
         elif args.command == "compare":

@@ -1,92 +1,240 @@
-"""`diffusers-gits demo`: calibrate GITS on the embedded default model and show, with numbers, what it buys."""
+"""`diffusers-gits demo`: prompts to images on an embedded text-to-image model, in few steps, GITS against the
+schedules people use, with numbers.
 
+On the embedded `StableDiffusionPipeline` (`--model sd`) or `StableDiffusion3Pipeline` (`--model flow`), trained
+here on coloured shapes: calibrate GITS with prompts and classifier-free guidance, then
+
+1. score GITS and the baselines (pooled RMSE to a fine reference on fresh noises and prompts, `compare_schedules`),
+2. generate through `pipe(prompts, num_inference_steps=N, guidance_scale=...)` with the pipeline's stock scheduler,
+   each baseline schedule and GITS, and measure prompt adherence (`diffusers_gits.shapes.prompt_adherence`),
+3. write a labelled image grid (a row per schedule, a column per prompt, a 50-step reference row), the error-vs-NFE
+   plot and the tables (`results.json`).
+"""
+
+import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import torch
 
-from .evaluation import (
-    UNetDenoiser,
-    load_default_pipeline,
-    mean_and_ci,
-    per_sample_rmse,
-    reference_sigmas,
-    solve,
-    start_noise,
-)
-from .plotting import save_error_plot, save_image_grid
-from .schedules import baseline_schedules
-from .scheduling_gits import GITSScheduler
+from .compare import compare_schedules, resolve_schedules
+from .embedded import GUIDANCE_SCALE, load_embedded_pipeline
+from .evaluation import sliced_wasserstein
+from .families import model_family
+from .noise import is_flow_scheduler_config
+from .plotting import save_error_plot, save_labelled_grid
+from .recorder import PipelineRunner, check_pipeline_family, probe_shift
+from .shapes import images_for_prompts, prompt_adherence, prompts_grid
 
 
-#: Test noises use seeds from here on; calibration uses seeds below num_warmup.
-TEST_SEED = 1_000_000
+DemoModel = Literal["sd", "flow"]
+#: The baselines shown for each model: what users of that family pick today.
+BASELINES: dict[str, tuple[str, ...]] = {
+    "sd": ("default", "karras", "ays", "sd15"),
+    "flow": ("default", "uniform", "beta", "karras", "exponential", "oss_flux"),
+}
+#: Seeds of the calibration prompts, the scored prompts and the generated images: disjoint from each other and from
+#: the noise indices of calibration (0 ..) and `compare` (1,000,000 ..).
+CALIBRATION_PROMPT_SEED, TEST_PROMPT_SEED, IMAGE_SEED = 100, 200, 2_000_000
+GITS = "gits (calibrated)"
 
 
 def run_demo(
     output_dir: str | Path = "demo_output",
+    model: DemoModel = "sd",
     solver: str = "dpmpp_2m",
-    steps: tuple[int, ...] = (4, 5, 6, 8, 10),
-    num_warmup: int = 256,
-    num_test: int = 128,
-    reference_steps: int = 200,
+    steps: Sequence[int] = (4, 5, 6, 8, 10),
+    num_warmup: int = 32,
+    num_test: int = 32,
+    num_prompts: int = 8,
+    reference_steps: int = 50,
     progress: bool = True,
-    echo=print,
-) -> dict[str, dict[int, float]]:
-    """Calibrate, compare GITS with the baseline schedules on held-out test noises, print a table, write PNGs.
+    echo: Callable[[str], None] = print,
+) -> dict:
+    """Calibrate GITS on an embedded text-to-image model, compare it with today's schedules, write PNGs and tables.
+
+    Args:
+        output_dir: where the scheduler, `samples_nfe{N}.png`, `error_vs_nfe.png` and `results.json` go.
+        model (`str`, defaults to `"sd"`): `"sd"` (the SD-style pipeline) or `"flow"` (the SD3 pipeline).
+        solver (`str`, defaults to `"dpmpp_2m"`): the solver GITS and the baseline schedules sample with.
+        steps: the step counts (NFE) to calibrate and compare.
+        num_warmup (`int`, defaults to 32): calibration warm-up noises.
+        num_test (`int`, defaults to 32): fresh noises (and prompts) for the RMSE and the prompt adherence.
+        num_prompts (`int`, defaults to 8): columns of the image grid.
+        reference_steps (`int`, defaults to 50): steps of the stock scheduler for the reference row and adherence.
+        progress (`bool`, defaults to `True`): show the calibration's progress bar.
+        echo: where the printout goes.
 
     Returns:
-        `{schedule name: {NFE: mean RMSE to the reference}}`.
+        `{"rmse": {schedule: {N: pooled RMSE}}, "adherence": {schedule: {N: rate}}, "calibration": {...}}`.
     """
+    if model not in BASELINES:
+        raise ValueError(f"model {model!r} is not a demo model; choose one of {sorted(BASELINES)}")
+    steps = sorted(set(steps))
     output_dir = Path(output_dir)
-    pipe = load_default_pipeline()
-    echo(f"Embedded model: DDPMPipeline on scikit-learn digits (16x16), SD noise schedule; solver {solver}.")
+    pipe = load_embedded_pipeline("sd" if model == "sd" else "sd3")
+    guidance = GUIDANCE_SCALE["sd" if model == "sd" else "sd3"]
+    stock = pipe.scheduler
+    echo(
+        f"Embedded model: {type(pipe).__name__} on coloured shapes (32x32), shipped with {type(stock).__name__}; "
+        f"guidance {guidance}, solver {solver}, NFE {steps}."
+    )
+
     tic = time.perf_counter()
-    scheduler = GITSScheduler.from_calibration(
-        pipe, list(steps), num_warmup=num_warmup, batch_size=64, solver=solver, progress=progress
+    gits_class = _gits_class(stock.config)
+    scheduler = gits_class.from_calibration(
+        pipe,
+        steps,
+        prompts=prompts_grid(64, CALIBRATION_PROMPT_SEED),
+        guidance_scale=guidance,
+        num_warmup=num_warmup,
+        batch_size=16,
+        solver=solver,
+        progress=progress,
+        cache=False,
     )
     calibration_s = time.perf_counter() - tic
     scheduler.save_pretrained(output_dir / "scheduler")
-    meta = scheduler.calibration_record
+    calls = scheduler.calibration_record["model_calls"]
     echo(
-        f"Calibrated in {calibration_s:.1f} s ({meta['model_calls']['total']} model calls, "
-        f"{meta['model_calls']['teacher_equivalents']}x one teacher run over the warm-ups)."
+        f"Calibrated in {calibration_s:.0f} s ({calls['total']} model calls, {calls['teacher_equivalents']}x one "
+        f"teacher run over the warm-ups); saved to {output_dir / 'scheduler'}."
     )
 
-    noise = scheduler.noise_schedule
-    denoiser = UNetDenoiser(pipe.unet, noise, pipe.scheduler.config.prediction_type)
-    shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
-    z = start_noise(num_test, shape, TEST_SEED)
-    echo(
-        f"Reference: {reference_steps}-step iPNDM solve of the same ODE from {num_test} test noises never used in calibration."
+    test_prompts = prompts_grid(num_test, TEST_PROMPT_SEED)
+    names = [*BASELINES[model], f"gits:{output_dir / 'scheduler'}"]
+    table = compare_schedules(
+        pipe,
+        steps,
+        names,
+        prompts=test_prompts,
+        solver=solver,
+        num_noises=num_test,
+        guidance_scale=guidance,
     )
-    reference = solve(denoiser, z, reference_sigmas(noise, reference_steps), "ipndm")
+    rmse = {
+        (GITS if name.startswith("gits:") else name): {k: row[k]["pooled_rmse"] for k in steps}
+        for name, row in table.items()
+    }
+    _print_rmse(rmse, steps, solver, echo)
 
-    errors: dict[str, dict[int, float]] = {}
-    samples: dict[str, torch.Tensor] = {}
-    for k in steps:
-        schedules = {**baseline_schedules(noise, k), "gits (calibrated)": scheduler.schedule_for(k)}
-        for name, sigmas in schedules.items():
-            out = solve(denoiser, z, sigmas, solver)
-            errors.setdefault(name, {})[k] = mean_and_ci(per_sample_rmse(out, reference))[0]
-            if k == steps[1 if len(steps) > 1 else 0]:
-                samples[name] = out[:16]
+    schedulers = schedulers_to_compare(pipe, stock, scheduler, BASELINES[model], steps, solver, guidance)
+    adherence, distance, shown = generate_and_score(
+        pipe, schedulers, steps, test_prompts, num_prompts, guidance, reference_steps
+    )
+    _print_adherence(adherence, steps, echo)
 
-    names = list(errors)
+    plot = save_error_plot(
+        rmse,
+        output_dir / "error_vs_nfe.png",
+        f"{type(pipe).__name__} (shapes), {solver}, guidance {guidance}: pooled RMSE to the reference",
+    )
+    grids = [
+        save_labelled_grid(
+            {_row_label(name, solver): images for name, images in rows.items()},
+            [prompt.removeprefix("a ") for prompt in test_prompts[:num_prompts]],
+            output_dir / f"samples_nfe{k}.png",
+            f"{k} steps (NFE {k}), guidance {guidance}; the last row: {type(stock).__name__}, {reference_steps} steps",
+        )
+        for k, rows in shown.items()
+    ]
+    results = {
+        "model": type(pipe).__name__,
+        "solver": solver,
+        "guidance_scale": guidance,
+        "steps": steps,
+        "rmse": rmse,
+        "adherence": adherence,
+        "distance_to_real": distance,
+        "calibration": {"seconds": calibration_s, "model_calls": calls},
+    }
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     echo("")
-    echo(f"RMSE to reference (lower is better), solver {solver}")
-    echo(f"{'NFE':>4} " + " ".join(f"{n[:20]:>20}" for n in names) + f" {'gits / best baseline':>21}")
-    for k in steps:
-        best = min(errors[n][k] for n in names if not n.startswith("gits ("))
-        row = " ".join(f"{errors[n][k]:>20.4f}" for n in names)
-        echo(f"{k:>4} {row} {errors['gits (calibrated)'][k] / best:>21.3f}")
+    echo(f"Wrote {', '.join(str(g) for g in grids)}, {plot} and {output_dir / 'results.json'}.")
+    return results
 
-    plot = save_error_plot(errors, output_dir / "error_vs_nfe.png", f"Embedded digits model, {solver}")
-    k_shown = steps[1 if len(steps) > 1 else 0]
-    rows = ["uniform", "karras", "gits (calibrated)"]
-    grid = save_image_grid(
-        torch.cat([samples[r] for r in rows] + [reference[:16]]), output_dir / f"samples_nfe{k_shown}.png", columns=16
-    )
+
+def _row_label(name: str, solver: str) -> str:
+    """A grid row's label: the schedule and, where it is not the stock scheduler's own, the solver it ran with."""
+    return name if name.startswith(("stock", "reference")) else f"{name} + {solver}"
+
+
+def _gits_class(config) -> type:
+    from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler
+
+    return GITSFlowMatchScheduler if is_flow_scheduler_config(dict(config)) else GITSScheduler
+
+
+def schedulers_to_compare(pipe, stock, gits, baselines, steps, solver, guidance) -> dict[str, object]:
+    """`{row name: scheduler}`: the stock scheduler, each baseline as a GITS-family scheduler with that table, GITS."""
+    base_config = check_pipeline_family(pipe)
+    runner = PipelineRunner(pipe, ["a red circle"], 0, 1, {"guidance_scale": guidance})
+    mu, passes_sigmas = probe_shift(runner, base_config) if is_flow_scheduler_config(base_config) else (None, False)
+    family = model_family(base_config, mu, passes_sigmas)
+    resolved = resolve_schedules(list(baselines), family, steps, mu, solver)
+    schedulers = {f"stock ({type(stock).__name__})": stock}
+    schedulers.update({name: family.scheduler(solver, table) for name, table in resolved.items()})
+    schedulers[GITS] = gits
+    return schedulers
+
+
+@torch.no_grad()
+def _images(pipe, scheduler, prompts, num_steps, guidance) -> np.ndarray:
+    pipe.scheduler = scheduler
+    generators = [torch.Generator().manual_seed(IMAGE_SEED + i) for i in range(len(prompts))]
+    return pipe(
+        list(prompts), num_inference_steps=num_steps, guidance_scale=guidance, generator=generators, output_type="np"
+    ).images
+
+
+def generate_and_score(pipe, schedulers, steps, prompts, num_shown, guidance, reference_steps):
+    """Generate `prompts` through `pipe` with each scheduler at each N, and with the stock scheduler at
+    `reference_steps`; score each set by prompt adherence and by its distance to real images of the same prompts.
+
+    Returns:
+        `(adherence, distance, shown)`: `{row: {N: share of images matching their prompt}}` (the reference row under
+        `"reference (S steps)"`), `{row: {N: sliced Wasserstein distance to real images (pixels in [0, 1])}}` and
+        `{N: {row: the first num_shown images, (n, H, W, 3) in [0, 1]}}`.
+    """
+    real = torch.from_numpy(images_for_prompts(prompts, seed=IMAGE_SEED)).flatten(1)
+    stock = pipe.scheduler
+    adherence: dict[str, dict[int, float]] = {}
+    distance: dict[str, dict[int, float]] = {}
+    shown: dict[int, dict[str, np.ndarray]] = {k: {} for k in steps}
+
+    def score(name, k, images):
+        adherence.setdefault(name, {})[k] = prompt_adherence(list(images), prompts)["all"]
+        distance.setdefault(name, {})[k] = sliced_wasserstein(torch.from_numpy(images).flatten(1), real)
+        shown[k][name] = images[:num_shown]
+
+    try:
+        for name, scheduler in schedulers.items():
+            for k in steps:
+                score(name, k, _images(pipe, scheduler, prompts, k, guidance))
+        reference = _images(pipe, stock, prompts, reference_steps, guidance)
+    finally:
+        pipe.scheduler = stock
+    for k in steps:
+        score(f"reference ({reference_steps} steps)", k, reference)
+    return adherence, distance, shown
+
+
+def _print_rmse(rmse, steps, solver, echo) -> None:
+    baselines = [name for name in rmse if name != GITS]
     echo("")
-    echo(f"Wrote {plot}, {grid} (rows: {', '.join(rows)}, reference; same noises) and {output_dir / 'scheduler'}.")
-    return errors
+    echo(f"Pooled RMSE to the reference on fresh noises and prompts (lower is better), solver {solver}")
+    echo(f"{'NFE':>4} " + " ".join(f"{name[:12]:>12}" for name in rmse) + f" {'gits / best':>12}")
+    for k in steps:
+        best = min(rmse[name][k] for name in baselines)
+        echo(f"{k:>4} " + " ".join(f"{rmse[name][k]:>12.4f}" for name in rmse) + f" {rmse[GITS][k] / best:>12.3f}")
+
+
+def _print_adherence(adherence, steps, echo) -> None:
+    echo("")
+    echo("Prompt adherence (share of images showing the asked shape, colour and background; higher is better)")
+    echo(f"{'schedule':<34}" + "".join(f"{f'NFE {k}':>8}" for k in steps))
+    for name, row in adherence.items():
+        echo(f"{name[:33]:<34}" + "".join(f"{row[k]:>8.2f}" for k in steps))

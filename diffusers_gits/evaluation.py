@@ -5,34 +5,25 @@ sampled with the same solver functions the scheduler uses, so a schedule scores 
 pipeline with `GITSScheduler`.
 """
 
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .embedded import embedded_model_path, load_embedded_pipeline
 from .noise import VPNoiseSchedule, alpha, denoised_from_model_output, vp_to_sigma_space
 from .schedules import timestep_spacing_sigmas
 from .solvers import sample
 
 
 def default_model_path() -> Path:
-    """Folder of the embedded default model (a `DDPMPipeline` trained on scikit-learn's digits, committed here)."""
-    return Path(str(resources.files("diffusers_gits").joinpath("default_model")))
+    """Folder of the embedded digits model (a `DDPMPipeline` trained on scikit-learn's digits, committed here)."""
+    return embedded_model_path("digits")
 
 
 def load_default_pipeline():
-    """The embedded default model as a `DDPMPipeline`, loaded from the package with no network."""
-    from diffusers import DDPMPipeline
-    from diffusers.utils import logging as diffusers_logging
-
-    diffusers_logging.disable_progress_bar()  # the loading bar only; the pipeline's own bar is configured below
-    try:
-        pipe = DDPMPipeline.from_pretrained(default_model_path(), local_files_only=True)
-    finally:
-        diffusers_logging.enable_progress_bar()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    """The embedded digits model as a `DDPMPipeline`, loaded from the package with no network."""
+    return load_embedded_pipeline("digits")
 
 
 class UNetDenoiser:

@@ -118,7 +118,7 @@ def flow_family(base_config: dict, mu: float | None, pipeline_passes_sigmas: boo
         scheduler_class=GITSFlowMatchScheduler,
         base_config=base_config,
         grid=lambda size: flow_shifted_sigmas(size, factor),
-        baselines=lambda k: flow_baseline_schedules(k, factor, sigma_min),
+        baselines=lambda k: flow_baseline_schedules(k, factor, sigma_min, base_config, mu, pipeline_passes_sigmas),
         default=default,
         to_coordinate=lambda sigmas: unshift_flow_sigmas(sigmas, factor),
         from_coordinate=lambda u: shift_flow_sigmas(u, factor),

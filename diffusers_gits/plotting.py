@@ -41,14 +41,10 @@ def _save_log_plot(
     lines: dict[str, tuple[list, list]], path: str | Path, xlabel: str, ylabel: str, title: str
 ) -> Path:
     """One line per entry (x values, y values) on a log y axis, written as PNG to `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = _figure(figsize=(6, 4))
+    ax = fig.subplots()
     for label, (x, y) in lines.items():
         ax.plot(x, y, marker="o", label=label)
     ax.set_yscale("log")
@@ -59,7 +55,6 @@ def _save_log_plot(
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -78,13 +73,14 @@ def save_schedule_plot(schedules: dict[int, list[float]], path: str | Path) -> P
     return _save_log_plot(lines, path, "step", "sigma (the last step goes to 0)", "GITS schedules")
 
 
-def _figure():
-    import matplotlib
+def _figure(figsize: tuple[float, float]):
+    """A matplotlib `Figure` drawn by the Agg canvas: no pyplot, so the caller's backend (a notebook's) is untouched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def save_trajectory_projections(states: torch.Tensor, path: str | Path, max_trajectories: int = 16) -> Path:
@@ -92,7 +88,6 @@ def save_trajectory_projections(states: torch.Tensor, path: str | Path, max_traj
     end) against its deviation on its top two principal directions, as fractions of the chord; 2D and 3D panels."""
     from .geometry import chord_deviations
 
-    plt = _figure()
     x = states.detach().to("cpu", torch.float64).flatten(2)[:, :max_trajectories]
     chord = x[-1] - x[0]
     length = chord.norm(dim=-1)
@@ -100,7 +95,7 @@ def save_trajectory_projections(states: torch.Tensor, path: str | Path, max_traj
     deviation = chord_deviations(states)[:, :max_trajectories]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig = plt.figure(figsize=(10, 4.5))
+    fig = _figure(figsize=(10, 4.5))
     flat, solid = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2, projection="3d")
     for b in range(x.shape[1]):
         _, _, vh = torch.linalg.svd(deviation[:, b], full_matrices=False)
@@ -116,18 +111,17 @@ def save_trajectory_projections(states: torch.Tensor, path: str | Path, max_traj
     solid.set_zlabel("PC2")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def save_deviation_profiles(profiles: torch.Tensor, path: str | Path) -> Path:
     """Each trajectory's deviation from its chord (profiles (T, B), fractions of the chord) against the fraction of
     steps taken, with the mean profile."""
-    plt = _figure()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     steps = np.linspace(0, 1, profiles.shape[0])
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = _figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.plot(steps, profiles.numpy(), color="tab:blue", alpha=0.15, linewidth=0.8)
     ax.plot(steps, profiles.mean(1).numpy(), color="black", linewidth=2, label="mean")
     ax.set_xlabel("fraction of the steps")
@@ -136,7 +130,6 @@ def save_deviation_profiles(profiles: torch.Tensor, path: str | Path) -> Path:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -151,3 +144,39 @@ def save_convergence(sampling: torch.Tensor, denoising: torch.Tensor, path: str 
     return _save_log_plot(
         lines, path, "fraction of the steps", "distance to the final sample (relative)", "convergence"
     )
+
+
+def save_labelled_grid(
+    rows: dict[str, np.ndarray | Sequence[Image.Image]], column_labels: Sequence[str], path: str | Path, title: str
+) -> Path:
+    """Images in a labelled table, written as PNG to `path`.
+
+    Args:
+        rows: `{row label: images}`, the images as PIL images or an `(N, H, W, 3)` array in [0, 1], the same number
+            in every row.
+        column_labels: one label per column (wrapped to fit).
+        path: the PNG to write.
+        title: the figure's title.
+    """
+    import textwrap
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = len(column_labels)
+    fig = _figure(figsize=(2.2 + 1.25 * columns, 0.6 + 1.3 * len(rows)))
+    axes = fig.subplots(len(rows), columns, squeeze=False)
+    for r, (label, images) in enumerate(rows.items()):
+        if len(images) != columns:
+            raise ValueError(f"row {label!r} has {len(images)} images for {columns} columns")
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.imshow(np.asarray(images[c]), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(textwrap.fill(column_labels[c], 14), fontsize=7)
+        axes[r][0].set_ylabel(textwrap.fill(label, 18), fontsize=8, rotation=0, ha="right", va="center")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path

@@ -240,11 +240,74 @@ def flow_stock_sigmas(num_steps: int, factor: float, train_sigma_min: float) -> 
     return append_zero(shift_flow_sigmas(np.linspace(1.0, train_sigma_min, num_steps), factor))
 
 
-def flow_baseline_schedules(num_steps: int, factor: float, train_sigma_min: float) -> dict[str, np.ndarray]:
-    """The flow-matching schedules people sample with today: uniform sigmas unshifted, uniform sigmas with the model's
-    shift (Flux's default) and FlowMatchEuler's own default (SD3's)."""
-    return {
+#: FlowMatchEulerDiscreteScheduler's options that replace the schedule's spacing, by baseline name.
+FLOW_STOCK_SPACINGS = {
+    "beta": "use_beta_sigmas",
+    "karras": "use_karras_sigmas",
+    "exponential": "use_exponential_sigmas",
+}
+
+
+def flow_stock_spacing_sigmas(
+    config: dict, spacing: str, num_steps: int, mu: float | None = None, pipeline_passes_sigmas: bool = False
+) -> np.ndarray:
+    """The sigmas `FlowMatchEulerDiscreteScheduler` samples with `use_{spacing}_sigmas=True` for `num_steps` steps.
+
+    Computed by diffusers itself from the model's scheduler `config` (its shift settings) at `mu`, from the sigmas the
+    pipeline hands it: Flux passes `linspace(1, 1/N, N)` (`pipeline_passes_sigmas`), SD3 nothing. Beta sigmas (Lee et
+    al. 2024, "Beta Sampling is All You Need") need scipy, as in diffusers.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if spacing not in FLOW_STOCK_SPACINGS:
+        raise ValueError(f"spacing {spacing!r} is not supported; choose one of {sorted(FLOW_STOCK_SPACINGS)}")
+    accepted = inspect.signature(FlowMatchEulerDiscreteScheduler.__init__).parameters
+    options = {k: v for k, v in config.items() if k in accepted and k not in FLOW_STOCK_SPACINGS.values()}
+    scheduler = FlowMatchEulerDiscreteScheduler(**options, **{FLOW_STOCK_SPACINGS[spacing]: True})
+    if pipeline_passes_sigmas:
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
+    else:
+        scheduler.set_timesteps(num_steps, mu=mu)
+    return validate_sigmas(scheduler.sigmas.double().numpy(), name=f"FlowMatchEuler's {spacing} sigmas")
+
+
+def load_published_tables() -> dict:
+    """Published flow-matching tables: OSS (Pei et al. 2025, "Optimal Stepsize for Diffusion Sampling") for Flux at
+    10 steps and Wan at 20, as ComfyUI ships them (already shifted for the model's default resolution)."""
+    return json.loads(resources.files("diffusers_gits").joinpath("tables/published_flow_tables.json").read_text())
+
+
+def oss_flux_sigmas(num_steps: int) -> np.ndarray:
+    """The OSS Flux table for `num_steps`: its 11 sigmas stretched log-linearly to N + 1 and the last set to 0
+    (ComfyUI's rule for its OSS tables), used as given (the table is already shifted, for Flux at 1024 px)."""
+    check_step_count(num_steps)
+    return stretch_published_row(load_published_tables()["oss"]["flux_flow_sigmas_10"], num_steps)
+
+
+def flow_baseline_schedules(
+    num_steps: int,
+    factor: float,
+    train_sigma_min: float,
+    stock_config: dict | None = None,
+    mu: float | None = None,
+    pipeline_passes_sigmas: bool = False,
+) -> dict[str, np.ndarray]:
+    """The flow-matching schedules people sample with today.
+
+    Always: uniform sigmas unshifted, uniform sigmas with the model's shift (Flux's default), FlowMatchEuler's own
+    default (SD3's) and the OSS Flux table. With the model's scheduler config (`stock_config`, and `mu` /
+    `pipeline_passes_sigmas` as in `flow_stock_spacing_sigmas`) also FlowMatchEuler's beta, Karras and exponential
+    spacings, as diffusers computes them for that model.
+    """
+    schedules = {
         "uniform": np.linspace(1.0, 0.0, num_steps + 1),
         "shifted": flow_shifted_sigmas(num_steps, factor),
         "stock_default": flow_stock_sigmas(num_steps, factor, train_sigma_min),
+        "oss_flux": oss_flux_sigmas(num_steps),
     }
+    if stock_config is not None:
+        for spacing in FLOW_STOCK_SPACINGS:
+            schedules[spacing] = flow_stock_spacing_sigmas(
+                stock_config, spacing, num_steps, mu, pipeline_passes_sigmas
+            )
+    return schedules

@@ -1,5 +1,4 @@
-import subprocess
-import sys
+import json
 
 import pytest
 
@@ -14,6 +13,16 @@ def test_help_lists_demo_and_examples(capsys):
     assert "examples:" in out and "--solver" in out and "dpmpp_2m" in out
 
 
+@pytest.mark.parametrize("command", [[], ["demo"], ["calibrate"], ["compare"], ["analyze"], ["show"], ["push"]])
+def test_every_help_text_prints(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(command + ["--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and "usage:" in out
+    if not command:
+        assert all(name in out for name in ("demo", "calibrate", "compare", "analyze", "show", "push"))
+
+
 @pytest.mark.parametrize("argv", [["demo", "--solver", "heun"], ["demo", "--steps", "0"], ["frobnicate"]])
 def test_bad_arguments_exit_with_usage(argv, capsys):
     with pytest.raises(SystemExit) as info:
@@ -21,31 +30,34 @@ def test_bad_arguments_exit_with_usage(argv, capsys):
     assert info.value.code == 2 and "usage:" in capsys.readouterr().err
 
 
-def test_demo_runs_on_the_embedded_model(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "diffusers_gits",
-            "demo",
-            "--output",
-            str(tmp_path),
-            "--steps",
-            "3",
-            "5",
-            "--num-warmup",
-            "64",
-            "--num-test",
-            "16",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+@pytest.mark.parametrize("model", ["sd", "flow"])
+def test_demo_turns_prompts_into_labelled_images(model, tmp_path, capsys):
+    argv = [
+        "demo",
+        "--model",
+        model,
+        "--output",
+        str(tmp_path),
+        "--steps",
+        "2",
+        "--num-warmup",
+        "6",
+        "--num-test",
+        "4",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Pooled RMSE to the reference" in out and "gits / best" in out and "Prompt adherence" in out
+    assert (
+        "reference (50 steps)" in out
+        and ("PNDMScheduler" if model == "sd" else "FlowMatchEulerDiscreteScheduler") in out
     )
-    assert result.returncode == 0, result.stderr
-    assert "RMSE to reference" in result.stdout and "gits / best baseline" in result.stdout
-    assert (tmp_path / "error_vs_nfe.png").stat().st_size > 0 and (tmp_path / "samples_nfe5.png").exists()
+    assert (tmp_path / "error_vs_nfe.png").stat().st_size > 0 and (tmp_path / "samples_nfe2.png").stat().st_size > 0
     assert (tmp_path / "scheduler" / "scheduler_config.json").exists()
+    results = json.loads((tmp_path / "results.json").read_text())
+    baselines = ["default", "karras", "ays", "sd15"] if model == "sd" else ["default", "uniform", "beta", "oss_flux"]
+    assert all(name in results["rmse"] for name in baselines + ["gits (calibrated)"])
+    assert all(0 <= rate <= 1 for row in results["adherence"].values() for rate in row.values())
 
 
 def test_calibrate_show_and_push_commands(tmp_path, hub, capsys):
@@ -96,3 +108,27 @@ def test_a_programming_error_keeps_its_traceback(tmp_path, monkeypatch):
         main(["show", str(tmp_path)])
     monkeypatch.setattr(cli, "run_show", lambda args: (_ for _ in ()).throw(CalibrationError("NaN at grid step 3")))
     assert main(["show", str(tmp_path)]) == 1  # the package's own errors stay one line
+
+
+@pytest.mark.parametrize(
+    "choice, device, components, expected",
+    [
+        ("auto", "cpu", ["unet", "vae"], "float32"),
+        ("auto", "cuda", ["unet", "vae"], "float16"),
+        ("auto", "cuda:1", ["transformer", "vae"], "bfloat16"),
+        ("float32", "cuda", ["transformer"], "float32"),
+        ("bfloat16", "cpu", ["unet"], "bfloat16"),
+    ],
+)
+def test_dtype_choice(choice, device, components, expected):
+    import torch
+
+    from diffusers_gits.cli import resolve_dtype
+
+    assert resolve_dtype(choice, device, {name: ["diffusers", "X"] for name in components}) == getattr(torch, expected)
+
+
+def test_dtype_is_a_choice(capsys):
+    with pytest.raises(SystemExit):
+        main(["calibrate", "m", "--steps", "4", "--output", "o", "--dtype", "half"])
+    assert "invalid choice: 'half'" in capsys.readouterr().err

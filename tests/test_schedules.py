@@ -79,3 +79,50 @@ def test_published_rows_are_the_authors_with_final_zero():
 def test_validate_sigmas_names_the_problem(bad, match):
     with pytest.raises(ValueError, match=match):
         validate_sigmas(bad)
+
+
+@pytest.mark.parametrize("spacing", ["beta", "karras", "exponential"])
+@pytest.mark.parametrize("pipeline", ["sd3", "flux"])
+def test_flow_spacing_baselines_are_what_flowmatch_euler_samples_in_the_pipeline(spacing, pipeline):
+    """Each spacing baseline equals the sigmas a stock FlowMatchEuler scheduler with the flag set runs inside the
+    pipeline: SD3 (static shift, no sigmas passed) and Flux (dynamic shift, passes sigmas and mu)."""
+    from conftest import flux_inputs, sd3_inputs, tiny_flux_pipe, tiny_sd3_pipe
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from diffusers_gits.recorder import PipelineRunner, probe_shift
+    from diffusers_gits.schedules import FLOW_STOCK_SPACINGS, flow_stock_spacing_sigmas
+
+    pipe, inputs = (tiny_sd3_pipe(), sd3_inputs()) if pipeline == "sd3" else (tiny_flux_pipe(), flux_inputs())
+    config = dict(pipe.scheduler.config)
+    mu, passes_sigmas = probe_shift(PipelineRunner(pipe, None, 0, 1, inputs), config)
+    assert passes_sigmas == (pipeline == "flux") and (mu is None) == (pipeline == "sd3")
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(config, **{FLOW_STOCK_SPACINGS[spacing]: True})
+    pipe(**inputs, num_inference_steps=5, output_type="latent")
+    sampled = pipe.scheduler.sigmas.double().numpy()
+    expected = flow_stock_spacing_sigmas(config, spacing, 5, mu, passes_sigmas)
+    assert np.array_equal(sampled, expected)
+    assert len(expected) == 6 and expected[-1] == 0 and np.all(np.diff(expected) < 0)
+
+
+def test_oss_flux_table_is_stretched_log_linearly_and_pinned_to_zero():
+    from diffusers_gits.schedules import load_published_tables, oss_flux_sigmas
+
+    table = np.asarray(load_published_tables()["oss"]["flux_flow_sigmas_10"])
+    assert np.array_equal(oss_flux_sigmas(10), np.append(table[:-1], 0.0))
+    five = oss_flux_sigmas(5)
+    assert len(five) == 6 and five[-1] == 0 and five[0] == table[0] and np.all(np.diff(five) < 0)
+    # Interior points lie on the table's log-linear interpolant at uniform positions.
+    positions = np.linspace(0, 1, 6)[1:-1]
+    expected = np.exp(np.interp(positions, np.linspace(0, 1, len(table)), np.log(table)))
+    assert np.allclose(five[1:-1], expected)
+
+
+def test_flow_baselines_include_what_flux_users_run():
+    from diffusers_gits.schedules import flow_baseline_schedules
+
+    config = {"shift": 3.0, "num_train_timesteps": 1000}
+    schedules = flow_baseline_schedules(6, 3.0, 1e-3, config)
+    assert set(schedules) == {"uniform", "shifted", "stock_default", "oss_flux", "beta", "karras", "exponential"}
+    for sigmas in schedules.values():
+        assert len(sigmas) == 7 and sigmas[-1] == 0 and np.all(np.diff(sigmas) < 0)
+    assert set(flow_baseline_schedules(6, 3.0, 1e-3)) == {"uniform", "shifted", "stock_default", "oss_flux"}

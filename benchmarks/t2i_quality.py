@@ -1,0 +1,177 @@
+"""Benchmark: GITS against the schedules people use, on the embedded text-to-image models, with guidance.
+
+For each solver: calibrate GITS on the model with prompts and classifier-free guidance (cost counted), then on fresh
+noises and prompts (never seen in calibration) score GITS and every baseline of the model's family by pooled RMSE to
+a fine reference (`compare_schedules`: iPNDM on the calibration grid with every interval halved), with the paired
+95% CI of GITS's difference in squared error to the best baseline; then generate images through
+`pipe(prompts, num_inference_steps=N, guidance_scale=...)` with every schedule and the pipeline's stock scheduler and
+score prompt adherence and the sliced Wasserstein distance to real images of the same prompts.
+
+    python benchmarks/t2i_quality.py --model sd --solvers dpmpp_2m unipc      # writes benchmarks/results_t2i_sd.json
+    python benchmarks/t2i_quality.py --model flow --solvers dpmpp_2m unipc    # writes benchmarks/results_t2i_flow.json
+    python benchmarks/t2i_quality.py --report                                 # writes benchmarks/RESULTS_T2I.md
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from diffusers_gits.compare import compare_schedules
+from diffusers_gits.demo import (
+    BASELINES,
+    CALIBRATION_PROMPT_SEED,
+    GITS,
+    TEST_PROMPT_SEED,
+    generate_and_score,
+    schedulers_to_compare,
+)
+from diffusers_gits.embedded import GUIDANCE_SCALE, load_embedded_pipeline
+from diffusers_gits.scheduling_gits import GITSFlowMatchScheduler, GITSScheduler
+from diffusers_gits.shapes import prompts_grid
+
+
+HERE = Path(__file__).resolve().parent
+STEPS = [4, 5, 6, 8, 10]
+
+
+def run(model: str, solvers: list[str], num_warmup: int, num_test: int, num_images: int, output: Path) -> None:
+    pipe = load_embedded_pipeline("sd" if model == "sd" else "sd3")
+    guidance = GUIDANCE_SCALE["sd" if model == "sd" else "sd3"]
+    stock = pipe.scheduler
+    results = json.loads(output.read_text()) if output.exists() else {}
+    results.update({"model": type(pipe).__name__, "guidance_scale": guidance, "steps": STEPS})
+    results.setdefault("solvers", {})
+    for solver in solvers:
+        tic = time.perf_counter()
+        scheduler = (GITSFlowMatchScheduler if model == "flow" else GITSScheduler).from_calibration(
+            pipe,
+            STEPS,
+            prompts=prompts_grid(64, CALIBRATION_PROMPT_SEED),
+            guidance_scale=guidance,
+            num_warmup=num_warmup,
+            solver=solver,
+            progress=False,
+            cache=False,
+        )
+        seconds = time.perf_counter() - tic
+        folder = HERE / "build" / f"t2i_{model}_{solver}"
+        scheduler.save_pretrained(folder)
+        print(f"{model} {solver}: calibrated in {seconds:.0f} s", flush=True)
+
+        test_prompts = prompts_grid(num_test, TEST_PROMPT_SEED)
+        names = [*BASELINES[model], f"gits:{folder}"]
+        table = compare_schedules(
+            pipe, STEPS, names, prompts=test_prompts, solver=solver, num_noises=num_test, guidance_scale=guidance
+        )
+        table = {(GITS if name.startswith("gits:") else name): row for name, row in table.items()}
+        print(f"{model} {solver}: compared", flush=True)
+
+        schedulers = schedulers_to_compare(pipe, stock, scheduler, BASELINES[model], STEPS, solver, guidance)
+        adherence, distance, _ = generate_and_score(
+            pipe, schedulers, STEPS, prompts_grid(num_images, TEST_PROMPT_SEED + 1), 0, guidance, 50
+        )
+        record = scheduler.calibration_record
+        results["solvers"][solver] = {
+            "num_warmup": num_warmup,
+            "num_test": num_test,
+            "num_images": num_images,
+            "calibration_seconds": seconds,
+            "model_calls": record["model_calls"],
+            "chosen": {str(k): record["report"][str(k)]["chosen"] for k in STEPS},
+            "rmse": {name: {str(k): row[k] for k in STEPS} for name, row in table.items()},
+            "adherence": {name: {str(k): v for k, v in row.items()} for name, row in adherence.items()},
+            "distance_to_real": {name: {str(k): v for k, v in row.items()} for name, row in distance.items()},
+        }
+        output.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"{model} {solver}: done", flush=True)
+
+
+def gits_versus_best(rmse: dict, k: str) -> tuple[str, float, float, float]:
+    """(best baseline, GITS pooled RMSE / best baseline's, paired mean difference in squared error GITS - best,
+    its 95% half-width), from `compare_schedules`' table, whose differences are to the overall best."""
+    baselines = {name: row[k] for name, row in rmse.items() if name != GITS}
+    best = min(baselines, key=lambda name: baselines[name]["pooled_rmse"])
+    gits = rmse[GITS][k]
+    ratio = gits["pooled_rmse"] / baselines[best]["pooled_rmse"]
+    if gits["minus_best"] == 0:  # GITS is the overall best: the best baseline's gap to it, with the sign turned
+        return best, ratio, -baselines[best]["minus_best"], baselines[best]["minus_best_ci"]
+    return best, ratio, gits["minus_best"] - baselines[best]["minus_best"], gits["minus_best_ci"]
+
+
+def report() -> None:
+    lines = ["# Text-to-image benchmark: the embedded shapes models with guidance", ""]
+    lines += [
+        "Made by `benchmarks/t2i_quality.py` (see its docstring for the method); raw numbers in "
+        "`results_t2i_sd.json` and `results_t2i_flow.json`. Pooled RMSE is in latent space, to a fine iPNDM "
+        "reference from the same noise and prompt; *ratio* is GITS over the best baseline at that NFE, with the "
+        "paired difference in squared error (GITS minus best, x1e-4) and its 95% CI. Adherence: share of "
+        "generated images that show the prompt's shape, colour and background (read exactly, "
+        "`diffusers_gits.shapes`); SW: sliced Wasserstein distance of the images to real images of the same "
+        "prompts (pixels in [0, 1]; lower is better).",
+        "",
+    ]
+    for model in ("sd", "flow"):
+        path = HERE / f"results_t2i_{model}.json"
+        if not path.exists():
+            continue
+        results = json.loads(path.read_text())
+        lines += [f"## {results['model']} (guidance {results['guidance_scale']})", ""]
+        for solver, r in results["solvers"].items():
+            calls = r["model_calls"]
+            lines += [
+                f"### {solver}: calibration {calls['total']} model calls ({calls['teacher_equivalents']}x one "
+                f"teacher run, num_warmup {r['num_warmup']}), {r['calibration_seconds']:.0f} s on 2 CPU cores; "
+                f"{r['num_test']} test noises, {r['num_images']} images for adherence and SW",
+                "",
+                "| NFE | best baseline | its RMSE | GITS RMSE | ratio | GITS - best (x1e-4, 95% CI) | adherence GITS / "
+                "best baseline / stock / 50-step ref | SW GITS / best baseline / stock |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            stock = next(name for name in r["adherence"] if name.startswith("stock"))
+            reference = next(name for name in r["adherence"] if name.startswith("reference"))
+            for k in map(str, results["steps"]):
+                best, ratio, diff, ci = gits_versus_best(r["rmse"], k)
+                a, d = r["adherence"], r["distance_to_real"]
+                lines.append(
+                    f"| {k} | {best} | {r['rmse'][best][k]['pooled_rmse']:.4f} | {r['rmse'][GITS][k]['pooled_rmse']:.4f}"
+                    f" | **{ratio:.2f}** | {diff * 1e4:+.1f} ± {ci * 1e4:.1f} | {a[GITS][k]:.2f} / {a[best][k]:.2f} / "
+                    f"{a[stock][k]:.2f} / {a[reference][k]:.2f} | {d[GITS][k]:.3f} / {d[best][k]:.3f} / "
+                    f"{d[stock][k]:.3f} |"
+                )
+            lines += ["", "Pooled RMSE of every schedule:", ""]
+            names = list(r["rmse"])
+            lines += ["| NFE | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+            for k in map(str, results["steps"]):
+                lines.append(f"| {k} | " + " | ".join(f"{r['rmse'][n][k]['pooled_rmse']:.4f}" for n in names) + " |")
+            lines.append("")
+    (HERE / "RESULTS_T2I.md").write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["sd", "flow"])
+    parser.add_argument("--solvers", nargs="+", default=["dpmpp_2m", "unipc", "ipndm", "euler"])
+    parser.add_argument("--num-warmup", type=int, default=256)
+    parser.add_argument("--num-test", type=int, default=64)
+    parser.add_argument("--num-images", type=int, default=64)
+    parser.add_argument("--report", action="store_true", help="write RESULTS_T2I.md from the JSON files")
+    args = parser.parse_args()
+    if args.report:
+        report()
+        return
+    if args.model is None:
+        parser.error("--model is required unless --report")
+    run(
+        args.model,
+        args.solvers,
+        args.num_warmup,
+        args.num_test,
+        args.num_images,
+        HERE / f"results_t2i_{args.model}.json",
+    )
+    report()
+
+
+if __name__ == "__main__":
+    main()

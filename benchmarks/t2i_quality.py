@@ -7,8 +7,8 @@ a fine reference (`compare_schedules`: iPNDM on the calibration grid with every 
 `pipe(prompts, num_inference_steps=N, guidance_scale=...)` with every schedule and the pipeline's stock scheduler and
 score prompt adherence and the sliced Wasserstein distance to real images of the same prompts.
 
-    python benchmarks/t2i_quality.py --model sd --solvers dpmpp_2m unipc      # writes benchmarks/results_t2i_sd.json
-    python benchmarks/t2i_quality.py --model flow --solvers dpmpp_2m unipc    # writes benchmarks/results_t2i_flow.json
+    python benchmarks/t2i_quality.py --model sd --solvers dpmpp_2m unipc    # benchmarks/results_t2i_sd_SOLVER.json
+    python benchmarks/t2i_quality.py --model flow --solvers dpmpp_2m        # benchmarks/results_t2i_flow_SOLVER.json
     python benchmarks/t2i_quality.py --report                                 # writes benchmarks/RESULTS_T2I.md
 """
 
@@ -35,13 +35,12 @@ HERE = Path(__file__).resolve().parent
 STEPS = [4, 5, 6, 8, 10]
 
 
-def run(model: str, solvers: list[str], num_warmup: int, num_test: int, num_images: int, output: Path) -> None:
+def run(model: str, solvers: list[str], num_warmup: int, num_test: int, num_images: int) -> None:
+    """Benchmark each solver on `model`; each solver's results go to `results_t2i_{model}_{solver}.json`, so solvers
+    can run in parallel processes."""
     pipe = load_embedded_pipeline("sd" if model == "sd" else "sd3")
     guidance = GUIDANCE_SCALE["sd" if model == "sd" else "sd3"]
     stock = pipe.scheduler
-    results = json.loads(output.read_text()) if output.exists() else {}
-    results.update({"model": type(pipe).__name__, "guidance_scale": guidance, "steps": STEPS})
-    results.setdefault("solvers", {})
     for solver in solvers:
         tic = time.perf_counter()
         scheduler = (GITSFlowMatchScheduler if model == "flow" else GITSScheduler).from_calibration(
@@ -72,7 +71,11 @@ def run(model: str, solvers: list[str], num_warmup: int, num_test: int, num_imag
             pipe, schedulers, STEPS, prompts_grid(num_images, TEST_PROMPT_SEED + 1), 0, guidance, 50
         )
         record = scheduler.calibration_record
-        results["solvers"][solver] = {
+        results = {
+            "model": type(pipe).__name__,
+            "guidance_scale": guidance,
+            "steps": STEPS,
+            "solver": solver,
             "num_warmup": num_warmup,
             "num_test": num_test,
             "num_images": num_images,
@@ -83,7 +86,7 @@ def run(model: str, solvers: list[str], num_warmup: int, num_test: int, num_imag
             "adherence": {name: {str(k): v for k, v in row.items()} for name, row in adherence.items()},
             "distance_to_real": {name: {str(k): v for k, v in row.items()} for name, row in distance.items()},
         }
-        output.write_text(json.dumps(results, indent=1) + "\n")
+        (HERE / f"results_t2i_{model}_{solver}.json").write_text(json.dumps(results, indent=1) + "\n")
         print(f"{model} {solver}: done", flush=True)
 
 
@@ -103,7 +106,7 @@ def report() -> None:
     lines = ["# Text-to-image benchmark: the embedded shapes models with guidance", ""]
     lines += [
         "Made by `benchmarks/t2i_quality.py` (see its docstring for the method); raw numbers in "
-        "`results_t2i_sd.json` and `results_t2i_flow.json`. Pooled RMSE is in latent space, to a fine iPNDM "
+        "`results_t2i_MODEL_SOLVER.json`. Pooled RMSE is in latent space, to a fine iPNDM "
         "reference from the same noise and prompt; *ratio* is GITS over the best baseline at that NFE, with the "
         "paired difference in squared error (GITS minus best, x1e-4) and its 95% CI. Adherence: share of "
         "generated images that show the prompt's shape, colour and background (read exactly, "
@@ -112,12 +115,12 @@ def report() -> None:
         "",
     ]
     for model in ("sd", "flow"):
-        path = HERE / f"results_t2i_{model}.json"
-        if not path.exists():
+        runs = [json.loads(path.read_text()) for path in sorted(HERE.glob(f"results_t2i_{model}_*.json"))]
+        if not runs:
             continue
-        results = json.loads(path.read_text())
-        lines += [f"## {results['model']} (guidance {results['guidance_scale']})", ""]
-        for solver, r in results["solvers"].items():
+        lines += [f"## {runs[0]['model']} (guidance {runs[0]['guidance_scale']})", ""]
+        for r in runs:
+            solver, results = r["solver"], r
             calls = r["model_calls"]
             lines += [
                 f"### {solver}: calibration {calls['total']} model calls ({calls['teacher_equivalents']}x one "
@@ -162,14 +165,7 @@ def main() -> None:
         return
     if args.model is None:
         parser.error("--model is required unless --report")
-    run(
-        args.model,
-        args.solvers,
-        args.num_warmup,
-        args.num_test,
-        args.num_images,
-        HERE / f"results_t2i_{args.model}.json",
-    )
+    run(args.model, args.solvers, args.num_warmup, args.num_test, args.num_images)
     report()
 
 

@@ -17,6 +17,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from diffusers_gits.compare import compare_schedules
 from diffusers_gits.demo import (
     BASELINES,
@@ -76,6 +78,7 @@ def run(model: str, solvers: list[str], num_warmup: int, num_test: int, num_imag
             "guidance_scale": guidance,
             "steps": STEPS,
             "solver": solver,
+            "torch_threads": torch.get_num_threads(),
             "num_warmup": num_warmup,
             "num_test": num_test,
             "num_images": num_images,
@@ -124,7 +127,8 @@ def report() -> None:
             calls = r["model_calls"]
             lines += [
                 f"### {solver}: calibration {calls['total']} model calls ({calls['teacher_equivalents']}x one "
-                f"teacher run, num_warmup {r['num_warmup']}), {r['calibration_seconds']:.0f} s on 2 CPU cores; "
+                f"teacher run, num_warmup {r['num_warmup']}), {r['calibration_seconds']:.0f} s on {r['torch_threads']} CPU "
+                f"thread(s) of a shared 2-core machine; "
                 f"{r['num_test']} test noises, {r['num_images']} images for adherence and SW",
                 "",
                 "| NFE | best baseline | its RMSE | GITS RMSE | ratio | GITS - best (x1e-4, 95% CI) | adherence GITS / "

@@ -107,6 +107,14 @@ class PipelineRunner:
         self.batch_size = batch_size
         self.pipe_kwargs = pipe_kwargs
         self.parameters = inspect.signature(pipe.__call__).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in self.parameters.values())
+        unknown = sorted(k for k in pipe_kwargs if k not in self.parameters)
+        if unknown and not takes_any:
+            # Checked before any model call: a misspelt option (`budgte=4`) would otherwise fail deep inside a run.
+            raise TypeError(
+                f"{unknown} is neither an option of this call nor an argument of {type(pipe).__name__}.__call__ "
+                f"(a misspelling?); the pipeline takes {sorted(k for k in self.parameters if k != 'self')}"
+            )
         self.device = getattr(pipe, "_execution_device", None) or getattr(pipe, "device", torch.device("cpu"))
 
     def _call_kwargs(self, indices: Sequence[int], num_steps: int) -> dict[str, Any]:

@@ -211,12 +211,17 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
         return (self.calibration_record or {}).get("report")
 
     def save_config(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
-        """Save `scheduler_config.json` (as diffusers does) and, for a calibrated schedule, `calibration_report.json`."""
-        if self.calibration_record is not None:  # first, so that push_to_hub=True uploads it too
-            from .hub import write_record
+        """Save `scheduler_config.json` (as diffusers does) and, for a calibrated schedule, `calibration_report.json`;
+        an older `calibration_report.json` in the folder is removed when this scheduler has no record, so that it is
+        never read back as this schedule's."""
+        from .hub import REPORT_NAME, write_record
 
+        record = self.calibration_record
+        if record is not None:  # first, so that push_to_hub=True uploads it too
             os.makedirs(save_directory, exist_ok=True)
-            write_record(self.calibration_record, save_directory)
+            write_record(record, save_directory)
+        elif os.path.isfile(os.path.join(save_directory, REPORT_NAME)):
+            os.remove(os.path.join(save_directory, REPORT_NAME))
         super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
 
     @property

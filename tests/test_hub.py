@@ -335,3 +335,13 @@ def test_a_corrupt_cache_entry_is_recalibrated_with_a_warning(tmp_path, monkeypa
     assert again.sigmas_for(2) == first.sigmas_for(2)
     assert cache_load(entry.name, tmp_path) is not None  # replaced by the fresh result
     assert len(calibration_key(model_identity(pipe), {})) == 32
+
+
+@pytest.mark.parametrize("make", [lambda: GITSScheduler(**SD), lambda: GITSScheduler.from_preset("sd15")])
+def test_saving_without_a_record_removes_an_older_report(make, tmp_path):
+    calibrated().save_pretrained(tmp_path)
+    assert GITSScheduler.from_pretrained(tmp_path).calibration_report is not None
+    make().save_pretrained(tmp_path)
+    loaded = GITSScheduler.from_pretrained(tmp_path)
+    assert loaded.calibration_record is None and loaded.calibration_report is None
+    assert not (tmp_path / "calibration_report.json").exists()

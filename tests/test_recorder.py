@@ -91,3 +91,18 @@ def test_calibration_schedulers_do_not_warn_about_flux_default_sigmas(caplog):
         user = family.scheduler("euler", {4: family.grid(4)})
         user.set_timesteps(4, sigmas=np.linspace(1, 1 / 4, 4), mu=1.15)
     assert "replace_default_sigmas" in caplog.text  # the user's own scheduler still says so
+
+
+def test_misspelt_option_is_refused_before_any_model_call():
+    from conftest import tiny_ddpm_pipe
+
+    from diffusers_gits import GITSScheduler
+
+    pipe = tiny_ddpm_pipe()
+    calls = []
+    pipe.unet.register_forward_hook(lambda *args: calls.append(1))
+    with pytest.raises(
+        TypeError, match=r"\['budgte'\] is neither an option of this call nor an argument of DDPMPipeline"
+    ):
+        GITSScheduler.from_calibration(pipe, [2], budgte=4, progress=False, cache=False)
+    assert calls == []

@@ -449,15 +449,20 @@ def model_identity(pipe) -> dict[str, Any]:
     config = dict(pipe.scheduler.config)
     if is_flow_scheduler_config(config):
         keys = ("num_train_timesteps", "shift", "use_dynamic_shifting", "base_shift", "max_shift", "time_shift_type")
+        optional = ("shift_terminal",)
     else:
         keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
         keys += ("rescale_betas_zero_snr",)
+        optional = ("snr_shift_scale",)  # CogVideoX's DDIM rescales alphas_cumprod with it
+    noise_schedule = {key: config.get(key) for key in keys}
+    # Keys only some schedulers have count where they are set, and leave every other model's key as it was.
+    noise_schedule.update({key: config[key] for key in optional if config.get(key) is not None})
     model = getattr(pipe, "name_or_path", None) or (getattr(pipe, "config", None) or {}).get("_name_or_path")
     return {
         "model": str(model) if model is not None else None,
         "components": component_fingerprints(pipe),
         "pipeline_class": type(pipe).__name__,
-        "noise_schedule": jsonable({key: config.get(key) for key in keys}),
+        "noise_schedule": jsonable(noise_schedule),
         "prediction_type": config.get("prediction_type"),
     }
 

@@ -345,3 +345,24 @@ def test_saving_without_a_record_removes_an_older_report(make, tmp_path):
     loaded = GITSScheduler.from_pretrained(tmp_path)
     assert loaded.calibration_record is None and loaded.calibration_report is None
     assert not (tmp_path / "calibration_report.json").exists()
+
+
+@pytest.mark.parametrize(
+    "scheduler_class, key, values",
+    [
+        ("CogVideoXDDIMScheduler", "snr_shift_scale", (1.0, 3.0)),
+        ("FlowMatchEulerDiscreteScheduler", "shift_terminal", (None, 0.1)),
+    ],
+)
+def test_model_identity_tells_noise_schedules_apart_by_every_key(scheduler_class, key, values):
+    import diffusers
+    from conftest import tiny_ddpm_pipe
+
+    from diffusers_gits.hub import model_identity
+
+    pipe = tiny_ddpm_pipe()
+    identities = []
+    for value in values:
+        pipe.scheduler = getattr(diffusers, scheduler_class)(**{key: value})
+        identities.append(model_identity(pipe)["noise_schedule"])
+    assert identities[0] != identities[1]

@@ -183,7 +183,9 @@ def check_pipeline_family(pipe) -> dict:
         raise TypeError(f"expected a diffusers pipeline with a `scheduler`, got {type(pipe).__name__}")
     config = dict(config)
     flow = is_flow_scheduler_config(config)
-    (GITSFlowMatchScheduler if flow else GITSScheduler)._check_config_family(config)
+    # Errors name the scheduler class the user has (a live scheduler's config does not carry `_class_name`).
+    named = {**config, "_class_name": type(pipe.scheduler).__name__}
+    (GITSFlowMatchScheduler if flow else GITSScheduler)._check_config_family(named)
     unreproduced = GITSFlowMatchScheduler.unreproduced_options(config) if flow else []
     if unreproduced:
         logger.warning(

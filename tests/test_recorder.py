@@ -106,3 +106,15 @@ def test_misspelt_option_is_refused_before_any_model_call():
     ):
         GITSScheduler.from_calibration(pipe, [2], budgte=4, progress=False, cache=False)
     assert calls == []
+
+
+def test_a_refused_scheduler_is_named_by_its_class():
+    from conftest import tiny_ddpm_pipe
+    from diffusers import UniPCMultistepScheduler
+
+    from diffusers_gits.recorder import check_pipeline_family
+
+    pipe = tiny_ddpm_pipe()
+    pipe.scheduler = UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0)
+    with pytest.raises(ValueError, match="^UniPCMultistepScheduler samples a flow-matching model through flow sigmas"):
+        check_pipeline_family(pipe)

@@ -6,7 +6,6 @@ config keys. Both keep the same schedule table (`gits_sigmas`), calibration reco
 parameterisation differs, and it comes from `diffusers_gits.noise`.
 """
 
-import functools
 import json
 import logging
 import os
@@ -92,7 +91,6 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
         self._begin_index = None
         self._fallbacks_logged: set[int] = set()
         self._record: dict | None = None
-        self._record_loader = None
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
@@ -143,8 +141,10 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
             kwargs.pop(ignored, None)
         config = fetch_schedule_config(pretrained_model_name_or_path, subfolder=subfolder, **download)
         scheduler = scheduler_from_config(config, **kwargs)
-        scheduler._record_loader = functools.partial(
-            fetch_calibration_record, pretrained_model_name_or_path, subfolder=subfolder, **download
+        # Fetched here (it is small), not on first read: a property that downloads fails offline where the user
+        # only wanted to save the pipeline.
+        scheduler.calibration_record = fetch_calibration_record(
+            pretrained_model_name_or_path, subfolder=subfolder, **download
         )
         return (scheduler, {}) if return_unused_kwargs else scheduler
 
@@ -190,19 +190,16 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
         """Everything the calibration recorded: settings, model calls by stage, timings and the report.
 
         `config.calibration` keeps only a summary (model, pipeline, solver, the choice per step count); the record is
-        saved beside the config as `calibration_report.json` and loaded from there on first use. `None` for presets
+        saved beside the config as `calibration_report.json` and read by `from_pretrained`. `None` for presets
         and uncalibrated schedulers.
         """
-        if self._record is None and self._record_loader is not None:
-            loader, self._record_loader = self._record_loader, None
-            self._record = loader()
         if self._record is None and "report" in (self.config.calibration or {}):
             return dict(self.config.calibration)  # saved before the record had a file of its own
         return self._record
 
     @calibration_record.setter
     def calibration_record(self, record: dict | None) -> None:
-        self._record, self._record_loader = record, None
+        self._record = record
 
     @property
     def calibration_report(self) -> dict | None:

@@ -366,3 +366,12 @@ def test_model_identity_tells_noise_schedules_apart_by_every_key(scheduler_class
         pipe.scheduler = getattr(diffusers, scheduler_class)(**{key: value})
         identities.append(model_identity(pipe)["noise_schedule"])
     assert identities[0] != identities[1]
+
+
+def test_a_scheduler_from_the_hub_saves_offline(hub, tmp_path, monkeypatch):
+    calibrated().push_to_hub("me/offline-save")
+    loaded = GITSScheduler.from_pretrained("me/offline-save")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    loaded.save_pretrained(tmp_path)  # the record came with from_pretrained: nothing to download now
+    assert GITSScheduler.from_pretrained(tmp_path).calibration_report == calibrated().calibration_report

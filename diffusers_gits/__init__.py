@@ -2,7 +2,13 @@
 
 __version__ = "0.1.0"
 
-from .errors import CalibrationError, CheckpointMismatchError, ScheduleLoadError, WrongFamilyError  # noqa: E402
+from .errors import (  # noqa: E402
+    CalibrationError,
+    CheckpointMismatchError,
+    ScheduleLoadError,
+    ScheduleNotFoundError,
+    WrongFamilyError,
+)
 from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler, GITSSchedulerOutput  # noqa: E402
 
 
@@ -13,6 +19,7 @@ __all__ = [
     "GITSScheduler",
     "GITSSchedulerOutput",
     "ScheduleLoadError",
+    "ScheduleNotFoundError",
     "WrongFamilyError",
     "__version__",
 ]

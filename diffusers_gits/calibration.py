@@ -25,7 +25,7 @@ import torch
 from . import __version__
 from .checkpoint import CalibrationCheckpoint
 from .choice import SCREENED_BASELINES, HeldOutScorer, coeff_of, decide, refine_schedule, run_race, screened
-from .errors import ScheduleLoadError
+from .errors import ScheduleNotFoundError
 from .execution import CallBudget, Executor, Job, Progress, broadcast, process_state
 from .families import ModelFamily, model_family
 from .geometry import aggregate, per_trajectory
@@ -239,8 +239,8 @@ def _lookup(
             config = fetch_schedule_config(hub_repo, subfolder=key)
             scheduler_from_config(config)
             record = fetch_calibration_record(hub_repo, subfolder=key)
-        except ScheduleLoadError as error:
-            logger.warning("No usable GITS schedule for this setting in %s (%s); calibrating.", hub_repo, error)
+        except ScheduleNotFoundError as error:  # only "not there" means "calibrate"; reach or read errors are raised
+            logger.warning("No GITS schedule for this setting in %s (%s); calibrating.", hub_repo, error)
             return None
         if cache:
             cache_store(key, config, record, Path(cache_dir) if cache_dir else None)

@@ -29,6 +29,13 @@ class ScheduleLoadError(ValueError):
         self.field = field
 
 
+class ScheduleNotFoundError(ScheduleLoadError):
+    """The repo, revision or file of a schedule does not exist (as opposed to one that could not be reached or read).
+
+    A calibration that looks for a shared result on the Hub calibrates only on this error; any other raises.
+    """
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint folder holds a calibration of another model, other settings or another package version.
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ScheduleLoadError
+from .errors import ScheduleLoadError, ScheduleNotFoundError
 from .noise import is_flow_scheduler_config
 from .schedules import validate_schedule_table
 from .settings import CARD_FIELDS
@@ -91,9 +91,14 @@ def _fetch_file(
     if Path(repo_or_dir).is_dir():
         if missing_ok:
             return None
-        raise ScheduleLoadError(f"{source}: no {name} in that folder", source=source)
+        raise ScheduleNotFoundError(f"{source}: no {name} in that folder", source=source)
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         return Path(
@@ -115,7 +120,9 @@ def _fetch_file(
                 f"{source}: not in the local cache and the Hub cannot be reached (offline mode?): {error}",
                 source=source,
             ) from error
-        raise ScheduleLoadError(f"{source}: could not download {name}: {error}", source=source) from error
+        raise ScheduleNotFoundError(f"{source}: no {name} there: {error}", source=source) from error
+    except (RepositoryNotFoundError, RevisionNotFoundError) as error:
+        raise ScheduleNotFoundError(f"{source}: not found on the Hub: {error}", source=source) from error
     except Exception as error:  # HTTP status, transport (the HTTP client's own types) and file errors alike
         raise ScheduleLoadError(f"{source}: could not download {name}: {error}", source=source) from error
 

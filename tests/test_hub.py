@@ -70,7 +70,7 @@ def test_revision_pins_an_earlier_push(hub):
     calibrated({"3": [14.6, 1.0, 0.2, 0.0]}).push_to_hub("me/repo")
     assert GITSScheduler.from_pretrained("me/repo", revision=first).config.gits_sigmas["3"][1] == 2.0
     assert GITSScheduler.from_pretrained("me/repo").config.gits_sigmas["3"][1] == 1.0
-    with pytest.raises(ScheduleLoadError, match="me/repo.*could not download"):
+    with pytest.raises(ScheduleLoadError, match="me/repo.*not found on the Hub"):
         GITSScheduler.from_pretrained("me/repo", revision="no-such-branch")
 
 
@@ -375,3 +375,29 @@ def test_a_scheduler_from_the_hub_saves_offline(hub, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     loaded.save_pretrained(tmp_path)  # the record came with from_pretrained: nothing to download now
     assert GITSScheduler.from_pretrained(tmp_path).calibration_report == calibrated().calibration_report
+
+
+def test_a_hub_error_other_than_not_found_is_raised_not_taken_for_a_miss(hub, monkeypatch):
+    import huggingface_hub as hf
+
+    pipe = GaussianMixturePipeline(GaussianMixture.random(), DDPMScheduler(**SD))
+    calls = []
+    monkeypatch.setattr(GaussianMixturePipeline, "__call__", lambda self, **kw: calls.append(kw))
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("the network is down")
+
+    monkeypatch.setattr(hf, "hf_hub_download", unreachable)
+    with pytest.raises(ScheduleLoadError, match="the network is down"):
+        GITSScheduler.from_calibration(pipe, [3], hub_repo="me/cal", cache=False, **TINY_PURE_DP)
+    assert calls == []  # no expensive calibration started on a look-up that failed
+
+
+def test_a_schedule_not_on_the_hub_is_calibrated(hub):
+    from diffusers_gits import ScheduleNotFoundError
+
+    pipe = GaussianMixturePipeline(GaussianMixture.random(), DDPMScheduler(**SD))
+    with pytest.raises(ScheduleNotFoundError):
+        GITSScheduler.from_pretrained("me/never-pushed")
+    scheduler = GITSScheduler.from_calibration(pipe, [3], hub_repo="me/never-pushed", cache=False, **TINY_PURE_DP)
+    assert scheduler.calibrated_steps == [3]

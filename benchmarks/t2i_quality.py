@@ -29,7 +29,7 @@ from diffusers_gits.demo import (
     schedulers_to_compare,
 )
 from diffusers_gits.embedded import GUIDANCE_SCALE, load_embedded_pipeline
-from diffusers_gits.scheduling_gits import GITSFlowMatchScheduler, GITSScheduler
+from diffusers_gits.scheduling_gits import GITSScheduler
 from diffusers_gits.shapes import prompts_grid
 
 
@@ -45,7 +45,7 @@ def run(model: str, solvers: list[str], num_warmup: int, num_test: int, num_imag
     stock = pipe.scheduler
     for solver in solvers:
         tic = time.perf_counter()
-        scheduler = (GITSFlowMatchScheduler if model == "flow" else GITSScheduler).from_calibration(
+        scheduler = GITSScheduler.from_calibration(  # a GITSFlowMatchScheduler for the flow model
             pipe,
             STEPS,
             prompts=prompts_grid(64, CALIBRATION_PROMPT_SEED),

@@ -13,10 +13,8 @@ from typing import Any
 import torch
 
 from .execution import Executor, Job, Progress, process_state
-from .families import model_family
 from .geometry import convergence, deviation_profile, summarize
-from .noise import is_flow_scheduler_config
-from .recorder import PipelineRunner, batch_key, check_pipeline_family, probe_shift
+from .recorder import PipelineRunner, batch_key, check_pipeline_family, probe_family
 from .schedules import check_step_count
 
 
@@ -41,8 +39,7 @@ def record_trajectories(
         raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
     base_config = check_pipeline_family(pipe)
     runner = PipelineRunner(pipe, prompts, seed, batch_size, pipe_kwargs)
-    mu, passes_sigmas = probe_shift(runner, base_config) if is_flow_scheduler_config(base_config) else (None, False)
-    family = model_family(base_config, mu, passes_sigmas)
+    family, mu = probe_family(runner, base_config)
     sigmas = family.grid(num_steps)
     scheduler = family.scheduler(solver, {num_steps: sigmas})
 

@@ -27,7 +27,7 @@ from .checkpoint import CalibrationCheckpoint
 from .choice import SCREENED_BASELINES, HeldOutScorer, coeff_of, decide, refine_schedule, run_race, screened
 from .errors import ScheduleNotFoundError
 from .execution import CallBudget, Executor, Job, Progress, broadcast, process_state
-from .families import ModelFamily, model_family
+from .families import ModelFamily
 from .geometry import aggregate, per_trajectory
 from .hub import (
     cache_load,
@@ -38,8 +38,7 @@ from .hub import (
     jsonable,
     model_identity,
 )
-from .noise import is_flow_scheduler_config
-from .recorder import PipelineRunner, batch_key, check_pipeline_family, probe_shift
+from .recorder import PipelineRunner, batch_key, check_pipeline_family, probe_family
 from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler, scheduler_from_config
 from .search import JumpCostAccumulator, SolverJumpCostAccumulator, dp_schedules, student_path_dp
 from .settings import CalibrationSettings
@@ -172,8 +171,7 @@ def calibrate(
     state = process_state(runner.device)
     # A flow pipeline's shift depends on the resolution it computes inside __call__: read it (no denoiser call) first,
     # so that it keys the cache too.
-    mu, passes_sigmas = probe_shift(runner, base_config) if is_flow_scheduler_config(base_config) else (None, False)
-    family = model_family(base_config, mu, passes_sigmas)
+    family, mu = probe_family(runner, base_config)
     model = model_identity(pipe) if cache or hub_repo or checkpoint_dir else None
     key = calibration_key(model, {**settings.result_fields(), "mu": mu}) if cache or hub_repo else None
     if key is not None:

@@ -16,9 +16,7 @@ import torch
 from .choice import HeldOutScorer
 from .evaluation import mean_and_ci
 from .execution import CallBudget, Executor, process_state
-from .families import model_family
-from .noise import is_flow_scheduler_config
-from .recorder import PipelineRunner, check_pipeline_family, probe_shift
+from .recorder import PipelineRunner, check_pipeline_family, probe_family
 from .schedules import check_step_count
 from .selection import paired_difference
 
@@ -103,8 +101,7 @@ def compare_schedules(
         raise ValueError(f"num_noises must be >= 2 for a confidence interval, got {num_noises}")
     base_config = check_pipeline_family(pipe)
     runner = PipelineRunner(pipe, prompts, seed, batch_size, pipe_kwargs)
-    mu, passes_sigmas = probe_shift(runner, base_config) if is_flow_scheduler_config(base_config) else (None, False)
-    family = model_family(base_config, mu, passes_sigmas)
+    family, mu = probe_family(runner, base_config)
     resolved = resolve_schedules(list(schedules), family, steps, mu, solver)
     fine, _ = family.fine_grid(grid_size)
     reference_scheduler = family.scheduler(teacher, {len(fine) - 1: fine})

@@ -23,10 +23,9 @@ import torch
 from .compare import compare_schedules, resolve_schedules
 from .embedded import GUIDANCE_SCALE, load_embedded_pipeline
 from .evaluation import sliced_wasserstein
-from .families import model_family
-from .noise import is_flow_scheduler_config
 from .plotting import save_error_plot, save_labelled_grid
-from .recorder import PipelineRunner, check_pipeline_family, probe_shift
+from .recorder import PipelineRunner, check_pipeline_family, probe_family
+from .scheduling_gits import GITSScheduler
 from .shapes import images_for_prompts, prompt_adherence, prompts_grid
 
 
@@ -84,8 +83,7 @@ def run_demo(
     )
 
     tic = time.perf_counter()
-    gits_class = _gits_class(stock.config)
-    scheduler = gits_class.from_calibration(
+    scheduler = GITSScheduler.from_calibration(  # a GITSFlowMatchScheduler for the flow model
         pipe,
         steps,
         prompts=prompts_grid(64, CALIBRATION_PROMPT_SEED),
@@ -162,18 +160,11 @@ def _row_label(name: str, solver: str) -> str:
     return name if name.startswith(("stock", "reference")) else f"{name} + {solver}"
 
 
-def _gits_class(config) -> type:
-    from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler
-
-    return GITSFlowMatchScheduler if is_flow_scheduler_config(dict(config)) else GITSScheduler
-
-
 def schedulers_to_compare(pipe, stock, gits, baselines, steps, solver, guidance) -> dict[str, object]:
     """`{row name: scheduler}`: the stock scheduler, each baseline as a GITS-family scheduler with that table, GITS."""
     base_config = check_pipeline_family(pipe)
     runner = PipelineRunner(pipe, ["a red circle"], 0, 1, {"guidance_scale": guidance})
-    mu, passes_sigmas = probe_shift(runner, base_config) if is_flow_scheduler_config(base_config) else (None, False)
-    family = model_family(base_config, mu, passes_sigmas)
+    family, mu = probe_family(runner, base_config)
     resolved = resolve_schedules(list(baselines), family, steps, mu, solver)
     schedulers = {f"stock ({type(stock).__name__})": stock}
     schedulers.update({name: family.scheduler(solver, table) for name, table in resolved.items()})

@@ -17,6 +17,7 @@ import torch
 
 from .errors import CalibrationError
 from .execution import Job
+from .families import ModelFamily, model_family
 from .noise import is_flow_scheduler_config
 from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler, _GITSSchedulerBase
 
@@ -228,3 +229,11 @@ def probe_shift(runner: "PipelineRunner", base_config: dict) -> tuple[float | No
     if base_config.get("use_dynamic_shifting") and mu is None:
         raise CalibrationError(f"{type(runner.pipe).__name__} did not pass `mu`, which dynamic shifting needs")
     return (float(mu) if mu is not None else None), seen.get("sigmas") is not None
+
+
+def probe_family(runner: "PipelineRunner", base_config: dict) -> tuple[ModelFamily, float | None]:
+    """The model family of a pipeline's (checked) scheduler config at the shift its calls sample with, and that
+    `mu` (`None` for VP models and static shifts): the one preamble of calibrate, compare, analyze and the demo."""
+    flow = is_flow_scheduler_config(base_config)
+    mu, passes_sigmas = probe_shift(runner, base_config) if flow else (None, False)
+    return model_family(base_config, mu, passes_sigmas), mu

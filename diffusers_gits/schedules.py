@@ -9,7 +9,9 @@ to another step count. VP schedules are in VE sigmas (unbounded), flow schedules
 import functools
 import inspect
 import json
+import math
 from importlib import resources
+from typing import Literal
 
 import numpy as np
 
@@ -277,11 +279,40 @@ def load_published_tables() -> dict:
     return json.loads(resources.files("diffusers_gits").joinpath("tables/published_flow_tables.json").read_text())
 
 
-def oss_flux_sigmas(num_steps: int) -> np.ndarray:
-    """The OSS Flux table for `num_steps`: its 11 sigmas stretched log-linearly to N + 1 and the last set to 0
-    (ComfyUI's rule for its OSS tables), used as given (the table is already shifted, for Flux at 1024 px)."""
+#: The OSS tables ComfyUI ships (`published_flow_tables.json`): their key and the shift they were searched at, that
+#: of the model's default resolution (Flux.1 at 1024 px: mu = 1.15, shift e^1.15; Wan in ComfyUI: 8.0).
+OSS_TABLES = {
+    "flux": {"key": "flux_flow_sigmas_10", "shift": math.exp(1.15)},
+    "wan": {"key": "wan_flow_sigmas_20", "shift": 8.0},
+}
+
+
+def oss_sigmas(model: Literal["flux", "wan"], num_steps: int) -> np.ndarray:
+    """The OSS table of `model` for `num_steps`: its sigmas stretched log-linearly to N + 1 and the last set to 0
+    (ComfyUI's rule for its OSS tables), used as given (the table is already shifted, see `OSS_TABLES`)."""
+    if model not in OSS_TABLES:
+        raise ValueError(f"there is no OSS table for {model!r}; available: {sorted(OSS_TABLES)}")
     check_step_count(num_steps)
-    return stretch_published_row(load_published_tables()["oss"]["flux_flow_sigmas_10"], num_steps)
+    return stretch_published_row(load_published_tables()["oss"][OSS_TABLES[model]["key"]], num_steps)
+
+
+def oss_flux_sigmas(num_steps: int) -> np.ndarray:
+    """The OSS Flux table for `num_steps` (`oss_sigmas("flux", num_steps)`)."""
+    return oss_sigmas("flux", num_steps)
+
+
+#: Published schedules a scheduler can be built from without calibration (`from_preset`).
+PRESETS = ("sd15", "oss_flux", "oss_wan")
+
+
+def preset_schedule(name: str, num_steps: int, coeff: float | None = None) -> np.ndarray:
+    """The N-step schedule of preset `name`: the authors' SD1.5 GITS table at `coeff` (VE sigmas) or an OSS table (flow
+    sigmas), each for other step counts by its published stretching rule."""
+    if name == "sd15":
+        return published_gits_sd15(num_steps, 1.2 if coeff is None else coeff)
+    if name in ("oss_flux", "oss_wan"):
+        return oss_sigmas(name.removeprefix("oss_"), num_steps)
+    raise ValueError(f"preset {name!r} does not exist; available: {list(PRESETS)}")
 
 
 def flow_baseline_schedules(

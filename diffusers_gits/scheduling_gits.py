@@ -41,10 +41,15 @@ from .noise import (
     vp_to_sigma_space,
 )
 from .schedules import (
+    OSS_TABLES,
+    PRESETS,
     TIMESTEP_SPACINGS,
     check_step_count,
     flow_stock_sigmas,
+    load_gits_sd15_coeff_tables,
+    load_published_tables,
     loglinear_interpolate,
+    preset_schedule,
     published_gits_sd15,
     stock_solver_sigmas,
     validate_schedule_table,
@@ -239,9 +244,9 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
         if num_inference_steps in self._table:
             return self._table[num_inference_steps].copy(), True
         preset = self.config.calibration or {}
-        if preset.get("preset") == "sd15":
-            # The published tables' own rule beyond their rows, as the `gits_sd15_published` baseline uses.
-            return published_gits_sd15(num_inference_steps, preset["coeff"]), True
+        if preset.get("preset") in PRESETS:
+            # The published tables' own rule beyond their rows, as the baselines of the same name use.
+            return preset_schedule(preset["preset"], num_inference_steps, preset.get("coeff")), True
         warn = logger.warning if num_inference_steps not in self._fallbacks_logged else logger.debug
         self._fallbacks_logged.add(num_inference_steps)  # a pipeline calls this on every image: say it once per N
         if self._table:
@@ -346,7 +351,7 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
 #: What a scheduler config keeps of its calibration record (see `calibration_record`).
 SUMMARY_KEYS = (
     "format_version", "package_version", "created", "model", "pipeline_class", "pipe_kwargs", "family", "mu", "solver",
-    "preset", "coeff", "source",
+    "preset", "coeff", "source", "table_shift",
 )  # fmt: skip
 
 
@@ -500,10 +505,9 @@ class GITSScheduler(_GITSSchedulerBase):
         with an unstated teacher and warm-up, so they fit models on SD's noise schedule (SD 1.x, SDXL and their
         fine-tunes, epsilon prediction) only approximately. Calibrate for your own model to do better.
         """
-        from .schedules import load_gits_sd15_coeff_tables
-
         if name != "sd15":
-            raise ValueError(f"preset {name!r} does not exist; available: ['sd15']")
+            flow = " (GITSFlowMatchScheduler.from_preset)" if name in PRESETS else ""
+            raise ValueError(f"preset {name!r} does not exist for GITSScheduler{flow}; available: ['sd15']")
         rows = {k: published_gits_sd15(k, coeff).tolist() for k in range(2, 21)}  # refuses an unknown coeff
         return cls(
             beta_start=0.00085,
@@ -737,6 +741,51 @@ class GITSFlowMatchScheduler(_GITSSchedulerBase):
             logger.warning(
                 "this GITS schedule was made for other shift settings than the pipeline's (ours, theirs): %s", differ
             )
+
+    @classmethod
+    def from_preset(
+        cls, name: Literal["oss_flux", "oss_wan"], solver: SolverName = "euler", **config
+    ) -> "GITSFlowMatchScheduler":
+        """A scheduler with the published OSS tables (Pei et al., "Optimal Stepsize for Diffusion Sampling", 2025) as
+        ComfyUI ships them, with no calibration and no network.
+
+        `"oss_flux"`: the 10-step Flux.1 table, with Flux.1's scheduler config (dynamic shifting); `"oss_wan"`: the
+        20-step Wan table, with a static shift of 8.0 (ComfyUI's for Wan). Every step count stretches the table
+        log-linearly to N + 1 sigmas and sets the last to 0 (ComfyUI's rule). The tables are absolute sigmas, already
+        shifted for the model's default resolution (the shift is recorded as `calibration["table_shift"]`); they are
+        sampled as given at every `mu` and shift, as ComfyUI does. `sigmas_for(N)` unshifts them with this config's
+        shift (and the `mu` given) so that a stock `FlowMatchEulerDiscreteScheduler` with the same settings re-shifts
+        them back onto the table: pass your pipeline's settings (e.g. `shift=5.0` for a Wan config) in `config`.
+        The tables were searched for Euler (ComfyUI's default sampler for them), the default `solver` here.
+
+        Args:
+            name: `"oss_flux"` or `"oss_wan"`.
+            solver: the solver to sample with.
+            config: scheduler config values that replace the preset's (`shift`, `use_dynamic_shifting`, ...).
+        """
+        model = name.removeprefix("oss_") if name in ("oss_flux", "oss_wan") else None
+        if model is None:
+            vp = " (GITSScheduler.from_preset)" if name in PRESETS else ""
+            raise ValueError(
+                f"preset {name!r} does not exist for GITSFlowMatchScheduler{vp}; available: ['oss_flux', 'oss_wan']"
+            )
+        for key in ("gits_sigmas", "calibration"):
+            if key in config:
+                raise TypeError(f"from_preset sets {key!r} itself; got {key}={config[key]!r}")
+        defaults = {
+            "flux": {"shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15},
+            "wan": {"shift": 8.0, "use_dynamic_shifting": False},
+        }[model]
+        rows = {k: preset_schedule(name, k).tolist() for k in range(2, 21)}
+        return cls(
+            **{**defaults, **config},
+            solver=solver,
+            gits_sigmas={str(k): sigmas for k, sigmas in rows.items()},
+            calibration={
+                "format_version": 1, "preset": name, "source": load_published_tables()["oss"]["source"],
+                "table_shift": OSS_TABLES[model]["shift"],
+            },
+        )  # fmt: skip
 
     @property
     def calibration_mu(self) -> float | None:

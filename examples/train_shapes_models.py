@@ -15,6 +15,7 @@ Stages (each deterministic from its seed on a given machine and thread count):
     python examples/train_shapes_models.py vae   # the shared autoencoder and the encoded training set
     python examples/train_shapes_models.py sd    # the SD-style pipeline   (run sd and sd3 side by side with
     python examples/train_shapes_models.py sd3   # the flow pipeline        --threads 1 each on 2 cores)
+    python examples/train_shapes_models.py sd3-continue  # trains the saved flow pipeline on, on shifted sigmas
     python examples/train_shapes_models.py report  # prompt adherence at 50 steps, sample grids
 
 About 10 + 40 minutes on 2 CPU cores. The tokenizer is a byte-pair vocabulary learnt from the captions' words (every
@@ -328,6 +329,15 @@ def train_sd3(args) -> None:
             tokenizer_3=tokenizer_3,
         )
 
+    if args.stage == "sd3-continue":
+        # Start from the saved pipeline's weights (the `sd3` stage's output) and train on.
+        saved = StableDiffusion3Pipeline.from_pretrained(OUTPUT / "shapes-sd3")
+        transformer, text_encoder, text_encoder_2, text_encoder_3 = (
+            saved.transformer,
+            saved.text_encoder,
+            saved.text_encoder_2,
+            saved.text_encoder_3,
+        )
     pipe = build_pipe(transformer, text_encoder, text_encoder_2, text_encoder_3)
 
     def loss_fn(generator):
@@ -336,8 +346,11 @@ def train_sd3(args) -> None:
         x0 = (mean + std * torch.randn(mean.shape, generator=generator) - data["shift"]) * data["scale"]
         prompts = caption_batch(data["prompts"], idx, generator)
         embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device="cpu", do_classifier_free_guidance=False)
-        # Logit-normal noise levels (Esser et al. 2024, SD3's training default).
+        # Logit-normal noise levels (Esser et al. 2024, SD3's training default), shifted by `--train-shift` as the
+        # scheduler's `shift` moves the sampling sigmas (SD3 trains its high-resolution stage with the same shift):
+        # more of the training goes to the high noise levels where the shape is decided.
         sigma = torch.sigmoid(torch.randn(args.batch_size, generator=generator))
+        sigma = args.train_shift * sigma / (1 + (args.train_shift - 1) * sigma)
         noise = torch.randn(x0.shape, generator=generator)
         s = sigma.view(-1, 1, 1, 1)
         prediction = transformer(
@@ -390,21 +403,30 @@ def report(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["vae", "sd", "sd3", "report"])
-    parser.add_argument("--steps", type=int, default=None, help="training steps (vae 800, sd 2500, sd3 2000)")
+    parser.add_argument("stage", choices=["vae", "sd", "sd3", "sd3-continue", "report"])
+    parser.add_argument(
+        "--steps", type=int, default=None, help="training steps (vae 800, sd 2500, sd3 2000, sd3-continue 2000)"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="vae 32, sd and sd3 32")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (1e-3; sd3-continue 5e-4)")
+    parser.add_argument(
+        "--train-shift", type=float, default=None, help="shift of the flow training sigmas (sd3 1.0, sd3-continue 3.0)"
+    )
     parser.add_argument("--ema-decay", type=float, default=0.999)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None, help="0 (sd3-continue 1, so that it draws new batches)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--report-images", type=int, default=200)
     parser.add_argument("--models", nargs="+", choices=["sd", "sd3"], default=["sd", "sd3"], help="models to report")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.steps = args.steps or {"vae": 800, "sd": 2500, "sd3": 2000, "report": 0}[args.stage]
+    args.steps = args.steps or {"vae": 800, "sd": 2500, "sd3": 2000, "sd3-continue": 2000, "report": 0}[args.stage]
     args.batch_size = args.batch_size or 32
-    {"vae": train_vae, "sd": train_sd, "sd3": train_sd3, "report": report}[args.stage](args)
+    args.seed = args.seed if args.seed is not None else int(args.stage == "sd3-continue")
+    args.lr = args.lr or (5e-4 if args.stage == "sd3-continue" else 1e-3)
+    args.train_shift = args.train_shift or (3.0 if args.stage == "sd3-continue" else 1.0)
+    stages = {"vae": train_vae, "sd": train_sd, "sd3": train_sd3, "sd3-continue": train_sd3, "report": report}
+    stages[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -141,3 +141,55 @@ def test_vp_configs_and_inverted_sigmas_are_refused():
 def test_model_card_names_the_flow_class_and_its_mu():
     card = model_card(json.loads(make().to_json_string()), "me/flux-gits")
     assert "GITSFlowMatchScheduler.from_pretrained" in card and "flow sigmas" in card and "| mu | `0.7` |" in card
+
+
+@pytest.mark.parametrize(
+    "name, config, mu",
+    [
+        ("oss_flux", {}, 1.15),
+        ("oss_flux", {}, 0.6),  # another resolution: the table is still sampled as given
+        ("oss_wan", {}, None),
+        ("oss_wan", {"shift": 5.0}, None),  # a Wan config's own shift
+    ],
+)
+def test_oss_presets_sample_the_table_and_export_onto_it(name, config, mu):
+    """Every N samples the OSS table stretched by ComfyUI's rule; `sigmas_for` passed to a stock FlowMatchEuler with
+    the same settings lands on the same sigmas, and Euler through both gives the same sample."""
+    from diffusers_gits.schedules import load_published_tables
+
+    preset = GITSFlowMatchScheduler.from_preset(name, **config)
+    key = {"oss_flux": "flux_flow_sigmas_10", "oss_wan": "wan_flow_sigmas_20"}[name]
+    table = load_published_tables()["oss"][key]
+    steps = len(table) - 1
+    np.testing.assert_allclose(preset.schedule_for(steps, mu), table[:-1] + [0.0], rtol=1e-12)
+    assert preset.calibrated_steps == list(range(2, 21)) and len(preset.schedule_for(30, mu)) == 31
+    assert preset.config.solver == "euler" and preset.config.calibration["table_shift"] > 1
+
+    stock_config = {k: preset.config[k] for k in ("shift", "use_dynamic_shifting", "base_shift", "max_shift")}
+    for n in (4, steps, 25):
+        stock = FlowMatchEulerDiscreteScheduler(**stock_config)
+        stock.set_timesteps(sigmas=preset.sigmas_for(n, mu), mu=mu)
+        np.testing.assert_allclose(stock.sigmas.numpy(), preset.schedule_for(n, mu), atol=1e-6)
+    default_sigmas = np.linspace(1.0, 1.0 / steps, steps)  # what Flux passes: GITS replaces it by the table
+    preset.set_timesteps(sigmas=default_sigmas, mu=mu)
+    np.testing.assert_allclose(preset.timesteps.numpy(), np.asarray(table[:-1]) * 1000, rtol=1e-6)
+
+    stock = FlowMatchEulerDiscreteScheduler(**stock_config)
+    stock.set_timesteps(sigmas=preset.sigmas_for(steps, mu), mu=mu)
+    preset.set_timesteps(steps, mu=mu)
+    finals = []
+    for scheduler in (preset, stock):
+        sample = torch.randn(2, 16, 4, generator=torch.Generator().manual_seed(0))
+        for t in scheduler.timesteps:
+            sample = scheduler.step(torch.cos(sample * (1 + float(t) / 1000)), t, sample).prev_sample
+        finals.append(sample)
+    torch.testing.assert_close(finals[0], finals[1], rtol=0, atol=2e-5)
+
+
+def test_presets_name_the_class_that_has_them():
+    with pytest.raises(ValueError, match="GITSScheduler.from_preset"):
+        GITSFlowMatchScheduler.from_preset("sd15")
+    with pytest.raises(ValueError, match="GITSFlowMatchScheduler.from_preset"):
+        GITSScheduler.from_preset("oss_flux")
+    with pytest.raises(TypeError, match="gits_sigmas"):
+        GITSFlowMatchScheduler.from_preset("oss_flux", gits_sigmas={"2": [1.0, 0.5, 0.0]})

@@ -28,7 +28,7 @@ from .choice import SCREENED_BASELINES, HeldOutScorer, coeff_of, decide, refine_
 from .errors import ScheduleNotFoundError
 from .execution import CallBudget, Executor, Job, Progress, broadcast, process_state
 from .families import ModelFamily
-from .geometry import aggregate, per_trajectory
+from .geometry import aggregate, equal_rotation_positions, frame_rotation, per_trajectory
 from .hub import (
     cache_load,
     cache_store,
@@ -260,14 +260,16 @@ def _run_stages(
     reference_scheduler = family.scheduler(settings.teacher, {len(fine) - 1: fine})
     search_indices = list(range(settings.num_search))
     if settings.jump_cost == "student":
-        targets, first_denoised, regularity = teacher_targets(
+        targets, grid_denoised, regularity = teacher_targets(
             executor, runner, reference_scheduler, on_grid, search_indices
         )
         budget.spend("teacher", len(search_indices) * (len(fine) - 1))
         timings["teacher_s"] = time.perf_counter() - tic
         tic = time.perf_counter()
-        candidates, calls = student_candidates(executor, runner, family, grid, targets, first_denoised, steps, solver)
+        candidates, calls = student_candidates(executor, runner, family, grid, targets, grid_denoised, steps, solver)
         budget.spend("search", calls)
+        rotation = frame_rotation(targets, grid_denoised)
+        zero_call = {k: {"tors": equal_rotation_sigmas(rotation, k, family, grid)} for k in steps}
     else:
         if settings.jump_cost == "euler":
             accumulator = JumpCostAccumulator(grid, settings.metric)
@@ -279,6 +281,7 @@ def _run_stages(
         timings["teacher_s"] = time.perf_counter() - tic
         tic = time.perf_counter()
         cost = accumulator.mean()
+        zero_call = {k: {} for k in steps}
         coeffs = AUTO_COEFFS if settings.coeff == "auto" else (float(settings.coeff),)
         dp = {c: dp_schedules(cost, steps, c) for c in coeffs}
         candidates = {k: {f"gits_coeff_{c:g}": grid[dp[c][k]] for c in coeffs} for k in steps}
@@ -289,7 +292,8 @@ def _run_stages(
     if settings.num_holdout:
         pool = list(range(settings.num_search, settings.num_search + settings.num_holdout))
         scorer = HeldOutScorer(executor, runner, family, solver, reference_scheduler, pool, budget)
-        baselines = {k: family.baselines(k) for k in steps}
+        # TORS (equal frame rotation on the teacher's trajectories) costs no model call: it races as a baseline.
+        baselines = {k: {**family.baselines(k), **zero_call[k]} for k in steps}
         screenings = {}
         if settings.jump_cost == "student":
             # The search noises already have the teacher's final samples: screening there costs the sampling only,
@@ -354,13 +358,15 @@ def teacher_targets(
     executor: Executor, runner: PipelineRunner, reference_scheduler, on_grid: np.ndarray, indices: list[int]
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The teacher on the fine grid for the search noises: its states at the search grid's points (`on_grid`),
-    (P, B, ...), the denoised value at the first point (where every path starts: the search needs no call there), and
-    the regularity of those trajectories (`diffusers_gits.geometry.aggregate`)."""
+    (P, B, ...), its denoised values at all of them but the last, (P - 1, B, ...) (the first is where every path
+    starts: the search needs no call there), and the regularity of those trajectories
+    (`diffusers_gits.geometry.aggregate`)."""
     (fine_steps,) = reference_scheduler.calibrated_steps
 
     def run(batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         trajectory = runner.run(reference_scheduler, batch, fine_steps, keep_path=True)
-        return torch.stack([trajectory.states[i] for i in on_grid]), trajectory.denoised[0]
+        states = torch.stack([trajectory.states[i] for i in on_grid])
+        return states, torch.stack([trajectory.denoised[i] for i in on_grid[:-1]])
 
     jobs = [
         Job(f"teacher/{batch_key(batch)}", len(batch) * fine_steps, len(batch), functools.partial(run, batch))
@@ -368,7 +374,17 @@ def teacher_targets(
     ]
     results = executor.map("teacher", jobs)
     regularity = aggregate([per_trajectory(states) for states, _ in results])
-    return torch.cat([states for states, _ in results], dim=1), torch.cat([first for _, first in results]), regularity
+    states = torch.cat([states for states, _ in results], dim=1)
+    return states, torch.cat([denoised for _, denoised in results], dim=1), regularity
+
+
+def equal_rotation_sigmas(rotation: np.ndarray, num_steps: int, family: ModelFamily, grid: np.ndarray) -> np.ndarray:
+    """The TORS schedule (`diffusers_gits.geometry.equal_rotation_positions`) on the search grid: positions between
+    its points are placed linearly in the grid's own coordinate; the last step runs to sigma = 0."""
+    positions = equal_rotation_positions(rotation, num_steps)
+    coordinate = family.to_coordinate(grid[:-1])
+    sigmas = family.from_coordinate(np.interp(positions, np.arange(len(coordinate)), coordinate))
+    return np.append(np.asarray(sigmas, dtype=np.float64), 0.0)
 
 
 def teacher_jump_costs(executor: Executor, runner: PipelineRunner, teacher_scheduler, accumulator, indices) -> dict:
@@ -395,10 +411,12 @@ def teacher_jump_costs(executor: Executor, runner: PipelineRunner, teacher_sched
 
 
 def student_candidates(
-    executor: Executor, runner: PipelineRunner, family: ModelFamily, grid, targets, first_denoised, steps, solver
+    executor: Executor, runner: PipelineRunner, family: ModelFamily, grid, targets, grid_denoised, steps, solver
 ) -> tuple[dict, int]:
     """`{N: {"gits": sigmas}}` from `student_path_dp`, evaluating each layer's nodes through the pipeline, and the
-    model calls that took."""
+    model calls that took. `grid_denoised` are the teacher's denoised values at the grid's points: the first is
+    where every path starts, so the search needs no call there."""
+    first_denoised = grid_denoised[0]
     indices = list(range(targets.shape[1]))
     calls = 0
     layers = 0

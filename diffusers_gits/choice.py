@@ -239,6 +239,7 @@ def decide(
         "gits_error": summary[chosen]["pooled_rmse"],
         "gits_mean_rmse": summary[chosen]["mean_rmse"],
         "default_error": None,
+        "closest_baseline": closest_baseline(race, chosen),
         "candidates": summary,
         **screened_errors,
         "searched_sigmas": {name: [float(s) for s in sigmas] for name, sigmas in searched.items()},
@@ -268,6 +269,21 @@ def decide(
             how = f"did not beat it with confidence on {noises}"
         entry["summary"] = f"{chosen} is as good as this budget finds ({best_searched} {how})"
     return np.asarray(entrants[chosen], dtype=np.float64), entry
+
+
+def closest_baseline(race: PairedRace, chosen: str) -> dict | None:
+    """The baseline with the lowest pooled error in the race (the chosen schedule itself where it is one) and the
+    chosen schedule's pooled RMSE as a ratio of that baseline's, on the held-out noises both were scored on: what the
+    calibration bought over the best schedule users already run."""
+    if not race.baselines:
+        return None
+    name = chosen if chosen in race.baselines else min(race.baselines, key=race.mean)
+    common = min(len(race.losses[name]), len(race.losses[chosen]))
+    if common == 0:
+        return None
+    baseline, ours = race.losses[name][:common].mean(), race.losses[chosen][:common].mean()
+    ratio = float((ours / baseline).sqrt()) if baseline > 0 else (1.0 if ours == 0 else math.inf)
+    return {"name": name, "pooled_rmse": float(baseline) ** 0.5, "ratio": ratio, "noises": common}
 
 
 def refine_schedule(
@@ -317,8 +333,13 @@ def refine_schedule(
 def _refined(best, best_losses, entry, before) -> tuple[np.ndarray, dict]:
     if np.array_equal(best, before):
         return best, entry
+    closest = entry.get("closest_baseline")
+    if closest:  # the refined schedule against the same baseline on the same first noises
+        ours = float(best_losses[: closest["noises"]].mean())
+        closest = {**closest, "ratio": (ours / closest["pooled_rmse"] ** 2) ** 0.5 if closest["pooled_rmse"] else 1.0}
     entry = {
         **entry,
+        "closest_baseline": closest,
         "chosen": entry["chosen"] + "+refined",
         "gits_error": float(best_losses.mean()) ** 0.5,
         "gits_mean_rmse": float(best_losses.sqrt().mean()),

@@ -277,14 +277,18 @@ def print_schedule(scheduler, title: str) -> None:
     meta = scheduler.config.calibration or {}
     print(f"{title}: solver {scheduler.config.solver}, model {meta.get('model')}, {meta.get('pipe_kwargs', {})}")
     report = scheduler.calibration_report or {}
-    print(f"{'steps':>5}  {'chosen':>20}  {'held-out RMSE':>13}  {'default':>9}  sigmas")
+    print(
+        f"{'steps':>5}  {'chosen':>20}  {'held-out RMSE':>13}  {'default':>9}  {'best baseline (ratio)':>28}  sigmas"
+    )
     for k in scheduler.calibrated_steps:
         entry = report.get(str(k), {})
         chosen = entry.get("chosen", "-")
         gits = f"{entry['gits_error']:.4g}" if entry.get("gits_error") is not None else "-"
         default = f"{entry['default_error']:.4g}" if entry.get("default_error") is not None else "-"
+        closest = entry.get("closest_baseline")
+        versus = f"{closest['name']} ({closest['ratio']:.3f})" if closest else "-"
         sigmas = ", ".join(f"{s:.4g}" for s in scheduler.config.gits_sigmas[str(k)])
-        print(f"{k:>5}  {chosen:>20}  {gits:>13}  {default:>9}  {sigmas}")
+        print(f"{k:>5}  {chosen:>20}  {gits:>13}  {default:>9}  {versus:>28}  {sigmas}")
     for k in scheduler.calibrated_steps:
         if report.get(str(k), {}).get("summary"):
             print(f"{k:>5} steps: {report[str(k)]['summary']}")

@@ -70,6 +70,60 @@ def step_angles(states: torch.Tensor) -> torch.Tensor:
     return torch.rad2deg(torch.arccos(cosine.clamp(-1, 1)))
 
 
+def frame_rotation(states: torch.Tensor, denoised: torch.Tensor, dims: int = 3, min_angle: float = 1e-3) -> np.ndarray:
+    """(T - 2,): how far each trajectory's Frenet frame turns between consecutive points, in radians, averaged over
+    the trajectories (the rotation measure of TORS, Zhou, Chen et al., arXiv 2603.00763).
+
+    Each trajectory is projected onto the `dims` principal directions of its centred points (where, by the regularity
+    above, it lives). Its tangent at point i is the ODE's direction `x_i - D(x_i)` (exact at every point with a
+    denoised value, so the last point, sigma = 0, has none). Between consecutive tangents the frame turns by the
+    curvature angle theta (between the tangents) and the torsion angle phi (between the osculating planes
+    span(t_{i-1}, t_i) and span(t_i, t_{i+1}), which share t_i; counted only where both turns exceed `min_angle`,
+    since a straight stretch has no plane); the total rotation is sqrt(theta^2 + phi^2), the discrete magnitude of
+    the Darboux vector.
+    """
+    _check(states, denoised)
+    x, d = _flat(states), _flat(denoised)
+    centred = (x - x.mean(0, keepdim=True)).transpose(0, 1)  # (B, T, F)
+    # The principal directions from the (T, T) Gram matrix, as in `explained_variance`.
+    values, vectors = torch.linalg.eigh(centred @ centred.transpose(1, 2))
+    values, vectors = values[:, -dims:], vectors[:, :, -dims:]
+    # Directions the trajectory does not extend in (a planar one has two) are dropped, not amplified from rounding.
+    kept = values > 1e-12 * values[:, -1:].clamp_min(1e-300)
+    top = torch.where(kept[:, None, :], vectors / values[:, None, :].clamp_min(1e-300).sqrt(), 0.0)
+    basis = top.transpose(1, 2) @ centred  # (B, dims, F), orthonormal rows
+    tangents = torch.einsum("bkf,tbf->tbk", basis, x[:-1] - d)
+    tangents = tangents / tangents.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+    cosine = (tangents[:-1] * tangents[1:]).sum(-1).clamp(-1, 1)
+    theta = torch.arccos(cosine)  # (T - 2, B): segment i turns from t_i to t_{i+1}
+    # The turn's direction within the plane orthogonal to t_i, forwards (towards t_{i+1}) and backwards (t_{i-1}).
+    forward = tangents[1:] - cosine[..., None] * tangents[:-1]
+    backward = tangents[:-1] - cosine[..., None] * tangents[1:]
+    forward = forward / forward.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+    backward = backward / backward.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+    phi = torch.zeros_like(theta)
+    # Planes i - 1 and i share t_i: the angle between the lines of backward[i - 1] and forward[i], both orthogonal to it.
+    plane_cosine = (backward[:-1] * forward[1:]).sum(-1).abs().clamp(0, 1)
+    defined = (theta[:-1] > min_angle) & (theta[1:] > min_angle)
+    phi[1:] = torch.where(defined, torch.arccos(plane_cosine), torch.zeros_like(plane_cosine))
+    return (theta**2 + phi**2).sqrt().mean(1).numpy()
+
+
+def equal_rotation_positions(rotation: np.ndarray, num_steps: int) -> np.ndarray:
+    """Fractional point indices 0 = p_0 < p_1 < ... < p_{N-1} where the cumulative `rotation` (per segment between
+    consecutive points, as from `frame_rotation`) reaches k / N of its total, linear within a segment: the N-step
+    schedule on which every step turns the frame equally far (TORS). The last step runs from p_{N-1} to the end."""
+    rotation = np.asarray(rotation, dtype=np.float64)
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if rotation.ndim != 1 or len(rotation) < 1 or not np.all(np.isfinite(rotation)) or np.any(rotation < 0):
+        raise ValueError(f"rotation must be a 1-D array of finite angles >= 0, got {rotation}")
+    # A small floor keeps the cumulative curve strictly increasing, so straight stretches are crossed evenly.
+    cumulative = np.concatenate([[0.0], np.cumsum(rotation + 1e-9 * max(rotation.sum(), 1e-9))])
+    targets = cumulative[-1] * np.arange(num_steps) / num_steps
+    return np.interp(targets, cumulative, np.arange(len(cumulative), dtype=np.float64))
+
+
 def convergence(states: torch.Tensor, denoised: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(T - 1, B) each: the distance to the final sample of the sampling trajectory (the states) and of the denoising
     trajectory (the x0 estimates), as fractions of the start's distance to it."""

@@ -223,15 +223,17 @@ def model_card(
             "",
             "## Calibration report (held-out pooled RMSE to the teacher)",
             "",
-            "| steps | chosen | its error | default schedule | verdict |",
-            "|---|---|---|---|---|",
+            "| steps | chosen | its error | default schedule | best baseline (chosen / it) | verdict |",
+            "|---|---|---|---|---|---|",
         ]
         for k, entry in sorted(report.items(), key=lambda item: int(item[0])):
             if "gits_error" in entry:
                 default = entry.get("default_error")
+                closest = entry.get("closest_baseline")
+                versus = f"{closest['name']} ({closest['ratio']:.3f})" if closest else "-"
                 lines.append(
                     f"| {k} | {entry['chosen']} | {entry['gits_error']:.4g} | "
-                    f"{'-' if default is None else f'{default:.4g}'} | {entry.get('summary', '')} |"
+                    f"{'-' if default is None else f'{default:.4g}'} | {versus} | {entry.get('summary', '')} |"
                 )
     regularity = meta.get("regularity")
     if regularity:

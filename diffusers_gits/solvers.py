@@ -179,6 +179,22 @@ def _unipc_differences(
     return rks, d1s
 
 
+def unipc_correct(x, denoised, sigma, history, path: OdePath = SIGMA_PATH):
+    """UniPC's corrector (UniC, bh2): the state `x` that the last predictor step reached at `sigma`, refined with the
+    denoised value there, `D(x; sigma)`, at no extra model call; it has the previous step's order. Without history
+    (the first step) `x` is returned as is."""
+    if len(history) == 0:
+        return x
+    sigma_s, x_s, m0 = history.sigmas[-1], history.states[-1], history.denoised[-1]
+    h = path.log_snr(sigma) - path.log_snr(sigma_s)
+    order = history.last_order
+    rks, d1s = _unipc_differences(history.sigmas[:-1], history.denoised[:-1], sigma_s, h, order, m0, path)
+    h_phi_1, b_h, rhos = _unipc_rhos(h, tuple(rks) + (1.0,), corrector=True)
+    x_base = (sigma / sigma_s) * x_s - path.signal(sigma) * h_phi_1 * m0
+    correction = sum(rho * d1 for rho, d1 in zip(rhos[:-1], d1s)) + rhos[-1] * (denoised - m0)
+    return x_base - path.signal(sigma) * b_h * correction
+
+
 def unipc_step(x, denoised, sigma, sigma_next, history, path: OdePath = SIGMA_PATH, max_order: int = 2):
     """UniPC with the bh2 variant (Zhao et al. 2023): the UniC corrector on `x`, then the UniP predictor.
 
@@ -186,16 +202,7 @@ def unipc_step(x, denoised, sigma, sigma_next, history, path: OdePath = SIGMA_PA
     it has the previous step's order. The predictor has order min(`max_order`, usable points), 1 into sigma = 0.
     The data terms carry the signal scale `signal(sigma_next)` (1 on the sigma path).
     """
-    if len(history) > 0:
-        sigma_s, x_s, m0 = history.sigmas[-1], history.states[-1], history.denoised[-1]
-        h = path.log_snr(sigma) - path.log_snr(sigma_s)
-        order = history.last_order
-        rks, d1s = _unipc_differences(history.sigmas[:-1], history.denoised[:-1], sigma_s, h, order, m0, path)
-        h_phi_1, b_h, rhos = _unipc_rhos(h, tuple(rks) + (1.0,), corrector=True)
-        x_base = (sigma / sigma_s) * x_s - path.signal(sigma) * h_phi_1 * m0
-        correction = sum(rho * d1 for rho, d1 in zip(rhos[:-1], d1s)) + rhos[-1] * (denoised - m0)
-        x = x_base - path.signal(sigma) * b_h * correction
-
+    x = unipc_correct(x, denoised, sigma, history, path)
     if sigma_next == 0:
         return denoised, history.push(sigma, x, denoised, order=1)
     h = path.log_snr(sigma_next) - path.log_snr(sigma)

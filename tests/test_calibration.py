@@ -207,8 +207,10 @@ def test_report_and_metadata_are_recorded(mixture_problem):
     for k in ("3", "5"):
         entry = scheduler.calibration_report[k]
         assert entry["chosen"] in entry["candidates"] and isinstance(entry["confident"], bool)
-        # The two baselines closest to the teacher on the search noises race the searched schedule.
-        baselines = {"uniform", "karras", "logsnr", "ays_sd15", "gits_sd15_published"}
+        # The two baselines closest to the teacher on the search noises race the searched schedule; TORS, from the
+        # teacher's trajectories at no model call, is screened with them.
+        baselines = {"uniform", "karras", "logsnr", "ays_sd15", "gits_sd15_published", "tors"}
+        assert set(entry["search_noise_pooled_rmse"]) == baselines | {"gits"}
         assert "gits" in entry["candidates"] and len(set(entry["candidates"]) & baselines) == 2
         chosen = entry["candidates"][entry["chosen"]]
         # Losses are per-noise squared errors: their mean is the square of the pooled RMSE the report gives.
@@ -225,7 +227,14 @@ def test_report_and_metadata_are_recorded(mixture_problem):
     assert 0 < regularity["max_deviation"] < 1 and 0 < regularity["regularity_score"] <= 1
     from diffusers_gits.hub import model_card
 
-    assert "Trajectory regularity" in model_card(json.loads(scheduler.to_json_string()), record=meta)
+    card = model_card(json.loads(scheduler.to_json_string()), record=meta)
+    assert "Trajectory regularity" in card
+    for k in ("3", "5"):  # per N, the best baseline and what the calibration bought over it
+        closest = scheduler.calibration_report[k]["closest_baseline"]
+        assert closest["name"] in baselines and closest["noises"] == scheduler.calibration_report[k]["held_out_noises"]
+        assert f"{closest['name']} ({closest['ratio']:.3f})" in card
+        if scheduler.calibration_report[k]["chosen"] == closest["name"]:
+            assert closest["ratio"] == 1.0
     # The config keeps a summary: a stock scheduler built from it warns about a few short keys, not the report.
     summary = scheduler.config.calibration
     assert summary["chosen"] == {k: scheduler.calibration_report[k]["chosen"] for k in ("3", "5")}

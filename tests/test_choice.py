@@ -137,3 +137,22 @@ def test_a_challenger_that_leads_is_returned_with_a_report_that_says_why():
 
     chosen, entry = race_on(noisy.flip(0) * 0.95, noisy)  # the search leads here by more than ays did on 8 noises
     assert entry["chosen"] == "gits" and "no baseline beat it" in entry["summary"]
+
+
+def test_closest_baseline_names_the_best_baseline_and_the_ratio_on_shared_noises():
+    from diffusers_gits.choice import closest_baseline
+    from diffusers_gits.selection import PairedRace
+
+    generator = torch.Generator().manual_seed(0)
+    base = torch.rand(64, generator=generator, dtype=torch.float64) + 0.5
+    race = PairedRace(["gits", "beta", "uniform"], {"beta", "uniform"}, min_noises=1000)  # nothing is eliminated
+    race.add({"gits": 0.64 * base[:32], "beta": base[:32], "uniform": 2 * base[:32]})
+    race.add({"gits": 0.64 * base[32:], "beta": base[32:], "uniform": 2 * base[32:]})
+    closest = closest_baseline(race, "gits")
+    assert closest["name"] == "beta" and closest["noises"] == 64
+    assert closest["ratio"] == pytest.approx(0.8) and closest["pooled_rmse"] == pytest.approx(float(base.mean()) ** 0.5)
+    # A baseline that was chosen is its own closest baseline.
+    assert closest_baseline(race, "uniform") == {
+        "name": "uniform", "pooled_rmse": pytest.approx(float(2 * base.mean()) ** 0.5), "ratio": 1.0, "noises": 64
+    }  # fmt: skip
+    assert closest_baseline(PairedRace(["gits"], set()), "gits") is None

@@ -151,3 +151,59 @@ def test_analyze_on_a_flow_pipeline():
     torch.testing.assert_close(denoised[-1], states[-1], rtol=0, atol=1e-4)
     summary = analyze(pipe, num_samples=6, num_steps=30, batch_size=3, progress=False)
     assert summary["denoising_closer_fraction"] > 0.9 and 0 < summary["max_deviation"] < 0.5
+
+
+def _curve_trajectory(points: torch.Tensor, tangents: torch.Tensor, features: int = 12, seed: int = 0):
+    """States along a curve given in its own low-dimensional coordinates, embedded by a random orthonormal map and
+    offset, with denoised values that make `tangents` the ODE direction `x - D` at every point but the last."""
+    generator = torch.Generator().manual_seed(seed)
+    embed, _ = torch.linalg.qr(torch.randn(features, points.shape[-1], generator=generator, dtype=torch.float64))
+    offset = torch.randn(features, generator=generator, dtype=torch.float64)
+    states = points @ embed.T + offset
+    denoised = states[:-1] - tangents[:-1] @ embed.T
+    return states[:, None], denoised[:, None]  # (T, 1, F) and (T - 1, 1, F)
+
+
+def test_equal_rotation_spaces_steps_evenly_in_angle_on_a_planar_arc():
+    from diffusers_gits.geometry import equal_rotation_positions, frame_rotation
+
+    # A circular arc visited at unevenly spaced angles: the tangent turns by exactly the angle travelled.
+    angles = torch.tensor(np.cumsum([0.0, 0.02, 0.05, 0.3, 0.4, 0.1, 0.02, 0.01, 0.2, 0.05]), dtype=torch.float64)
+    points = torch.stack([angles.cos(), angles.sin()], dim=-1) * 3.0
+    tangents = torch.stack([-angles.sin(), angles.cos()], dim=-1)
+    states, denoised = _curve_trajectory(points, tangents)
+    rotation = frame_rotation(states, denoised)
+    np.testing.assert_allclose(rotation, np.diff(angles.numpy())[:-1], atol=1e-7)  # no torsion on a plane
+    for num_steps in (2, 3, 5):
+        positions = equal_rotation_positions(rotation, num_steps)
+        assert positions[0] == 0 and np.all(np.diff(positions) > 0)
+        reached = np.interp(positions, np.arange(len(angles) - 1), angles[:-1].numpy())
+        span = float(angles[-2] - angles[0])
+        np.testing.assert_allclose(reached, span * np.arange(num_steps) / num_steps, atol=1e-6)
+
+
+def test_a_helix_turns_its_frame_at_a_constant_rate():
+    """Curvature and torsion both count: a circular helix visited at a uniform parameter turns its Frenet frame by the
+    same angle on every step (a planar circle with the same curvature turns less), so TORS spaces it evenly."""
+    from diffusers_gits.geometry import equal_rotation_positions, frame_rotation
+
+    s = torch.linspace(0, 4.0, 21, dtype=torch.float64)
+    helix = torch.stack([s.cos(), s.sin(), 0.8 * s], dim=-1)
+    helix_tangents = torch.stack([-s.sin(), s.cos(), torch.full_like(s, 0.8)], dim=-1)
+    rotation = frame_rotation(*_curve_trajectory(helix, helix_tangents))
+    assert rotation[1:].std() < 1e-3 * rotation[1:].mean()  # the first segment has no previous plane
+    circle = torch.stack([s.cos(), s.sin(), torch.zeros_like(s)], dim=-1)
+    circle_tangents = torch.stack([-s.sin(), s.cos(), torch.zeros_like(s)], dim=-1)
+    planar = frame_rotation(*_curve_trajectory(circle, circle_tangents))
+    assert np.all(rotation[1:] > planar[1:] * 0.5) and rotation[1:].mean() > 0
+    positions = equal_rotation_positions(rotation[1:], 4)
+    np.testing.assert_allclose(np.diff(positions), np.diff(positions)[0], rtol=1e-6)
+
+
+def test_equal_rotation_positions_refuses_bad_input():
+    from diffusers_gits.geometry import equal_rotation_positions
+
+    with pytest.raises(ValueError, match="num_steps"):
+        equal_rotation_positions(np.ones(4), 0)
+    with pytest.raises(ValueError, match="rotation"):
+        equal_rotation_positions(np.array([0.1, -0.2]), 2)

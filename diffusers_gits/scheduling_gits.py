@@ -899,52 +899,77 @@ class GITSFlowMatchScheduler(_GITSSchedulerBase):
             sigmas (`list[float]`, *optional*): N unshifted sigmas, shifted as FlowMatchEuler does; the pipeline
                 default `linspace(1, 1/N, N)` selects the calibrated N-step schedule instead (see the class docs).
             mu (`float`, *optional*): the dynamic-shift parameter pipelines compute from the image size.
-            timesteps (`list[float]`, *optional*): N descending timesteps used as given (sigma = t / T, no shift).
+            timesteps (`list[float]`, *optional*): N descending timesteps given to the model as they are; alone, the
+                sigmas are `timesteps / T`, shifted (FlowMatchEuler's meaning). With `sigmas` (CogView4 passes both),
+                the sigmas set the schedule and the timesteps what the model sees; CogView4's default pair selects
+                the calibrated N-step schedule, with the model's timesteps its unshifted sigmas times T, as in that
+                pipeline.
         """
         unexpected = sorted(k for k, v in kwargs.items() if v is not None)
         if unexpected:
             raise TypeError(f"set_timesteps got unexpected arguments {unexpected}")
-        if sigmas is not None and timesteps is not None:
-            raise ValueError("pass `sigmas` or `timesteps`, not both")
-        custom = sigmas if sigmas is not None else timesteps
-        if custom is not None:
-            custom = np.asarray(custom, dtype=np.float64)
-            if num_inference_steps is not None and len(custom) != num_inference_steps:
-                raise ValueError(
-                    f"got {len(custom)} {'sigmas' if sigmas is not None else 'timesteps'} for "
-                    f"num_inference_steps={num_inference_steps}; they must match"
-                )
-        elif num_inference_steps is None:
+        num_train = self.config.num_train_timesteps
+        given = {"sigmas": sigmas, "timesteps": timesteps}
+        given = {name: np.asarray(values, dtype=np.float64) for name, values in given.items() if values is not None}
+        lengths = {name: len(values) for name, values in given.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"got {lengths['sigmas']} sigmas and {lengths['timesteps']} timesteps; they must match")
+        for name, length in lengths.items():
+            if num_inference_steps is not None and length != num_inference_steps:
+                raise ValueError(f"got {length} {name} for num_inference_steps={num_inference_steps}; they must match")
+        if not given and num_inference_steps is None:
             raise ValueError("pass `num_inference_steps`, `sigmas` or `timesteps`")
+        custom_sigmas = given.get("sigmas")
+        model_timesteps = given.get("timesteps")
+        if custom_sigmas is None and model_timesteps is not None:
+            # FlowMatchEuler's meaning: timesteps go to the model as given, the sigmas derived from them are shifted.
+            _check_unit_interval(model_timesteps / num_train, "timesteps / num_train_timesteps")
+            custom_sigmas = model_timesteps / num_train
 
-        if sigmas is not None and self._table and self.config.replace_default_sigmas and _is_pipeline_default(custom):
-            steps = len(custom)
+        default = custom_sigmas is not None and _is_pipeline_default(custom_sigmas, model_timesteps, num_train)
+        if default and self._table and self.config.replace_default_sigmas:
+            steps = len(custom_sigmas)
             if not self._default_sigmas_warned:
                 self._default_sigmas_warned = True
                 logger.warning(
-                    "the pipeline passed sigmas equal to its default linspace(1, 1/N, N) (N=%d), which Flux sends when "
-                    "no schedule was asked for: sampling the GITS %d-step schedule instead. To sample exactly the "
-                    "sigmas you pass (e.g. to compare with the stock schedule), set replace_default_sigmas=False "
+                    "the pipeline passed its default schedule (sigmas linspace(1, 1/N, N) as Flux sends them, or the "
+                    "timesteps linspace(T, 1, N) CogView4 sends, N=%d) when no schedule was asked for: sampling the "
+                    "GITS %d-step schedule instead. To sample exactly the sigmas you pass (e.g. to compare with the "
+                    "stock schedule), set replace_default_sigmas=False "
                     "(`scheduler.register_to_config(replace_default_sigmas=False)`). Said once per scheduler.",
                     steps,
                     steps,
                 )
             schedule = self.schedule_for(steps, mu)
-        elif sigmas is not None:
-            _check_unit_interval(custom, "sigmas")
-            schedule = np.append(shift_flow_sigmas(custom, self.shift_factor(mu)), 0.0)
-        elif timesteps is not None:
-            _check_unit_interval(custom / self.config.num_train_timesteps, "timesteps / num_train_timesteps")
-            schedule = np.append(custom / self.config.num_train_timesteps, 0.0)
+            if model_timesteps is not None:
+                # The pipeline gives its model the unshifted time (CogView4: timesteps = T * sigmas before the
+                # shift): keep that convention for the calibrated sigmas.
+                model_timesteps = unshift_flow_sigmas(schedule[:-1], self.shift_factor(mu)) * num_train
+        elif custom_sigmas is not None:
+            _check_unit_interval(custom_sigmas, "sigmas")
+            schedule = np.append(shift_flow_sigmas(custom_sigmas, self.shift_factor(mu)), 0.0)
         else:
             schedule = self.schedule_for(num_inference_steps, mu)
-        self._set_schedule(schedule, schedule[:-1] * self.config.num_train_timesteps, device)
+        if model_timesteps is None:
+            model_timesteps = schedule[:-1] * num_train
+        self._set_schedule(schedule, model_timesteps, device)
 
 
-def _is_pipeline_default(sigmas: np.ndarray) -> bool:
-    """Whether `sigmas` is `linspace(1, 1/N, N)`, what Flux passes when the user gave no schedule."""
+def _is_pipeline_default(sigmas: np.ndarray, timesteps: np.ndarray | None, num_train_timesteps: int) -> bool:
+    """Whether a pipeline passed its default schedule, which it sends when the user asked for none: sigmas
+    `linspace(1, 1/N, N)` (Flux and most flow pipelines), or timesteps `linspace(T, 1, N)` rounded down with sigmas
+    `timesteps / T` (CogView4)."""
     n = len(sigmas)
-    return n > 0 and np.allclose(sigmas, np.linspace(1.0, 1.0 / n, n), rtol=0, atol=1e-6)
+    if n == 0:
+        return False
+    if np.allclose(sigmas, np.linspace(1.0, 1.0 / n, n), rtol=0, atol=1e-6):
+        return timesteps is None or np.allclose(timesteps, sigmas * num_train_timesteps, rtol=0, atol=1e-3)
+    if timesteps is None:
+        return False
+    cogview = np.linspace(num_train_timesteps, 1.0, n).astype(np.int64).astype(np.float64)
+    return np.allclose(timesteps, cogview, rtol=0, atol=1e-3) and np.allclose(
+        sigmas, timesteps / num_train_timesteps, rtol=0, atol=1e-6
+    )
 
 
 def _check_unit_interval(values: np.ndarray, name: str) -> None:

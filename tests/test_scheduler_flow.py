@@ -92,7 +92,7 @@ def test_static_shift_export_round_trips_through_the_shift():
     [
         ({}, ValueError, "num_inference_steps"),
         ({"num_inference_steps": 3, "sigmas": [1.0, 0.5]}, ValueError, "must match"),
-        ({"sigmas": [1.0, 0.5], "timesteps": [1000.0, 500.0]}, ValueError, "not both"),
+        ({"sigmas": [1.0, 0.5], "timesteps": [1000.0, 500.0, 100.0]}, ValueError, "must match"),
         ({"sigmas": [1.0, 1.2]}, ValueError, r"\(0, 1\]"),
         ({"sigmas": [1.0, 0.0]}, ValueError, r"\(0, 1\]"),
         ({"timesteps": [1500.0, 500.0]}, ValueError, r"\(0, 1\]"),
@@ -193,3 +193,38 @@ def test_presets_name_the_class_that_has_them():
         GITSScheduler.from_preset("oss_flux")
     with pytest.raises(TypeError, match="gits_sigmas"):
         GITSFlowMatchScheduler.from_preset("oss_flux", gits_sigmas={"2": [1.0, 0.5, 0.0]})
+
+
+@pytest.mark.parametrize("shift, dynamic, mu", [(3.0, False, None), (1.0, True, 0.6)])
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"timesteps": [980.0, 700.0, 420.0, 150.0]},  # alone: given to the model, the sigmas t / T shifted
+        {"sigmas": [1.0, 0.7, 0.4, 0.15], "timesteps": [999.0, 700.0, 400.0, 100.0]},  # both: each as given
+    ],
+)
+def test_sigmas_and_timesteps_mean_what_flowmatch_euler_makes_of_them(shift, dynamic, mu, arguments):
+    config = {"shift": shift, "use_dynamic_shifting": dynamic, "time_shift_type": "linear"}
+    ours = GITSFlowMatchScheduler(**config, solver="euler", replace_default_sigmas=False)
+    stock = FlowMatchEulerDiscreteScheduler(**config)
+    ours.set_timesteps(mu=mu, **arguments)
+    stock.set_timesteps(mu=mu, **arguments)
+    np.testing.assert_allclose(ours.sigmas.numpy(), stock.sigmas.numpy(), atol=1e-6)
+    np.testing.assert_allclose(ours.timesteps.numpy(), stock.timesteps.numpy(), atol=1e-3)
+
+
+def test_cogview4_default_pair_selects_the_calibrated_schedule_with_unshifted_model_timesteps(caplog):
+    """CogView4 passes timesteps linspace(T, 1, N) rounded down and sigmas = timesteps / T, for a linear dynamic shift;
+    its model sees the unshifted time. A calibrated scheduler samples its own schedule and keeps that convention."""
+    config = {"use_dynamic_shifting": True, "time_shift_type": "linear", "base_shift": 0.25, "max_shift": 0.75}
+    scheduler = GITSFlowMatchScheduler(**config, gits_sigmas=TABLE, calibration={"format_version": 1, "mu": 0.5})
+    timesteps = np.linspace(1000, 1.0, 5).astype(np.int64).astype(np.float32)
+    with caplog.at_level(logging.WARNING):
+        scheduler.set_timesteps(5, timesteps=timesteps, sigmas=timesteps / 1000, mu=0.5)
+    np.testing.assert_allclose(scheduler.sigmas.numpy(), TABLE["5"], atol=1e-6)
+    unshifted = unshift_flow_sigmas(np.asarray(TABLE["5"][:-1]), scheduler.shift_factor(0.5))
+    np.testing.assert_allclose(scheduler.timesteps.numpy(), unshifted * 1000, rtol=1e-5)
+    assert "CogView4" in caplog.text
+    # Other pairs are sampled as given.
+    scheduler.set_timesteps(timesteps=[999.0, 500.0, 100.0], sigmas=[1.0, 0.5, 0.1], mu=0.5)
+    np.testing.assert_allclose(scheduler.timesteps.numpy(), [999.0, 500.0, 100.0])

@@ -79,12 +79,17 @@ def betas_from_config(
     beta_schedule: str = "linear",
     trained_betas: list[float] | np.ndarray | None = None,
     rescale_betas_zero_snr: bool = False,
+    snr_shift_scale: float = 1.0,
 ) -> np.ndarray:
     """The betas of a diffusers beta config, in float64.
 
-    Follows diffusers' definitions of the `linear`, `scaled_linear` and `squaredcos_cap_v2` schedules and of zero-SNR
-    rescaling (Lin et al. 2023, Algorithm 1: the last beta becomes 1).
+    Follows diffusers' definitions of the `linear`, `scaled_linear` and `squaredcos_cap_v2` schedules, of CogVideoX's
+    SNR shift (`snr_shift_scale`: every SNR divided by it, `alphabar / (s + (1 - s) alphabar)`) and of zero-SNR
+    rescaling (Lin et al. 2023, Algorithm 1: the last beta becomes 1), in that order, as `CogVideoXDDIMScheduler`
+    applies them.
     """
+    if not snr_shift_scale > 0:
+        raise ValueError(f"snr_shift_scale must be > 0, got {snr_shift_scale}")
     if trained_betas is not None:
         betas = np.asarray(trained_betas, dtype=np.float64)
     elif beta_schedule == "linear":
@@ -95,12 +100,15 @@ def betas_from_config(
         betas = _betas_for_cosine(num_train_timesteps)
     else:
         raise ValueError(f"beta_schedule {beta_schedule!r} is not supported; choose one of {BETA_SCHEDULES}")
+    if snr_shift_scale == 1.0 and not rescale_betas_zero_snr:
+        return betas
+    alphas_cumprod = np.cumprod(1.0 - betas)
+    alphas_cumprod = alphas_cumprod / (snr_shift_scale + (1.0 - snr_shift_scale) * alphas_cumprod)
     if rescale_betas_zero_snr:
-        sqrt_ac = np.sqrt(np.cumprod(1.0 - betas))
+        sqrt_ac = np.sqrt(alphas_cumprod)
         first, last = sqrt_ac[0], sqrt_ac[-1]
         alphas_cumprod = ((sqrt_ac - last) * first / (first - last)) ** 2
-        betas = 1.0 - np.concatenate([alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]])
-    return betas
+    return 1.0 - np.concatenate([alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]])
 
 
 def cumulative_alphas(betas: np.ndarray, rescale_betas_zero_snr: bool = False) -> np.ndarray:
@@ -135,7 +143,8 @@ class VPNoiseSchedule:
     def from_config(cls, config: dict) -> "VPNoiseSchedule":
         """The noise schedule a diffusers VP scheduler config describes (its beta keys, diffusers' defaults)."""
         keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
-        betas = betas_from_config(**{k: config[k] for k in (*keys, "rescale_betas_zero_snr") if k in config})
+        keys += ("rescale_betas_zero_snr", "snr_shift_scale")
+        betas = betas_from_config(**{k: config[k] for k in keys if k in config})
         return cls(cumulative_alphas(betas, bool(config.get("rescale_betas_zero_snr"))))
 
     @property

@@ -391,6 +391,8 @@ class GITSScheduler(_GITSSchedulerBase):
             diffusers scheduler of `solver` runs with it (`diffusers_gits.schedules.stock_solver_sigmas`).
         steps_offset (`int`, defaults to 0): offset added to `"leading"` timesteps.
         rescale_betas_zero_snr (`bool`, defaults to `False`): rescale betas to zero terminal SNR (Lin et al. 2023).
+        snr_shift_scale (`float`, defaults to 1.0): divide every SNR by it, before any zero-SNR rescaling, as
+            `CogVideoXDDIMScheduler` does (CogVideoX-2b ships 3.0).
         clip_sample (`bool`, defaults to `False`): clamp the x0 estimate the solver steps with to
             [-`clip_sample_range`, `clip_sample_range`], as DDPM / DDIM do (kept from their configs, so a pixel model
             that samples clipped there samples clipped here).
@@ -419,6 +421,7 @@ class GITSScheduler(_GITSSchedulerBase):
         timestep_spacing: str = "linspace",
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
+        snr_shift_scale: float = 1.0,
         clip_sample: bool = False,
         clip_sample_range: float = 1.0,
         thresholding: bool = False,
@@ -435,8 +438,9 @@ class GITSScheduler(_GITSSchedulerBase):
                 f"timestep_spacing {timestep_spacing!r} is not supported; choose one of {TIMESTEP_SPACINGS}"
             )
         betas = betas_from_config(
-            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
-        )
+            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr,
+            snr_shift_scale,
+        )  # fmt: skip
         alphas_cumprod = cumulative_alphas(betas, rescale_betas_zero_snr)
         self.noise_schedule = VPNoiseSchedule(alphas_cumprod)
         # As on every diffusers DDPM-family scheduler: training utilities read them.

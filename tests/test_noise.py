@@ -74,3 +74,25 @@ def test_denoised_recovers_x0_from_exact_outputs(prediction_type):
 def test_unknown_prediction_type():
     with pytest.raises(ValueError, match="flow"):
         denoised_from_model_output(torch.zeros(1), torch.zeros(1), 1.0, "flow")
+
+
+@pytest.mark.parametrize("snr_shift_scale, zero_snr", [(3.0, True), (3.0, False), (1.0, True)])
+def test_cogvideox_snr_shift_is_honoured_as_its_ddim_applies_it(snr_shift_scale, zero_snr):
+    """CogVideoX-2b ships `CogVideoXDDIMScheduler(snr_shift_scale=3.0)`: GITS must sample that noise schedule, not
+    the unshifted one its betas alone describe."""
+    from diffusers import CogVideoXDDIMScheduler
+
+    from diffusers_gits import GITSScheduler
+
+    stock = CogVideoXDDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="v_prediction",
+        rescale_betas_zero_snr=zero_snr, snr_shift_scale=snr_shift_scale, timestep_spacing="trailing",
+    )  # fmt: skip
+    theirs = stock.alphas_cumprod.double().numpy()
+    ours = GITSScheduler.from_config(stock.config)
+    assert ours.config.snr_shift_scale == snr_shift_scale
+    np.testing.assert_allclose(ours.alphas_cumprod.double().numpy()[:-1], theirs[:-1], rtol=1e-4, atol=1e-7)
+    noise = VPNoiseSchedule.from_config(dict(stock.config))
+    np.testing.assert_allclose(noise.train_sigmas[:-1], ((1 - theirs) / theirs)[:-1] ** 0.5, rtol=1e-4)
+    with pytest.raises(ValueError, match="snr_shift_scale"):
+        betas_from_config(snr_shift_scale=0.0)

@@ -56,7 +56,7 @@ def calibrate(
     prompts: Sequence[str] | None = None,
     num_warmup: int = 256,
     batch_size: int = 16,
-    solver: str = "dpmpp_2m",
+    solver: str | None = None,
     teacher: str = "ipndm",
     grid_size: int = 61,
     jump_cost: str = "student",
@@ -101,7 +101,9 @@ def calibrate(
         batch_size (`int`, defaults to 16): samples per pipeline call. Under `accelerate launch` (or `torchrun`) the
             calls are split over the processes (each holding the pipeline on its own device); every process returns
             the same scheduler, the same as one process would.
-        solver (`str`, defaults to `"dpmpp_2m"`): the solver the schedules are for (`euler`, `ipndm`, `dpmpp_2m`, `unipc`).
+        solver (`str`, *optional*): the solver the schedules are for (`euler`, `ipndm`, `dpmpp_2m`, `unipc`).
+            Defaults to `"dpmpp_2m"`, or `"unipc"` for a pipeline that ships `UniPCMultistepScheduler` with flow
+            sigmas (Wan), whose solver it is.
         teacher (`str`, defaults to `"ipndm"`): the teacher solver (`ipndm` or `dpmpp_2m`). It gives the search its
             targets and the held-out noises their references, on the search grid with every interval halved. iPNDM
             (fourth order) is as accurate there as DPM-Solver++(2M) on the embedded model and 50x more accurate on an
@@ -158,6 +160,10 @@ def calibrate(
         step count, a calibration summary in its config and the full record (settings, model calls, timings,
         trajectory regularity, report) in `calibration_record`.
     """
+    if solver is None:
+        shipped = getattr(pipe, "scheduler", None)
+        flow_unipc = type(shipped).__name__ == "UniPCMultistepScheduler" and shipped.config.get("use_flow_sigmas")
+        solver = "unipc" if flow_unipc else "dpmpp_2m"
     settings = CalibrationSettings.create(
         num_inference_steps, prompts=prompts, num_warmup=num_warmup, batch_size=batch_size, solver=solver,
         teacher=teacher, grid_size=grid_size, jump_cost=jump_cost, num_search=num_search, budget=budget,

@@ -122,7 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument(
         "--batch-size", type=_positive_int, default=16, help="samples per pipeline call (default: 16)"
     )
-    calibrate.add_argument("--solver", choices=sorted(SOLVERS), default="dpmpp_2m", help="sampler (default: dpmpp_2m)")
+    calibrate.add_argument(
+        "--solver",
+        choices=sorted(SOLVERS),
+        default=None,
+        help="sampler (default: dpmpp_2m; unipc for a pipeline shipping UniPC with flow sigmas, as Wan does)",
+    )
     calibrate.add_argument(
         "--budget",
         type=_positive_float,

@@ -16,6 +16,7 @@ from .schedules import (
     baseline_schedules,
     flow_baseline_schedules,
     flow_shifted_sigmas,
+    flow_sigmas_default,
     flow_stock_sigmas,
     stock_solver_sigmas,
 )
@@ -112,7 +113,11 @@ def flow_family(base_config: dict, mu: float | None, pipeline_passes_sigmas: boo
     sigma_min = scheduler.train_sigma_min
 
     def default(k: int, solver: str) -> np.ndarray:
-        return flow_shifted_sigmas(k, factor) if pipeline_passes_sigmas else flow_stock_sigmas(k, factor, sigma_min)
+        if pipeline_passes_sigmas:
+            return flow_shifted_sigmas(k, factor)
+        if base_config.get("use_flow_sigmas"):  # Wan's, Sana's UniPC / DPM-Solver
+            return flow_sigmas_default(k, factor, base_config.get("num_train_timesteps", 1000))
+        return flow_stock_sigmas(k, factor, sigma_min)
 
     return ModelFamily(
         scheduler_class=GITSFlowMatchScheduler,

@@ -168,8 +168,36 @@ class VPNoiseSchedule:
 
 
 def is_flow_scheduler_config(config: dict) -> bool:
-    """Whether a diffusers scheduler config describes a flow-matching model of FlowMatchEuler's kind (SD3, Flux)."""
-    return "FlowMatch" in str(config.get("_class_name", "")) or "shift" in config
+    """Whether a diffusers scheduler config describes a flow-matching model: FlowMatchEuler's kind (SD3, Flux), or a
+    multistep scheduler sampling through flow sigmas (`use_flow_sigmas`, as Wan, Sana and HiDream ship UniPC /
+    DPM-Solver)."""
+    return (
+        "FlowMatch" in str(config.get("_class_name", "")) or "shift" in config or bool(config.get("use_flow_sigmas"))
+    )
+
+
+#: The keys of a flow-sigmas multistep config that mean what FlowMatchEuler's keys of the same name mean.
+_FLOW_SIGMAS_SHARED_KEYS = ("num_train_timesteps", "use_dynamic_shifting", "time_shift_type", "shift_terminal")
+
+
+def flow_match_config(config: dict) -> dict:
+    """A flow-matching scheduler config in FlowMatchEuler's terms.
+
+    A multistep scheduler that samples through flow sigmas (`UniPCMultistepScheduler` / `DPMSolverMultistepScheduler`
+    with `use_flow_sigmas=True` and `prediction_type="flow_prediction"`, as Wan, Sana and HiDream ship them) shifts
+    its sigmas by `flow_shift` as FlowMatchEuler does by `shift`: its config becomes `{"shift": flow_shift, ...}` with
+    `use_flow_sigmas: True` kept, which marks its own default spacing (`linspace(1, 1/T, N + 1)[:-1]`, shifted).
+    FlowMatchEuler-style configs are returned unchanged.
+    """
+    if not config.get("use_flow_sigmas"):
+        return dict(config)
+    if config.get("prediction_type", FLOW_PREDICTION) != FLOW_PREDICTION:
+        raise ValueError(
+            f"use_flow_sigmas=True needs prediction_type={FLOW_PREDICTION!r}, got {config.get('prediction_type')!r}"
+        )
+    translated = {key: config[key] for key in _FLOW_SIGMAS_SHARED_KEYS if key in config}
+    shift = config["flow_shift"] if "flow_shift" in config else config.get("shift", 1.0)  # translated already
+    return {**translated, "shift": float(shift), "use_flow_sigmas": True}
 
 
 def is_vp_scheduler_config(config: dict) -> bool:

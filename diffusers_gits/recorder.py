@@ -18,8 +18,9 @@ import torch
 from .errors import CalibrationError
 from .execution import Job
 from .families import ModelFamily, model_family
-from .noise import is_flow_scheduler_config
+from .noise import flow_match_config, is_flow_scheduler_config
 from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler, _GITSSchedulerBase
+from .settings import PER_PROMPT_COUNTS
 
 
 logger = logging.getLogger(__name__)
@@ -125,8 +126,9 @@ class PipelineRunner:
         kwargs["generator"] = [
             torch.Generator(generator_device).manual_seed(self.seed * 1_000_003 + i) for i in indices
         ]
-        if "prompt_embeds" in kwargs and "num_images_per_prompt" in self.parameters:
-            kwargs["num_images_per_prompt"] = len(indices)  # one embedded prompt (checked), a batch of noises
+        per_prompt = next((name for name in PER_PROMPT_COUNTS if name in self.parameters), None)
+        if "prompt_embeds" in kwargs and per_prompt:
+            kwargs[per_prompt] = len(indices)  # one embedded prompt (checked), a batch of noises
         elif "prompt" in self.parameters:
             prompts = self.prompts or [""]
             kwargs["prompt"] = [prompts[i % len(prompts)] for i in indices]
@@ -151,6 +153,12 @@ class PipelineRunner:
             raise CalibrationError(
                 f"the pipeline took {len(trajectory.states) - 1 if keep_path else '?'} steps instead of {num_steps}; "
                 "calibration needs pipelines that run the scheduler's whole schedule"
+            )
+        if trajectory.states[-1].shape[0] != len(indices):
+            raise CalibrationError(
+                f"{type(self.pipe).__name__} made {trajectory.states[-1].shape[0]} samples where calibration asked for "
+                f"{len(indices)} (one per warm-up noise); calibration sets `prompt` per noise, or "
+                f"{' / '.join(PER_PROMPT_COUNTS)} with `prompt_embeds`, and this pipeline takes neither for its batch"
             )
         return trajectory
 
@@ -190,11 +198,12 @@ def check_pipeline_family(pipe) -> dict:
     unreproduced = GITSFlowMatchScheduler.unreproduced_options(config) if flow else []
     if unreproduced:
         logger.warning(
-            "the pipeline's FlowMatchEulerDiscreteScheduler sets %s; the baselines and the default schedule this "
-            "calibration compares with are the plain shifted ones, without them",
+            "the pipeline's %s sets %s; the baselines and the default schedule this calibration compares with are "
+            "the plain shifted ones, without them",
+            type(pipe.scheduler).__name__,
             unreproduced,
         )
-    return config
+    return flow_match_config(config) if flow else config
 
 
 class _ShiftProbed(Exception):

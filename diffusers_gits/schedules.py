@@ -242,6 +242,13 @@ def flow_stock_sigmas(num_steps: int, factor: float, train_sigma_min: float) -> 
     return append_zero(shift_flow_sigmas(np.linspace(1.0, train_sigma_min, num_steps), factor))
 
 
+def flow_sigmas_default(num_steps: int, factor: float, num_train_timesteps: int = 1000) -> np.ndarray:
+    """What UniPC / DPM-Solver with `use_flow_sigmas=True` (Wan, Sana) sample for N steps without custom sigmas:
+    `linspace(1, 1/T, N + 1)[:-1]` shifted by `factor`, then 0 (diffusers' own nudge of a first sigma of exactly 1 by
+    1e-6 is left out)."""
+    return append_zero(shift_flow_sigmas(np.linspace(1.0, 1.0 / num_train_timesteps, num_steps + 1)[:-1], factor))
+
+
 #: FlowMatchEulerDiscreteScheduler's options that replace the schedule's spacing, by baseline name.
 FLOW_STOCK_SPACINGS = {
     "beta": "use_beta_sigmas",
@@ -325,15 +332,20 @@ def flow_baseline_schedules(
 ) -> dict[str, np.ndarray]:
     """The flow-matching schedules people sample with today.
 
-    Always: uniform sigmas unshifted, uniform sigmas with the model's shift (Flux's default), FlowMatchEuler's own
-    default (SD3's) and the OSS Flux table. With the model's scheduler config (`stock_config`, and `mu` /
+    Always: uniform sigmas unshifted, uniform sigmas with the model's shift (Flux's default), the stock scheduler's
+    own default (`stock_default`: FlowMatchEuler's, SD3's; with a flow-sigmas `stock_config`, that of UniPC /
+    DPM-Solver, `flow_sigmas_default`) and the OSS Flux table. With the model's scheduler config (`stock_config`, and `mu` /
     `pipeline_passes_sigmas` as in `flow_stock_spacing_sigmas`) also FlowMatchEuler's beta, Karras and exponential
     spacings, as diffusers computes them for that model.
     """
     schedules = {
         "uniform": np.linspace(1.0, 0.0, num_steps + 1),
         "shifted": flow_shifted_sigmas(num_steps, factor),
-        "stock_default": flow_stock_sigmas(num_steps, factor, train_sigma_min),
+        "stock_default": (
+            flow_sigmas_default(num_steps, factor, stock_config.get("num_train_timesteps", 1000))
+            if stock_config is not None and stock_config.get("use_flow_sigmas")
+            else flow_stock_sigmas(num_steps, factor, train_sigma_min)
+        ),
         "oss_flux": oss_flux_sigmas(num_steps),
     }
     if stock_config is not None:

@@ -31,6 +31,7 @@ from .noise import (
     betas_from_config,
     cumulative_alphas,
     denoised_from_model_output,
+    flow_match_config,
     flow_shift_factor,
     is_flow_scheduler_config,
     is_vp_scheduler_config,
@@ -103,11 +104,12 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
         if config is not None:
             config = dict(config)
             cls._check_config_family(config)
-            config = cls._keep_x0_limits(config)
+            config = cls._adapt_config(config)
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     @classmethod
-    def _keep_x0_limits(cls, config: dict) -> dict:
+    def _adapt_config(cls, config: dict) -> dict:
+        """A checked config of another scheduler in this class's terms."""
         return config
 
     @classmethod
@@ -451,7 +453,7 @@ class GITSScheduler(_GITSSchedulerBase):
         self._init_schedule_state(solver, gits_sigmas)
 
     @classmethod
-    def _keep_x0_limits(cls, config: dict) -> dict:
+    def _adapt_config(cls, config: dict) -> dict:
         """The config with its x0 limits kept even where they are its class's defaults.
 
         diffusers passes on only the keys a config set explicitly (`_use_default_values` lists the others), so a stock
@@ -466,10 +468,10 @@ class GITSScheduler(_GITSSchedulerBase):
     @classmethod
     def _check_config_family(cls, config: dict) -> None:
         source = config.get("_class_name", "this config")
-        if config.get("use_flow_sigmas") or config.get("prediction_type") == FLOW_PREDICTION:
+        if config.get("prediction_type") == FLOW_PREDICTION and not config.get("use_flow_sigmas"):
             raise ValueError(
-                f"{source} samples a flow-matching model through flow sigmas (use_flow_sigmas / flow_prediction, as "
-                "Sana and Wan do); GITS supports flow models through FlowMatchEuler-style schedulers only"
+                f"{source} has prediction_type={FLOW_PREDICTION!r} without use_flow_sigmas=True: it does not say how "
+                "its flow model is noised, so neither GITS scheduler can sample it"
             )
         if is_flow_scheduler_config(config):
             raise ValueError(
@@ -723,6 +725,11 @@ class GITSFlowMatchScheduler(_GITSSchedulerBase):
         self._default_sigmas_warned = False
 
     @classmethod
+    def _adapt_config(cls, config: dict) -> dict:
+        """A flow-sigmas multistep config (Wan's, Sana's UniPC / DPM-Solver) in FlowMatchEuler's terms."""
+        return {key: value for key, value in flow_match_config(config).items() if key != "use_flow_sigmas"}
+
+    @classmethod
     def _check_config_family(cls, config: dict) -> None:
         if not is_flow_scheduler_config(config):
             raise ValueError(
@@ -731,6 +738,7 @@ class GITSFlowMatchScheduler(_GITSSchedulerBase):
             )
         if config.get("invert_sigmas"):
             raise ValueError("invert_sigmas=True (Mochi's convention) is not supported by GITSFlowMatchScheduler")
+        flow_match_config(config)  # refuses flow sigmas without flow prediction
 
     @staticmethod
     def unreproduced_options(config: dict) -> list[str]:

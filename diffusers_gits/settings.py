@@ -21,10 +21,13 @@ RESERVED_KWARGS = (
     "generator",
     "batch_size",
     "num_images_per_prompt",
+    "num_videos_per_prompt",
     "output_type",
     "sigmas",
     "timesteps",
 )
+#: The call arguments that set how many samples a pipeline makes per prompt (images, or videos for Wan-style ones).
+PER_PROMPT_COUNTS = ("num_images_per_prompt", "num_videos_per_prompt")
 #: Settings that change how the work is cut into pipeline calls but not what it computes (up to float rounding).
 EXECUTION_FIELDS = ("batch_size",)
 #: Settings shown in the model card, in this order.

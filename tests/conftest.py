@@ -343,3 +343,36 @@ def pixart_inputs():
         "guidance_scale": 1.0,
         "use_resolution_binning": False,
     }
+
+
+def tiny_wan_pipe():
+    """Wan 2.1 as shipped: UniPC with flow sigmas, flow prediction and a static flow_shift; no text encoder (pass
+    `prompt_embeds`)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+        text_dim=32, freq_dim=32, ffn_dim=32, num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )  # fmt: skip
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000
+    )
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, transformer=transformer, vae=vae, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def wan_inputs():
+    g = torch.Generator().manual_seed(5)
+    return {
+        "prompt_embeds": torch.randn(1, 8, 32, generator=g),
+        "height": 16,
+        "width": 16,
+        "num_frames": 1,
+        "guidance_scale": 1.0,
+    }

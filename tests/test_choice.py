@@ -150,7 +150,9 @@ def test_closest_baseline_names_the_best_baseline_and_the_ratio_on_shared_noises
     race.add({"gits": 0.64 * base[32:], "beta": base[32:], "uniform": 2 * base[32:]})
     closest = closest_baseline(race, "gits")
     assert closest["name"] == "beta" and closest["noises"] == 64
-    assert closest["ratio"] == pytest.approx(0.8) and closest["pooled_rmse"] == pytest.approx(float(base.mean()) ** 0.5)
+    assert closest["ratio"] == pytest.approx(0.8) and closest["pooled_rmse"] == pytest.approx(
+        float(base.mean()) ** 0.5
+    )
     # A baseline that was chosen is its own closest baseline.
     assert closest_baseline(race, "uniform") == {
         "name": "uniform", "pooled_rmse": pytest.approx(float(2 * base.mean()) ** 0.5), "ratio": 1.0, "noises": 64

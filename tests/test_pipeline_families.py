@@ -16,6 +16,8 @@ from conftest import (
     tiny_sd3_pipe,
     tiny_sd_pipe,
     tiny_sdxl_pipe,
+    tiny_wan_pipe,
+    wan_inputs,
 )
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, StableDiffusionInpaintPipeline
 
@@ -60,6 +62,8 @@ FAMILIES = {
     ),
     "sd3": (lambda d: tiny_sd3_pipe(), sd3_inputs, GITSFlowMatchScheduler),
     "flux": (lambda d: tiny_flux_pipe(), flux_inputs, GITSFlowMatchScheduler),
+    # Wan as shipped: UniPC with flow sigmas and a static flow_shift, no sigmas passed by the pipeline.
+    "wan": (lambda d: tiny_wan_pipe(), wan_inputs, GITSFlowMatchScheduler),
 }
 
 
@@ -103,7 +107,8 @@ def run(pipe, inputs, steps, seed=0, **kwargs):
     call = {**inputs(), **kwargs}
     if "prompt_embeds" not in call:
         call["prompt"] = "a red fox"
-    return pipe(**call, num_inference_steps=steps, output_type="latent", generator=generator).images
+    output = pipe(**call, num_inference_steps=steps, output_type="latent", generator=generator)
+    return output.frames if hasattr(output, "frames") else output.images
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -288,3 +293,23 @@ def test_flux_img2img_runs_the_calibrated_schedule_from_its_strength(calibrated,
     assert torch.isfinite(latents).all() and len(scheduler.timesteps) == 5
     start = int(5 - 5 * strength)  # Flux's rule: t_start = int(N - N * strength)
     assert calls == scheduler.timesteps.tolist()[start:]
+
+
+def test_wan_as_shipped_calibrates_as_a_static_shift_flow_model_for_its_unipc(calibrated):
+    """Wan's UniPC with flow sigmas: calibrated as a flow model at its flow_shift, for UniPC (its solver), compared
+    with UniPC's own default spacing, and used by the pipeline at every step count (it passes no sigmas)."""
+    from diffusers_gits.schedules import flow_sigmas_default
+
+    pipe, inputs, scheduler = calibrated("wan")
+    assert scheduler.config.solver == "unipc" and scheduler.config.shift == 3.0
+    assert not scheduler.config.use_dynamic_shifting and scheduler.config.calibration["mu"] is None
+    for k in STEPS:
+        errors = scheduler.calibration_report[str(k)]["search_noise_pooled_rmse"]
+        assert {"stock_default", "uniform", "shifted", "beta", "tors"} <= set(errors)
+    stock = pipe.scheduler
+    stock.set_timesteps(5)
+    np.testing.assert_allclose(stock.sigmas.numpy(), flow_sigmas_default(5, 3.0), atol=2e-6)
+    with installed(pipe, scheduler) as calls:
+        run(pipe, inputs, 4)  # not calibrated: stretched from the nearest calibrated schedule
+    assert len(calls) == 4
+    np.testing.assert_allclose(np.array(calls) / 1000, scheduler.schedule_for(4)[:-1], rtol=1e-5)

@@ -228,3 +228,40 @@ def test_cogview4_default_pair_selects_the_calibrated_schedule_with_unshifted_mo
     # Other pairs are sampled as given.
     scheduler.set_timesteps(timesteps=[999.0, 500.0, 100.0], sigmas=[1.0, 0.5, 0.1], mu=0.5)
     np.testing.assert_allclose(scheduler.timesteps.numpy(), [999.0, 500.0, 100.0])
+
+
+@pytest.mark.parametrize("num_steps", [3, 5])
+def test_export_to_wans_unipc_with_flow_sigmas_samples_the_same_latents(num_steps):
+    """`UniPCMultistepScheduler(use_flow_sigmas=True)` re-shifts custom sigmas by its flow_shift, as FlowMatchEuler does
+    by its shift: `sigmas_for(N)` given to it samples what GITS's UniPC samples. (Two stock conventions differ from
+    GITS and are left out here: it truncates the model's timesteps to integers, and it moves a first sigma of exactly
+    1 to 1 - 1e-6, which makes its second step second order from pure noise; see docs/api.md.)"""
+    from diffusers import UniPCMultistepScheduler
+
+    wan = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": 3.0}
+    ours = GITSFlowMatchScheduler.from_config(
+        {**UniPCMultistepScheduler(**wan).config}, solver="unipc",
+        gits_sigmas={"3": [0.98, 0.8, 0.45, 0.0], "5": [0.98, 0.9, 0.7, 0.45, 0.2, 0.0]},
+    )  # fmt: skip
+    assert ours.config.shift == 3.0
+    stock = UniPCMultistepScheduler(**wan)
+    stock.set_timesteps(sigmas=np.asarray(ours.sigmas_for(num_steps)))  # UniPC multiplies it: a list fails
+    ours.set_timesteps(num_steps)
+    np.testing.assert_allclose(stock.sigmas.numpy(), ours.sigmas.numpy(), atol=2e-6)
+    finals = []
+    for scheduler in (ours, stock):
+        sample = torch.randn(2, 16, 4, generator=torch.Generator().manual_seed(0))
+        for t in scheduler.timesteps:
+            sample = scheduler.step(torch.cos(1.3 * sample), t, sample).prev_sample
+        finals.append(sample)
+    torch.testing.assert_close(finals[0], finals[1], rtol=0, atol=1e-5)
+
+
+def test_flow_prediction_without_flow_sigmas_is_refused_by_both_classes():
+    from diffusers import UniPCMultistepScheduler
+
+    config = UniPCMultistepScheduler(prediction_type="flow_prediction").config
+    with pytest.raises(ValueError, match="use_flow_sigmas"):
+        GITSScheduler.from_config(config)
+    with pytest.raises(ValueError, match="use_flow_sigmas"):
+        GITSFlowMatchScheduler.from_config({**config, "use_flow_sigmas": True, "prediction_type": "epsilon"})

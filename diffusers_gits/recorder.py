@@ -132,6 +132,8 @@ class PipelineRunner:
         elif "prompt" in self.parameters:
             prompts = self.prompts or [""]
             kwargs["prompt"] = [prompts[i % len(prompts)] for i in indices]
+        elif per_prompt:  # conditioned on something else given once (Kandinsky 2.2's image embeddings)
+            kwargs[per_prompt] = len(indices)
         elif "batch_size" in self.parameters:
             kwargs["batch_size"] = len(indices)
         if "output_type" in self.parameters:

@@ -115,6 +115,34 @@ def test_a_refused_scheduler_is_named_by_its_class():
     from diffusers_gits.recorder import check_pipeline_family
 
     pipe = tiny_ddpm_pipe()
-    pipe.scheduler = UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0)
-    with pytest.raises(ValueError, match="^UniPCMultistepScheduler samples a flow-matching model through flow sigmas"):
+    pipe.scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", flow_shift=3.0)  # no flow sigmas
+    with pytest.raises(ValueError, match="^UniPCMultistepScheduler has prediction_type='flow_prediction' without"):
         check_pipeline_family(pipe)
+
+
+class _EmbedsPipeline(GaussianMixturePipeline):
+    """Conditioned on an embedding given once, like Kandinsky 2.2's decoder: its batch is `num_images_per_prompt`."""
+
+    def __init__(self, *args, honours_count: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.honours_count = honours_count
+
+    def __call__(
+        self, image_embeds, num_images_per_prompt=1, generator=None, num_inference_steps=50, output_type="np"
+    ):
+        count = num_images_per_prompt if self.honours_count else 1
+        generator = generator[:count] if isinstance(generator, list) else generator
+        return super().__call__(count, generator, num_inference_steps, output_type)
+
+
+def test_a_pipeline_conditioned_once_gets_its_batch_through_num_images_per_prompt():
+    mixture = GaussianMixture.random()
+    pipe = _EmbedsPipeline(mixture, DDPMScheduler(**SD_BETAS))
+    family = model_family(check_pipeline_family(pipe), None, False)
+    runner = PipelineRunner(pipe, None, seed=3, batch_size=4, pipe_kwargs={"image_embeds": torch.zeros(1, 8)})
+    scheduler = family.scheduler("euler", {4: family.grid(4)})
+    assert runner.run(scheduler, [0, 1, 2], 4, keep_path=False).states[-1].shape[0] == 3
+    # A pipeline that makes fewer samples than asked is refused, not calibrated on fewer noises.
+    pipe.honours_count = False
+    with pytest.raises(CalibrationError, match="made 1 samples where calibration asked for 3"):
+        runner.run(scheduler, [0, 1, 2], 4, keep_path=False)

@@ -26,6 +26,8 @@ from .selection import PairedRace
 
 #: Held-out noises added to the race per round (nothing is eliminated before two rounds).
 RACE_ROUND = 16
+#: The GITS authors' default coeff (Chen et al., ICML 2024).
+PUBLISHED_COEFF = 1.2
 #: Baselines the student search's race keeps after screening them on the search noises.
 SCREENED_BASELINES = 2
 
@@ -219,7 +221,10 @@ def decide(
     searched schedule in place, unchecked."""
     screened_errors = {"search_noise_pooled_rmse": screening.pooled_rmse} if screening else {}
     if race.num_noises == 0:
-        name = min(searched)
+        # Unchecked, a coeff sweep falls back to the authors' published coeff (1.2), or the one nearest to it.
+        name = min(
+            searched, key=lambda n: (abs((coeff_of(n) or PUBLISHED_COEFF) - PUBLISHED_COEFF), list(searched).index(n))
+        )
         summary = f"{name} unchecked: the budget left no room for a held-out race (raise budget or num_warmup)"
         return np.asarray(entrants[name], dtype=np.float64), {
             "chosen": name, "coeff": coeff_of(name), "confident": None, "held_out_noises": 0, "summary": summary,

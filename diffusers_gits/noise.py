@@ -113,10 +113,11 @@ def betas_from_config(
 
 def cumulative_alphas(betas: np.ndarray, rescale_betas_zero_snr: bool = False) -> np.ndarray:
     """The cumulative product of `1 - beta`, in float64. Under zero-SNR rescaling its last value (0) is replaced by
-    2^-24 so that sigma stays finite, as diffusers' Euler scheduler does."""
+    2^-24 so that sigma stays finite, as diffusers' Euler scheduler does, or by half the one before where that is
+    smaller still (rescaled linear betas reach 4e-9 a step earlier), so that sigma keeps rising with the timestep."""
     alphas_cumprod = np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
     if rescale_betas_zero_snr:
-        alphas_cumprod[-1] = 2.0**-24
+        alphas_cumprod[-1] = min(2.0**-24, alphas_cumprod[-2] / 2)
     return alphas_cumprod
 
 

@@ -158,3 +158,14 @@ def test_closest_baseline_names_the_best_baseline_and_the_ratio_on_shared_noises
         "name": "uniform", "pooled_rmse": pytest.approx(float(2 * base.mean()) ** 0.5), "ratio": 1.0, "noises": 64
     }  # fmt: skip
     assert closest_baseline(PairedRace(["gits"], set()), "gits") is None
+
+
+def test_an_unchecked_coeff_sweep_keeps_the_published_coeff_not_the_first_name():
+    from diffusers_gits.choice import decide
+    from diffusers_gits.selection import PairedRace
+
+    searched = {f"gits_coeff_{c:g}": np.array([14.6, c, 0.0]) for c in (0.8, 1.1, 1.2, 1.5)}
+    race = PairedRace(list(searched) + ["karras"], {"karras"})  # no held-out noise was affordable
+    sigmas, entry = decide(race, {**searched, "karras": np.array([14.6, 1.0, 0.0])}, searched, None, None, False)
+    assert entry["chosen"] == "gits_coeff_1.2" and entry["coeff"] == 1.2 and entry["confident"] is None
+    assert "unchecked" in entry["summary"] and sigmas[1] == 1.2

@@ -96,3 +96,15 @@ def test_cogvideox_snr_shift_is_honoured_as_its_ddim_applies_it(snr_shift_scale,
     np.testing.assert_allclose(noise.train_sigmas[:-1], ((1 - theirs) / theirs)[:-1] ** 0.5, rtol=1e-4)
     with pytest.raises(ValueError, match="snr_shift_scale"):
         betas_from_config(snr_shift_scale=0.0)
+
+
+def test_zero_snr_of_linear_betas_keeps_sigma_rising():
+    """Rescaled linear betas (which stock DPM-Solver accepts) reach alphabar 4e-9 before the last step, below the
+    2^-24 that stands in for its final 0: the stand-in stays below its neighbour."""
+    from diffusers_gits import GITSScheduler
+
+    scheduler = GITSScheduler(beta_start=1e-4, beta_end=0.02, rescale_betas_zero_snr=True)
+    sigmas = scheduler.noise_schedule.train_sigmas
+    assert np.all(np.diff(sigmas) > 0) and np.isfinite(sigmas[-1])
+    scheduler.set_timesteps(6)
+    assert len(scheduler.timesteps) == 6

@@ -33,8 +33,7 @@ from quality import (
 
 from diffusers_gits import GITSFlowMatchScheduler, __version__
 from diffusers_gits.data import digits_images
-from diffusers_gits.demo import TEST_SEED
-from diffusers_gits.evaluation import per_sample_rmse, sliced_wasserstein
+from diffusers_gits.evaluation import TEST_SEED, per_sample_rmse, sliced_wasserstein
 from diffusers_gits.gaussian_mixture import GaussianMixture, MixtureFlowPipeline
 from diffusers_gits.noise import FLOW_PATH, shift_flow_sigmas
 from diffusers_gits.schedules import flow_baseline_schedules

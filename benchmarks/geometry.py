@@ -9,6 +9,7 @@ sigma-space coordinates (x = x0 + sigma * noise), as the papers plot them. On th
 at every recorded point, and the likelihood of each x0 estimate is the KDE's own density.
 """
 
+import argparse
 import json
 import math
 import platform
@@ -58,6 +59,7 @@ def kde_claims(kde: GaussianMixture, states: torch.Tensor, denoised: torch.Tenso
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     tic = time.perf_counter()
     results = {}
     pipe = load_default_pipeline()

@@ -27,8 +27,8 @@ from diffusers import DDPMScheduler, EulerDiscreteScheduler
 
 from diffusers_gits import GITSScheduler, __version__
 from diffusers_gits.data import digits_images
-from diffusers_gits.demo import TEST_SEED
 from diffusers_gits.evaluation import (
+    TEST_SEED,
     UNetDenoiser,
     load_default_pipeline,
     mean_and_ci,

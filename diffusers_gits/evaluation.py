@@ -13,7 +13,13 @@ import torch
 from .embedded import embedded_model_path, load_embedded_pipeline
 from .noise import VPNoiseSchedule, alpha, denoised_from_model_output, vp_to_sigma_space
 from .schedules import timestep_spacing_sigmas
+from .settings import MAX_WARMUP
 from .solvers import sample
+
+
+#: The benchmarks' test noises: generator seeds from here on, above every warm-up noise of calibration seed 0 (and
+#: below those of seed 1, which start at 2^32).
+TEST_SEED = MAX_WARMUP
 
 
 def default_model_path() -> Path:

@@ -95,10 +95,22 @@ def recording(
         del scheduler.step
 
 
+#: Noise indices per seed: index `i` of seed `s` is generator seed `s * NOISE_STREAM + i`, so (seed, index) pairs
+#: never share a noise. Calibration uses indices from 0, `compare` from `compare.FRESH_NOISES_START` = 2^31.
+NOISE_STREAM = 2**32
+
+
+def noise_seed(seed: int, index: int) -> int:
+    """The generator seed of noise `index` of the stream `seed`: distinct for every (seed, index) pair."""
+    if not 0 <= seed < 2**31 or not 0 <= index < NOISE_STREAM:
+        raise ValueError(f"seed must be in [0, 2^31) and the noise index in [0, 2^32), got seed={seed}, index={index}")
+    return seed * NOISE_STREAM + index
+
+
 class PipelineRunner:
     """Runs a pipeline on fixed per-sample seeds and prompts with a given scheduler; returns recorded trajectories.
 
-    Sample `i` always gets the noise of `torch.Generator().manual_seed(seed * 1_000_003 + i)` and prompt
+    Sample `i` always gets the noise of `torch.Generator().manual_seed(noise_seed(seed, i))` and prompt
     `prompts[i % len(prompts)]`, whatever the batch it runs in, so teacher and student runs see the same noises.
     """
 
@@ -124,7 +136,7 @@ class PipelineRunner:
         kwargs["num_inference_steps"] = num_steps
         generator_device = "cpu" if torch.device(self.device).type == "mps" else self.device
         kwargs["generator"] = [
-            torch.Generator(generator_device).manual_seed(self.seed * 1_000_003 + i) for i in indices
+            torch.Generator(generator_device).manual_seed(noise_seed(self.seed, i)) for i in indices
         ]
         per_prompt = next((name for name in PER_PROMPT_COUNTS if name in self.parameters), None)
         if "prompt_embeds" in kwargs and per_prompt:

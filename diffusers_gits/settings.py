@@ -26,6 +26,9 @@ RESERVED_KWARGS = (
     "sigmas",
     "timesteps",
 )
+#: Warm-up noises are indices 0 .. num_warmup - 1 of the seed's noise stream (`recorder.noise_seed`); the benchmarks'
+#: and `compare`'s test noises start at 10^6 and 2^31, so they never meet a calibration's.
+MAX_WARMUP = 1_000_000
 #: The call arguments that set how many samples a pipeline makes per prompt (images, or videos for Wan-style ones).
 PER_PROMPT_COUNTS = ("num_images_per_prompt", "num_videos_per_prompt")
 #: Settings that change how the work is cut into pipeline calls but not what it computes (up to float rounding).
@@ -134,8 +137,8 @@ class CalibrationSettings:
             raise ValueError(f"coeff must be a positive number or 'auto', got {coeff!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if num_warmup < 1:
-            raise ValueError(f"num_warmup must be >= 1, got {num_warmup}")
+        if not 1 <= num_warmup <= MAX_WARMUP:
+            raise ValueError(f"num_warmup must be in 1..{MAX_WARMUP:,}, got {num_warmup}")
         if not 0 < confidence < 1:
             raise ValueError(f"confidence must be in (0, 1), got {confidence}")
         if num_search is None:

@@ -7,9 +7,10 @@ from diffusers import DDPMScheduler
 
 from diffusers_gits import GITSScheduler
 from diffusers_gits.cli import main
-from diffusers_gits.compare import compare_schedules, format_table
+from diffusers_gits.compare import FRESH_NOISES_START, compare_schedules, format_table
 from diffusers_gits.evaluation import load_default_pipeline
 from diffusers_gits.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
+from diffusers_gits.recorder import noise_seed
 from diffusers_gits.schedules import baseline_schedules
 from diffusers_gits.solvers import sample
 
@@ -22,7 +23,8 @@ def test_compare_ranks_schedules_as_the_exact_solution_does():
     mixture = GaussianMixture.random(num_components=2, seed=1)
     pipe = GaussianMixturePipeline(mixture, DDPMScheduler(**SD_BETAS))
     table = compare_schedules(pipe, [4, 6], ["uniform", "karras", "logsnr"], num_noises=48, batch_size=48)
-    z = pipe.start_noise([torch.Generator().manual_seed(1_000_000 + i) for i in range(48)])  # the noises it used
+    used = [noise_seed(0, FRESH_NOISES_START + i) for i in range(48)]  # the noises it used
+    z = pipe.start_noise([torch.Generator().manual_seed(seed) for seed in used])
     sigma_max = pipe.noise.sigma_max
     exact = mixture.exact_solution(z * (1 + sigma_max**2) ** 0.5, [sigma_max, pipe.noise.sigma_min, 0.0], 1000)
     for k in (4, 6):

@@ -146,3 +146,16 @@ def test_a_pipeline_conditioned_once_gets_its_batch_through_num_images_per_promp
     pipe.honours_count = False
     with pytest.raises(CalibrationError, match="made 1 samples where calibration asked for 3"):
         runner.run(scheduler, [0, 1, 2], 4, keep_path=False)
+
+
+def test_noise_streams_of_calibration_and_compare_are_disjoint_by_construction():
+    from diffusers_gits.compare import FRESH_NOISES_START
+    from diffusers_gits.recorder import noise_seed
+
+    calibration = {noise_seed(seed, i) for seed in range(4) for i in range(512)}
+    compare = {noise_seed(seed, FRESH_NOISES_START + j) for seed in range(4) for j in range(512)}
+    assert len(calibration) == len(compare) == 4 * 512 and not calibration & compare
+    # Formerly seed * 1_000_003 + index: compare's noise 3 at seed 0 was calibration's noise 0 at seed 1.
+    assert noise_seed(0, FRESH_NOISES_START + 3) != noise_seed(1, 0)
+    with pytest.raises(ValueError, match="seed"):
+        noise_seed(-1, 0)

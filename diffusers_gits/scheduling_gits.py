@@ -451,6 +451,11 @@ class GITSScheduler(_GITSSchedulerBase):
         self.alphas_cumprod = torch.from_numpy(alphas_cumprod).float()
         self.init_noise_sigma = 1.0
         self._init_schedule_state(solver, gits_sigmas)
+        # The x0 limits are passed on explicitly when another class is built from this config (see `_adapt_config`):
+        # DDPM / DDIM clip by default, so `clip_sample=False` left as a default here would come back True.
+        defaulted = self.config.get("_use_default_values")
+        if defaulted:
+            self.register_to_config(_use_default_values=[key for key in defaulted if key not in X0_LIMIT_KEYS])
 
     @classmethod
     def _adapt_config(cls, config: dict) -> dict:

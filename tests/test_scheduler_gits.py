@@ -236,3 +236,20 @@ def test_integer_timesteps_export_for_dpm_solver():
     crowded = GITSScheduler(**SD, gits_sigmas={"2": [14.6, 14.59, 0.0]})
     with pytest.raises(ValueError, match="closer than one timestep"):
         crowded.timesteps_for(2)
+
+
+def test_a_round_trip_through_every_compatible_scheduler_keeps_every_setting():
+    """diffusers' `test_compatibles`: GITS -> a compatible stock config -> GITS changes nothing (DDPM and DDIM clip by
+    default, so an unclipped GITS config must say so explicitly)."""
+    import diffusers
+
+    original = GITSScheduler(**SD, clip_sample=False, solver="unipc", gits_sigmas=TABLE)
+    public = {k: v for k, v in original.config.items() if not k.startswith("_")}
+    for name in GITSScheduler._compatibles:
+        try:
+            stock = getattr(diffusers, name).from_config(original.config)
+        except ImportError:  # a scheduler needing an optional package (torchsde)
+            continue
+        back = GITSScheduler.from_config(stock.config)
+        changed = {k: (v, back.config[k]) for k, v in public.items() if back.config[k] != v}
+        assert not changed, f"{name}: {changed}"

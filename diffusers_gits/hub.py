@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .errors import ScheduleLoadError, ScheduleNotFoundError
-from .noise import is_flow_scheduler_config
+from .noise import flow_match_config, is_flow_scheduler_config
 from .schedules import validate_schedule_table
 from .settings import CARD_FIELDS
 
@@ -72,15 +72,12 @@ def read_schedule_config(path: str | Path, source: str) -> dict:
     return config
 
 
+#: Download options `from_pretrained` passes on to `huggingface_hub.hf_hub_download`.
+DOWNLOAD_OPTIONS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "user_agent")
+
+
 def _fetch_file(
-    repo_or_dir: str | Path,
-    name: str,
-    subfolder: str | None,
-    revision: str | None,
-    token: str | bool | None,
-    cache_dir: str | Path | None,
-    local_files_only: bool,
-    missing_ok: bool,
+    repo_or_dir: str | Path, name: str, subfolder: str | None, missing_ok: bool, **download
 ) -> Path | None:
     """The path of file `name` of a local folder or a Hub model repo (downloaded); `None` when it does not exist and
     `missing_ok`."""
@@ -101,17 +98,7 @@ def _fetch_file(
     )
 
     try:
-        return Path(
-            hf_hub_download(
-                str(repo_or_dir),
-                name,
-                subfolder=subfolder,
-                revision=revision,
-                token=token,
-                cache_dir=cache_dir,
-                local_files_only=local_files_only,
-            )
-        )
+        return Path(hf_hub_download(str(repo_or_dir), name, subfolder=subfolder, **download))
     except EntryNotFoundError as error:
         if missing_ok and not isinstance(error, LocalEntryNotFoundError):
             return None
@@ -127,31 +114,19 @@ def _fetch_file(
         raise ScheduleLoadError(f"{source}: could not download {name}: {error}", source=source) from error
 
 
-def fetch_schedule_config(
-    repo_or_dir: str | Path,
-    subfolder: str | None = None,
-    revision: str | None = None,
-    token: str | bool | None = None,
-    cache_dir: str | Path | None = None,
-    local_files_only: bool = False,
-) -> dict:
-    """The validated config of a schedule in a local folder or a Hub model repo (only the JSON file is fetched)."""
-    path = _fetch_file(repo_or_dir, CONFIG_NAME, subfolder, revision, token, cache_dir, local_files_only, False)
+def fetch_schedule_config(repo_or_dir: str | Path, subfolder: str | None = None, **download) -> dict:
+    """The validated config of a schedule in a local folder or a Hub model repo (only the JSON file is fetched);
+    `download` holds `DOWNLOAD_OPTIONS`."""
+    path = _fetch_file(repo_or_dir, CONFIG_NAME, subfolder, False, **download)
     source = f"{repo_or_dir}" + (f" (subfolder {subfolder!r})" if subfolder else "")
+    revision = download.get("revision")
     return read_schedule_config(path, source + (f" at revision {revision!r}" if revision else ""))
 
 
-def fetch_calibration_record(
-    repo_or_dir: str | Path,
-    subfolder: str | None = None,
-    revision: str | None = None,
-    token: str | bool | None = None,
-    cache_dir: str | Path | None = None,
-    local_files_only: bool = False,
-) -> dict | None:
+def fetch_calibration_record(repo_or_dir: str | Path, subfolder: str | None = None, **download) -> dict | None:
     """The calibration record saved beside a schedule (`calibration_report.json`); `None` where there is none
-    (presets, schedules saved before the record had a file of its own)."""
-    path = _fetch_file(repo_or_dir, REPORT_NAME, subfolder, revision, token, cache_dir, local_files_only, True)
+    (presets, uncalibrated schedulers)."""
+    path = _fetch_file(repo_or_dir, REPORT_NAME, subfolder, True, **download)
     return None if path is None else read_calibration_record(path)
 
 
@@ -457,15 +432,16 @@ def model_identity(pipe) -> dict[str, Any]:
     schedule and prediction type, whichever scheduler class (GITS included) currently carries them."""
     config = dict(pipe.scheduler.config)
     if is_flow_scheduler_config(config):
+        config = flow_match_config(config)  # Wan's UniPC and the GITS scheduler installed in its place alike
         keys = ("num_train_timesteps", "shift", "use_dynamic_shifting", "base_shift", "max_shift", "time_shift_type")
-        optional = ("shift_terminal",)
+        neutral = {"shift_terminal": None}
     else:
         keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
         keys += ("rescale_betas_zero_snr",)
-        optional = ("snr_shift_scale",)  # CogVideoX's DDIM rescales alphas_cumprod with it
+        neutral = {"snr_shift_scale": 1.0}  # CogVideoX's DDIM rescales alphas_cumprod with it
     noise_schedule = {key: config.get(key) for key in keys}
-    # Keys only some schedulers have count where they are set, and leave every other model's key as it was.
-    noise_schedule.update({key: config[key] for key in optional if config.get(key) is not None})
+    # Keys only some schedulers have count where they change the schedule, and leave every other model's key as it was.
+    noise_schedule.update({key: config[key] for key, value in neutral.items() if config.get(key, value) != value})
     model = getattr(pipe, "name_or_path", None) or (getattr(pipe, "config", None) or {}).get("_name_or_path")
     return {
         "model": str(model) if model is not None else None,

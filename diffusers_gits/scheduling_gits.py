@@ -135,25 +135,34 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
         Only `scheduler_config.json` is read, and every field is validated before the scheduler is built: a wrong
         class, a malformed table or a newer format raises [`~diffusers_gits.ScheduleLoadError`] naming the source and
         the field. The GITS class named in the file is built (a flow-matching schedule loads as a
-        [`GITSFlowMatchScheduler`] whichever GITS class this is called on). `revision`, `token`, `cache_dir` and
-        `local_files_only` go to the download (which honours `HF_HUB_OFFLINE`); other keyword arguments override
-        config values, e.g. `solver="euler"`.
+        [`GITSFlowMatchScheduler`] whichever GITS class this is called on). `revision`, `token`, `cache_dir`,
+        `local_files_only`, `force_download` and `user_agent` go to the download (which honours `HF_HUB_OFFLINE`;
+        proxies come from the `HTTPS_PROXY` environment variable, as huggingface_hub >= 1.0 takes them); other keyword
+        arguments override config values, e.g. `solver="euler"`. Keyword arguments that are neither are returned with
+        `return_unused_kwargs=True`, as `SchedulerMixin.from_pretrained` does, and otherwise named in a warning.
         """
-        from .hub import fetch_calibration_record, fetch_schedule_config
+        from .hub import DOWNLOAD_OPTIONS, fetch_calibration_record, fetch_schedule_config
 
-        download = {
-            key: kwargs.pop(key) for key in ("revision", "token", "cache_dir", "local_files_only") if key in kwargs
-        }
-        for ignored in ("force_download", "proxies", "user_agent", "_from_pipeline", "_commit_hash"):
-            kwargs.pop(ignored, None)
+        download = {key: kwargs.pop(key) for key in DOWNLOAD_OPTIONS if key in kwargs}
+        if kwargs.pop("proxies", None):
+            logger.warning("proxies= is ignored: huggingface_hub >= 1.0 takes proxies from HTTPS_PROXY / HTTP_PROXY")
+        for internal in ("_from_pipeline", "_commit_hash"):  # what DiffusionPipeline.from_pretrained passes
+            kwargs.pop(internal, None)
         config = fetch_schedule_config(pretrained_model_name_or_path, subfolder=subfolder, **download)
-        scheduler = scheduler_from_config(config, **kwargs)
+        scheduler, unused = scheduler_from_config(config, return_unused_kwargs=True, **kwargs)
+        unused = {key: value for key, value in unused.items() if not key.startswith("_")}  # the file's own metadata
+        if unused and not return_unused_kwargs:
+            logger.warning(
+                "from_pretrained ignored %s: neither download options nor settings of %s (a misspelling?)",
+                sorted(unused),
+                type(scheduler).__name__,
+            )
         # Fetched here (it is small), not on first read: a property that downloads fails offline where the user
         # only wanted to save the pipeline.
         scheduler.calibration_record = fetch_calibration_record(
             pretrained_model_name_or_path, subfolder=subfolder, **download
         )
-        return (scheduler, {}) if return_unused_kwargs else scheduler
+        return (scheduler, unused) if return_unused_kwargs else scheduler
 
     def push_to_hub(
         self,

@@ -1,6 +1,8 @@
 """Sharing schedules: real HTTP round trips through huggingface_hub against a local fake Hub, cache, presets."""
 
+import functools
 import json
+import logging
 from pathlib import Path
 
 import huggingface_hub
@@ -304,6 +306,7 @@ def test_equal_weights_other_config_is_calibrated_afresh_and_hits_are_logged(tmp
     calls = []
     original_call = DDPMPipeline.__call__
 
+    @functools.wraps(original_call)  # the runner reads the signature: `batch_size` sets the noises per call
     def spy(self, *args, **kwargs):
         calls.append(self.unet.config.sample_size)
         return original_call(self, *args, **kwargs)
@@ -401,3 +404,16 @@ def test_a_schedule_not_on_the_hub_is_calibrated(hub):
         GITSScheduler.from_pretrained("me/never-pushed")
     scheduler = GITSScheduler.from_calibration(pipe, [3], hub_repo="me/never-pushed", cache=False, **TINY_PURE_DP)
     assert scheduler.calibrated_steps == [3]
+
+
+def test_from_pretrained_returns_or_names_unknown_arguments_and_takes_every_download_option(tmp_path, hub, caplog):
+    calibrated().save_pretrained(tmp_path)
+    loaded, unused = GITSScheduler.from_pretrained(tmp_path, solvr="euler", solver="ipndm", return_unused_kwargs=True)
+    assert unused == {"solvr": "euler"} and loaded.config.solver == "ipndm"
+    with caplog.at_level(logging.WARNING):
+        GITSScheduler.from_pretrained(tmp_path, solvr="euler")
+    assert "solvr" in caplog.text and "misspelling" in caplog.text
+    # The download options reach huggingface_hub (a forced download of a pushed schedule works).
+    calibrated().push_to_hub("me/forced")
+    again = GITSScheduler.from_pretrained("me/forced", force_download=True, user_agent="tests", revision="main")
+    assert again.calibration_report == calibrated().calibration_report

@@ -41,7 +41,7 @@ from .hub import (
 from .recorder import PipelineRunner, batch_key, check_pipeline_family, probe_family
 from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler, scheduler_from_config
 from .search import JumpCostAccumulator, SolverJumpCostAccumulator, dp_schedules, student_path_dp
-from .settings import CalibrationSettings
+from .settings import DEFAULT_SOLVER, CalibrationSettings
 
 
 logger = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def calibrate(
     if solver is None:
         shipped = getattr(pipe, "scheduler", None)
         flow_unipc = type(shipped).__name__ == "UniPCMultistepScheduler" and shipped.config.get("use_flow_sigmas")
-        solver = "unipc" if flow_unipc else "dpmpp_2m"
+        solver = "unipc" if flow_unipc else DEFAULT_SOLVER
     settings = CalibrationSettings.create(
         num_inference_steps, prompts=prompts, num_warmup=num_warmup, batch_size=batch_size, solver=solver,
         teacher=teacher, grid_size=grid_size, jump_cost=jump_cost, num_search=num_search, budget=budget,

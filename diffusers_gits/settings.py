@@ -29,6 +29,8 @@ RESERVED_KWARGS = (
 #: Warm-up noises are indices 0 .. num_warmup - 1 of the seed's noise stream (`recorder.noise_seed`); the benchmarks'
 #: and `compare`'s test noises start at 10^6 and 2^31, so they never meet a calibration's.
 MAX_WARMUP = 1_000_000
+#: The solver schedules are calibrated for when none is named (and the pipeline ships no UniPC with flow sigmas).
+DEFAULT_SOLVER = "dpmpp_2m"
 #: The call arguments that set how many samples a pipeline makes per prompt (images, or videos for Wan-style ones).
 PER_PROMPT_COUNTS = ("num_images_per_prompt", "num_videos_per_prompt")
 #: Settings that change how the work is cut into pipeline calls but not what it computes (up to float rounding).
@@ -92,7 +94,7 @@ class CalibrationSettings:
         prompts: Sequence[str] | None,
         num_warmup: int,
         batch_size: int,
-        solver: str,
+        solver: str | None,
         teacher: str,
         grid_size: int,
         jump_cost: str,
@@ -115,6 +117,7 @@ class CalibrationSettings:
         """
         pipe_kwargs = dict(pipe_kwargs)
         steps = _check_steps(num_inference_steps, grid_size)
+        solver = DEFAULT_SOLVER if solver is None else solver  # `calibrate` picks UniPC for Wan-style pipelines
         if solver not in SOLVERS:
             raise ValueError(f"solver {solver!r} is not supported; choose one of {sorted(SOLVERS)}")
         if teacher not in TEACHERS:

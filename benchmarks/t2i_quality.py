@@ -85,6 +85,15 @@ def run(model: str, solvers: list[str], num_warmup: int, num_test: int, num_imag
             "calibration_seconds": seconds,
             "model_calls": record["model_calls"],
             "chosen": {str(k): record["report"][str(k)]["chosen"] for k in STEPS},
+            # What the calibration saw: the closest baseline on its held-out noises and every screened schedule's
+            # pooled RMSE on the search noises (TORS among them).
+            "calibration_report": {
+                str(k): {
+                    key: record["report"][str(k)].get(key)
+                    for key in ("closest_baseline", "search_noise_pooled_rmse", "summary")
+                }
+                for k in STEPS
+            },
             "rmse": {name: {str(k): row[k] for k in STEPS} for name, row in table.items()},
             "adherence": {name: {str(k): v for k, v in row.items()} for name, row in adherence.items()},
             "distance_to_real": {name: {str(k): v for k, v in row.items()} for name, row in distance.items()},

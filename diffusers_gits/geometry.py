@@ -83,17 +83,10 @@ def frame_rotation(states: torch.Tensor, denoised: torch.Tensor, dims: int = 3, 
     the Darboux vector.
     """
     _check(states, denoised)
-    x, d = _flat(states), _flat(denoised)
-    centred = (x - x.mean(0, keepdim=True)).transpose(0, 1)  # (B, T, F)
-    # The principal directions from the (T, T) Gram matrix, as in `explained_variance`.
-    values, vectors = torch.linalg.eigh(centred @ centred.transpose(1, 2))
-    values, vectors = values[:, -dims:], vectors[:, :, -dims:]
-    # Directions the trajectory does not extend in (a planar one has two) are dropped, not amplified from rounding.
-    kept = values > 1e-12 * values[:, -1:].clamp_min(1e-300)
-    top = torch.where(kept[:, None, :], vectors / values[:, None, :].clamp_min(1e-300).sqrt(), 0.0)
-    basis = top.transpose(1, 2) @ centred  # (B, dims, F), orthonormal rows
-    tangents = torch.einsum("bkf,tbf->tbk", basis, x[:-1] - d)
-    tangents = tangents / tangents.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+    # One trajectory at a time in float64: a batch of Flux-sized latents at once would take gigabytes.
+    tangents = torch.stack(
+        [_projected_tangents(states[:, b], denoised[:, b], dims) for b in range(states.shape[1])], 1
+    )
     cosine = (tangents[:-1] * tangents[1:]).sum(-1).clamp(-1, 1)
     theta = torch.arccos(cosine)  # (T - 2, B): segment i turns from t_i to t_{i+1}
     # The turn's direction within the plane orthogonal to t_i, forwards (towards t_{i+1}) and backwards (t_{i-1}).
@@ -107,6 +100,22 @@ def frame_rotation(states: torch.Tensor, denoised: torch.Tensor, dims: int = 3, 
     defined = (theta[:-1] > min_angle) & (theta[1:] > min_angle)
     phi[1:] = torch.where(defined, torch.arccos(plane_cosine), torch.zeros_like(plane_cosine))
     return (theta**2 + phi**2).sqrt().mean(1).numpy()
+
+
+def _projected_tangents(states: torch.Tensor, denoised: torch.Tensor, dims: int) -> torch.Tensor:
+    """(T - 1, dims) unit tangents `x - D(x)` of one trajectory ((T, ...) states, (T - 1, ...) denoised values) in the
+    coordinates of its top `dims` principal directions."""
+    x = states.detach().to("cpu", torch.float64).flatten(1)
+    d = denoised.detach().to("cpu", torch.float64).flatten(1)
+    centred = x - x.mean(0, keepdim=True)
+    # The principal directions from the (T, T) Gram matrix, as in `explained_variance`.
+    values, vectors = torch.linalg.eigh(centred @ centred.T)
+    values, vectors = values[-dims:], vectors[:, -dims:]
+    # Directions the trajectory does not extend in (a planar one has two) are dropped, not amplified from rounding.
+    kept = values > 1e-12 * values[-1].clamp_min(1e-300)
+    top = torch.where(kept[None, :], vectors / values[None, :].clamp_min(1e-300).sqrt(), 0.0)
+    tangents = (x[:-1] - d) @ (centred.T @ top)  # the basis rows top^T centred are orthonormal
+    return tangents / tangents.norm(dim=-1, keepdim=True).clamp_min(1e-300)
 
 
 def equal_rotation_positions(rotation: np.ndarray, num_steps: int) -> np.ndarray:

@@ -1,15 +1,15 @@
 """diffusers-gits: GITS time schedules calibrated on any diffusers pipeline."""
 
-__version__ = "0.1.0"
-
-from .errors import (  # noqa: E402
+from ._version import __version__
+from .calibration import calibrate  # also registers the machinery behind `from_calibration`
+from .errors import (
     CalibrationError,
     CheckpointMismatchError,
     ScheduleLoadError,
     ScheduleNotFoundError,
     WrongFamilyError,
 )
-from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler, GITSSchedulerOutput  # noqa: E402
+from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler, GITSSchedulerOutput
 
 
 __all__ = [
@@ -22,4 +22,5 @@ __all__ = [
     "ScheduleNotFoundError",
     "WrongFamilyError",
     "__version__",
+    "calibrate",
 ]

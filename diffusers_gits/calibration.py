@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from ._version import __version__
 from .checkpoint import CalibrationCheckpoint
 from .choice import SCREENED_BASELINES, HeldOutScorer, coeff_of, decide, refine_schedule, run_race, screened
 from .errors import ScheduleNotFoundError
@@ -39,7 +39,7 @@ from .hub import (
     model_identity,
 )
 from .recorder import PipelineRunner, batch_key, check_pipeline_family, probe_family
-from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler, scheduler_from_config
+from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler, register_calibration, scheduler_from_config
 from .search import JumpCostAccumulator, SolverJumpCostAccumulator, dp_schedules, student_path_dp
 from .settings import DEFAULT_SOLVER, CalibrationSettings
 
@@ -463,3 +463,6 @@ def _model_name(pipe) -> str | None:
     config = getattr(pipe, "config", None) or {}
     name = getattr(pipe, "name_or_path", None) or config.get("_name_or_path")
     return str(name) if name is not None else None
+
+
+register_calibration(calibrate)

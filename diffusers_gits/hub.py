@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._version import __version__
 from .errors import ScheduleLoadError, ScheduleNotFoundError
 from .noise import flow_match_config, is_flow_scheduler_config
 from .schedules import validate_schedule_table
@@ -455,8 +456,6 @@ def model_identity(pipe) -> dict[str, Any]:
 def calibration_key(model: dict[str, Any], settings: dict[str, Any]) -> str:
     """A key for everything that changes a calibration's result: the model (`model_identity`), the calibration
     settings and the package version."""
-    from . import __version__
-
     payload = {"model": model, "settings": jsonable(settings), "package_version": __version__}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 

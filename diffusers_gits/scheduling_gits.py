@@ -60,6 +60,17 @@ from .solvers import SolverHistory, get_solver
 
 logger = logging.getLogger(__name__)
 
+#: `diffusers_gits.calibration.calibrate`, registered by that module (`register_calibration`) when the package is
+#: imported: the calibration machinery imports the schedulers, so the schedulers do not import it back.
+_CALIBRATE = None
+
+
+def register_calibration(calibrate) -> None:
+    """Make `calibrate` the function behind `from_calibration` (called once, by `diffusers_gits.calibration`)."""
+    global _CALIBRATE
+    _CALIBRATE = calibrate
+
+
 SolverName = Literal["euler", "ipndm", "dpmpp_2m", "unipc"]
 
 
@@ -118,9 +129,9 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
 
         Returns the scheduler of the pipeline's family: a [`GITSFlowMatchScheduler`] for SD3 / Flux pipelines.
         """
-        from .calibration import calibrate
-
-        return calibrate(pipe, num_inference_steps, **kwargs)
+        if _CALIBRATE is None:
+            raise RuntimeError("the calibration is not loaded: `import diffusers_gits` (its __init__ loads it)")
+        return _CALIBRATE(pipe, num_inference_steps, **kwargs)
 
     @classmethod
     def from_pretrained(

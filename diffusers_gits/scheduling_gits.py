@@ -295,6 +295,10 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
         """The x0 estimate the solver steps with (the VP scheduler clips or thresholds it when configured to)."""
         return denoised
 
+    def _prediction_channels(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """The model output's prediction channels (the VP scheduler drops learned-variance channels)."""
+        return model_output
+
     def _set_schedule(self, schedule: np.ndarray, model_timesteps: np.ndarray, device) -> None:
         self.num_inference_steps = len(schedule) - 1
         self.sigmas = torch.from_numpy(np.asarray(schedule, dtype=np.float64)).float()
@@ -353,6 +357,7 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
         sigma = float(self.sigmas[self._step_index])
         sigma_next = float(self.sigmas[self._step_index + 1])
 
+        model_output = self._prediction_channels(model_output, sample)
         x = self.to_solver_state(sample.to(torch.float32), sigma)
         denoised = self._limit(
             denoised_from_model_output(model_output.to(torch.float32), x, sigma, self._prediction_type)
@@ -557,6 +562,15 @@ class GITSScheduler(_GITSSchedulerBase):
     @property
     def _prediction_type(self) -> str:
         return self.config.prediction_type
+
+    def _prediction_channels(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """A model with a learned variance (`variance_type` "learned" / "learned_range" in the pipeline's DDPM config,
+        kept in this one: DeepFloyd IF, Kandinsky) outputs it as extra channels, which its pipeline leaves in for such
+        a config; the deterministic solvers drop them, as DDPM splits them off."""
+        learned = self.config.get("variance_type") in ("learned", "learned_range")
+        if learned and model_output.shape[1] == 2 * sample.shape[1]:
+            return model_output[:, : sample.shape[1]]
+        return model_output
 
     def _limit(self, denoised: torch.Tensor) -> torch.Tensor:
         c = self.config

@@ -253,3 +253,24 @@ def test_a_round_trip_through_every_compatible_scheduler_keeps_every_setting():
         back = GITSScheduler.from_config(stock.config)
         changed = {k: (v, back.config[k]) for k, v in public.items() if back.config[k] != v}
         assert not changed, f"{name}: {changed}"
+
+
+def test_learned_variance_channels_are_dropped_as_ddpm_drops_them():
+    """DeepFloyd IF / Kandinsky ship DDPM with variance_type="learned_range": their pipelines leave the variance
+    channels in the model output for such a config, and the step must use the prediction channels only."""
+    from diffusers import DDPMScheduler
+
+    config = DDPMScheduler(**SD, variance_type="learned_range").config
+    outputs = []
+    for with_variance in (True, False):
+        scheduler = GITSScheduler.from_config(config, gits_sigmas=TABLE)
+        scheduler.set_timesteps(3)
+        sample = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+        for t in scheduler.timesteps:
+            prediction = dummy_model(sample, t)
+            variance = torch.full_like(prediction, 7.0)
+            output = torch.cat([prediction, variance], 1) if with_variance else prediction
+            sample = scheduler.step(output, t, sample).prev_sample
+        outputs.append(sample)
+    assert outputs[0].shape == (2, 3, 8, 8)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)

@@ -177,9 +177,10 @@ def calibrate(
     state = process_state(runner.device)
     # A flow pipeline's shift depends on the resolution it computes inside __call__: read it (no denoiser call) first,
     # so that it keys the cache too.
-    family, mu = probe_family(runner, base_config)
+    family, mu = probe_family(runner, base_config, settings.steps)
+    shift = {"mu": mu, **({"mu_per_step": family.metadata["mu_per_step"]} if "mu_per_step" in family.metadata else {})}
     model = model_identity(pipe) if cache or hub_repo or checkpoint_dir else None
-    key = calibration_key(model, {**settings.result_fields(), "mu": mu}) if cache or hub_repo else None
+    key = calibration_key(model, {**settings.result_fields(), **shift}) if cache or hub_repo else None
     if key is not None:
         found = _lookup(key, cache, cache_dir, hub_repo) if state.is_main_process else None
         found = broadcast(state, found)
@@ -192,7 +193,7 @@ def calibrate(
     checkpoint = None
     if checkpoint_dir is not None:
         identity = {
-            "package_version": __version__, "model": model, "mu": mu,
+            "package_version": __version__, "model": model, **shift,
             "settings": jsonable(settings.checkpoint_fields()),
         }  # fmt: skip
         checkpoint = CalibrationCheckpoint(checkpoint_dir, identity, resume)
@@ -344,6 +345,7 @@ def _run_stages(
         **settings.metadata(),
         "family": family.metadata["family"],
         "mu": family.metadata.get("mu"),
+        **({"mu_per_step": family.metadata["mu_per_step"]} if "mu_per_step" in family.metadata else {}),
         "grid": {"type": family.metadata["grid_type"], "size": grid_size},
         "model_calls": {
             **budget.spent,

@@ -40,7 +40,11 @@ def resolve_schedules(
         if name.startswith("gits:"):
             scheduler = scheduler_from_config(fetch_schedule_config(name.removeprefix("gits:")))
             flow = isinstance(scheduler, GITSFlowMatchScheduler)
-            resolved[name] = {k: scheduler.schedule_for(k, mu) if flow else scheduler.schedule_for(k) for k in steps}
+            per_step = family.metadata.get("mu_per_step") or {}  # Flux.2: the pipeline's mu at each step count
+            resolved[name] = {
+                k: scheduler.schedule_for(k, per_step.get(str(k), mu)) if flow else scheduler.schedule_for(k)
+                for k in steps
+            }
             continue
         key = ALIASES.get(name, name)
         if key == "default":
@@ -101,7 +105,7 @@ def compare_schedules(
         raise ValueError(f"num_noises must be >= 2 for a confidence interval, got {num_noises}")
     base_config = check_pipeline_family(pipe)
     runner = PipelineRunner(pipe, prompts, seed, batch_size, pipe_kwargs)
-    family, mu = probe_family(runner, base_config)
+    family, mu = probe_family(runner, base_config, steps)
     resolved = resolve_schedules(list(schedules), family, steps, mu, solver)
     fine, _ = family.fine_grid(grid_size)
     reference_scheduler = family.scheduler(teacher, {len(fine) - 1: fine})

@@ -164,7 +164,7 @@ def schedulers_to_compare(pipe, stock, gits, baselines, steps, solver, guidance)
     """`{row name: scheduler}`: the stock scheduler, each baseline as a GITS-family scheduler with that table, GITS."""
     base_config = check_pipeline_family(pipe)
     runner = PipelineRunner(pipe, ["a red circle"], 0, 1, {"guidance_scale": guidance})
-    family, mu = probe_family(runner, base_config)
+    family, mu = probe_family(runner, base_config, steps)
     resolved = resolve_schedules(list(baselines), family, steps, mu, solver)
     schedulers = {f"stock ({type(stock).__name__})": stock}
     schedulers.update({name: family.scheduler(solver, table) for name, table in resolved.items()})

@@ -102,39 +102,63 @@ def vp_family(base_config: dict) -> ModelFamily:
     )
 
 
-def flow_family(base_config: dict, mu: float | None, pipeline_passes_sigmas: bool) -> ModelFamily:
+def flow_family(
+    base_config: dict,
+    mu: float | None,
+    pipeline_passes_sigmas: bool,
+    mu_per_step: dict[int, float] | None = None,
+) -> ModelFamily:
     """The flow family at the shift the pipeline samples with (`mu` under dynamic shifting).
 
     `pipeline_passes_sigmas`: the pipeline sends `linspace(1, 1/N, N)` itself (Flux), so its default is the shifted
-    uniform schedule; otherwise (SD3) it is FlowMatchEuler's own default.
+    uniform schedule; otherwise (SD3) it is FlowMatchEuler's own default. `mu_per_step`: the `mu` the pipeline passes
+    at each step count where it depends on it (Flux.2: `compute_empirical_mu(image_seq_len, num_steps)`); the
+    defaults and baselines of step count N then use its own `mu`, the grid `mu`.
     """
     scheduler = GITSFlowMatchScheduler.from_config(base_config)
     factor = scheduler.shift_factor(mu)
     sigma_min = scheduler.train_sigma_min
+    mu_per_step = dict(mu_per_step or {})
+
+    def mu_at(k: int) -> float | None:
+        return mu_per_step.get(k, mu)
 
     def default(k: int, solver: str) -> np.ndarray:
+        factor_k = scheduler.shift_factor(mu_at(k))
         if pipeline_passes_sigmas:
-            return flow_shifted_sigmas(k, factor)
+            return flow_shifted_sigmas(k, factor_k)
         if base_config.get("use_flow_sigmas"):  # Wan's, Sana's UniPC / DPM-Solver
-            return flow_sigmas_default(k, factor, base_config.get("num_train_timesteps", 1000))
-        return flow_stock_sigmas(k, factor, sigma_min)
+            return flow_sigmas_default(k, factor_k, base_config.get("num_train_timesteps", 1000))
+        return flow_stock_sigmas(k, factor_k, sigma_min)
 
+    def baselines(k: int) -> dict[str, np.ndarray]:
+        factor_k = scheduler.shift_factor(mu_at(k))
+        return flow_baseline_schedules(k, factor_k, sigma_min, base_config, mu_at(k), pipeline_passes_sigmas)
+
+    metadata = {"family": "flow", "grid_type": "shifted_uniform_sigma", "mu": mu, "shift_factor": factor}
+    if mu_per_step:
+        metadata["mu_per_step"] = {str(k): float(v) for k, v in sorted(mu_per_step.items())}
     return ModelFamily(
         scheduler_class=GITSFlowMatchScheduler,
         base_config=base_config,
         grid=lambda size: flow_shifted_sigmas(size, factor),
-        baselines=lambda k: flow_baseline_schedules(k, factor, sigma_min, base_config, mu, pipeline_passes_sigmas),
+        baselines=baselines,
         default=default,
         to_coordinate=lambda sigmas: unshift_flow_sigmas(sigmas, factor),
         from_coordinate=lambda u: shift_flow_sigmas(u, factor),
         lowest=0.0,
         spacing=lambda size: 1.0 / size,
-        metadata={"family": "flow", "grid_type": "shifted_uniform_sigma", "mu": mu, "shift_factor": factor},
+        metadata=metadata,
     )
 
 
-def model_family(base_config: dict, mu: float | None = None, pipeline_passes_sigmas: bool = False) -> ModelFamily:
+def model_family(
+    base_config: dict,
+    mu: float | None = None,
+    pipeline_passes_sigmas: bool = False,
+    mu_per_step: dict[int, float] | None = None,
+) -> ModelFamily:
     """The family of a pipeline's scheduler config (the flow arguments as in `flow_family`)."""
     if is_flow_scheduler_config(base_config):
-        return flow_family(base_config, mu, pipeline_passes_sigmas)
+        return flow_family(base_config, mu, pipeline_passes_sigmas, mu_per_step)
     return vp_family(base_config)

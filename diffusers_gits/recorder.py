@@ -224,7 +224,7 @@ class _ShiftProbed(Exception):
     """Raised by the probe scheduler to stop the pipeline before its first model call."""
 
 
-def probe_shift(runner: "PipelineRunner", base_config: dict) -> tuple[float | None, bool]:
+def probe_shift(runner: "PipelineRunner", base_config: dict, num_steps: int = 1) -> tuple[float | None, bool]:
     """The `mu` a flow pipeline passes to `set_timesteps` at this call's resolution, and whether it passes sigmas.
 
     Flux computes `mu` from the latent size inside `__call__`; the pipeline is run up to `set_timesteps` (prompt
@@ -243,7 +243,7 @@ def probe_shift(runner: "PipelineRunner", base_config: dict) -> tuple[float | No
     runner.pipe.scheduler = probe
     try:
         with torch.no_grad():
-            runner.pipe(**runner._call_kwargs([0], 1))
+            runner.pipe(**runner._call_kwargs([0], num_steps))
     except _ShiftProbed:
         pass
     finally:
@@ -254,9 +254,20 @@ def probe_shift(runner: "PipelineRunner", base_config: dict) -> tuple[float | No
     return (float(mu) if mu is not None else None), seen.get("sigmas") is not None
 
 
-def probe_family(runner: "PipelineRunner", base_config: dict) -> tuple[ModelFamily, float | None]:
+def probe_family(
+    runner: "PipelineRunner", base_config: dict, steps: Sequence[int] = ()
+) -> tuple[ModelFamily, float | None]:
     """The model family of a pipeline's (checked) scheduler config at the shift its calls sample with, and that
-    `mu` (`None` for VP models and static shifts): the one preamble of calibrate, compare, analyze and the demo."""
-    flow = is_flow_scheduler_config(base_config)
-    mu, passes_sigmas = probe_shift(runner, base_config) if flow else (None, False)
-    return model_family(base_config, mu, passes_sigmas), mu
+    `mu` (`None` for VP models and static shifts): the one preamble of calibrate, compare, analyze and the demo.
+
+    `mu` is read at the largest of `steps` (1 without any); where the pipeline passes another `mu` at another of them
+    (Flux.2 makes it depend on the step count), the family keeps each one (`flow_family`'s `mu_per_step`).
+    """
+    if not is_flow_scheduler_config(base_config):
+        return model_family(base_config), None
+    steps = sorted(set(steps)) or [1]
+    probed = {k: probe_shift(runner, base_config, k) for k in steps}
+    mu, passes_sigmas = probed[steps[-1]]
+    mus = {k: found for k, (found, _) in probed.items()}
+    varies = mu is not None and any(abs(other - mu) > 1e-9 for other in mus.values())
+    return model_family(base_config, mu, passes_sigmas, mus if varies else None), mu

@@ -378,7 +378,7 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
 #: What a scheduler config keeps of its calibration record (see `calibration_record`).
 SUMMARY_KEYS = (
     "format_version", "package_version", "created", "model", "pipeline_class", "pipe_kwargs", "family", "mu", "solver",
-    "preset", "coeff", "source", "table_shift",
+    "preset", "coeff", "source", "table_shift", "mu_per_step",
 )  # fmt: skip
 
 
@@ -843,6 +843,12 @@ class GITSFlowMatchScheduler(_GITSSchedulerBase):
         """The `mu` the schedules were calibrated at (dynamic shifting only)."""
         return (self.config.calibration or {}).get("mu")
 
+    def calibration_mu_for(self, num_inference_steps: int) -> float | None:
+        """The `mu` the pipeline passed at this step count during calibration: `calibration_mu`, or the step count's
+        own where the pipeline makes `mu` depend on it (Flux.2)."""
+        per_step = (self.config.calibration or {}).get("mu_per_step") or {}
+        return per_step.get(str(num_inference_steps), self.calibration_mu)
+
     def __getattr__(self, name: str) -> Any:
         # Not a property: an AttributeError raised inside one sends Python to __getattr__, which would replace its
         # message with a bare "no attribute".
@@ -905,7 +911,7 @@ class GITSFlowMatchScheduler(_GITSSchedulerBase):
         `mu` other than the calibration's moves the schedule to that `mu`'s shift, with a warning.
         """
         schedule, calibrated = self._table_or_fallback(num_inference_steps, mu)
-        calibrated_mu = self.calibration_mu
+        calibrated_mu = self.calibration_mu_for(num_inference_steps)
         if not (calibrated and self.config.use_dynamic_shifting and mu is not None and calibrated_mu is not None):
             return schedule
         if abs(mu - calibrated_mu) <= 1e-6:
@@ -928,7 +934,7 @@ class GITSFlowMatchScheduler(_GITSSchedulerBase):
         `mu` the pipeline passes): with the same shift settings and `mu` it then samples at this schedule's sigmas.
         """
         if mu is None:
-            mu = self.calibration_mu
+            mu = self.calibration_mu_for(num_inference_steps)
         schedule = self.schedule_for(num_inference_steps, mu)
         return unshift_flow_sigmas(schedule[:-1], self.shift_factor(mu)).tolist()
 

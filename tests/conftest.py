@@ -376,3 +376,28 @@ def wan_inputs():
         "num_frames": 1,
         "guidance_scale": 1.0,
     }
+
+
+def tiny_flux2_pipe():
+    """Flux.2: dynamic shifting with `mu` computed from the image size and the step count; no text encoder."""
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Pipeline, Flux2Transformer2DModel
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLFlux2(
+        block_out_channels=(4,), down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+        layers_per_block=1, latent_channels=4, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+        mid_block_add_attention=False,
+    )  # fmt: skip
+    transformer = Flux2Transformer2DModel(
+        in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4),
+    )  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    pipe = Flux2Pipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def flux2_inputs():
+    g = torch.Generator().manual_seed(5)
+    return {"prompt_embeds": torch.randn(1, 8, 32, generator=g), "height": 16, "width": 16, "guidance_scale": 1.0}

@@ -8,9 +8,11 @@ import pytest
 import torch
 from conftest import (
     SD_BETAS,
+    flux2_inputs,
     flux_inputs,
     pixart_inputs,
     sd3_inputs,
+    tiny_flux2_pipe,
     tiny_flux_pipe,
     tiny_pixart_sigma_pipe,
     tiny_sd3_pipe,
@@ -62,6 +64,8 @@ FAMILIES = {
     ),
     "sd3": (lambda d: tiny_sd3_pipe(), sd3_inputs, GITSFlowMatchScheduler),
     "flux": (lambda d: tiny_flux_pipe(), flux_inputs, GITSFlowMatchScheduler),
+    # Flux.2: mu from the image size and the step count.
+    "flux2": (lambda d: tiny_flux2_pipe(), flux2_inputs, GITSFlowMatchScheduler),
     # Wan as shipped: UniPC with flow sigmas and a static flow_shift, no sigmas passed by the pipeline.
     "wan": (lambda d: tiny_wan_pipe(), wan_inputs, GITSFlowMatchScheduler),
 }
@@ -313,3 +317,26 @@ def test_wan_as_shipped_calibrates_as_a_static_shift_flow_model_for_its_unipc(ca
         run(pipe, inputs, 4)  # not calibrated: stretched from the nearest calibrated schedule
     assert len(calls) == 4
     np.testing.assert_allclose(np.array(calls) / 1000, scheduler.schedule_for(4)[:-1], rtol=1e-5)
+
+
+def test_flux2_records_mu_per_step_count_and_samples_each_schedule_unshifted(calibrated, caplog):
+    """Flux.2 passes `compute_empirical_mu(image_seq_len, num_steps)`: every calibrated step count keeps the `mu` the
+    pipeline passes at it, so sampling at that count is not re-shifted (no warning), while another resolution is."""
+    from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
+
+    pipe, inputs, scheduler = calibrated("flux2")
+    per_step = scheduler.config.calibration["mu_per_step"]
+    assert set(per_step) == {str(k) for k in STEPS}
+    for k in STEPS:
+        assert per_step[str(k)] == pytest.approx(compute_empirical_mu(image_seq_len=64, num_steps=k))
+    assert per_step["3"] != per_step["5"]
+    with caplog.at_level(logging.WARNING), installed(pipe, scheduler):
+        for k in STEPS:
+            run(pipe, inputs, k)
+            np.testing.assert_allclose(pipe.scheduler.sigmas.numpy(), scheduler.schedule_for(k), rtol=1e-6)
+            np.testing.assert_allclose(
+                scheduler.schedule_for(k), scheduler.config.gits_sigmas[str(k)], rtol=1e-12
+            )  # as calibrated: no re-shift at the calibration's own mu for k
+    assert "re-shifts" not in caplog.text
+    moved = scheduler.schedule_for(5, per_step["5"] + 0.3)  # another image size
+    assert not np.allclose(moved, scheduler.config.gits_sigmas["5"])

@@ -401,3 +401,38 @@ def tiny_flux2_pipe():
 def flux2_inputs():
     g = torch.Generator().manual_seed(5)
     return {"prompt_embeds": torch.randn(1, 8, 32, generator=g), "height": 16, "width": 16, "guidance_scale": 1.0}
+
+
+def tiny_cogview4_pipe():
+    """CogView4: passes timesteps linspace(T, 1, N) with sigmas = timesteps / T and a linear dynamic shift; no text
+    encoder."""
+    from diffusers import AutoencoderKL, CogView4Pipeline, CogView4Transformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(0)
+    transformer = CogView4Transformer2DModel(
+        patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=4, num_attention_heads=4,
+        text_embed_dim=32, time_embed_dim=8, condition_dim=4, pos_embed_max_size=16, sample_size=16,
+        rope_axes_dim=(2, 2),
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        block_out_channels=(4,), down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+        latent_channels=4, norm_num_groups=1, sample_size=16,
+    )  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        base_shift=0.25, max_shift=0.75, base_image_seq_len=256, use_dynamic_shifting=True, time_shift_type="linear"
+    )
+    pipe = CogView4Pipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def cogview4_inputs():
+    g = torch.Generator().manual_seed(5)
+    embeds = torch.randn(1, 16, 32, generator=g)
+    return {
+        "prompt_embeds": embeds,
+        "negative_prompt_embeds": embeds,
+        "height": 16,
+        "width": 16,
+        "guidance_scale": 1.0,
+    }

@@ -8,10 +8,12 @@ import pytest
 import torch
 from conftest import (
     SD_BETAS,
+    cogview4_inputs,
     flux2_inputs,
     flux_inputs,
     pixart_inputs,
     sd3_inputs,
+    tiny_cogview4_pipe,
     tiny_flux2_pipe,
     tiny_flux_pipe,
     tiny_pixart_sigma_pipe,
@@ -66,6 +68,8 @@ FAMILIES = {
     "flux": (lambda d: tiny_flux_pipe(), flux_inputs, GITSFlowMatchScheduler),
     # Flux.2: mu from the image size and the step count.
     "flux2": (lambda d: tiny_flux2_pipe(), flux2_inputs, GITSFlowMatchScheduler),
+    # CogView4: sigmas and timesteps both passed, the model conditioned on the unshifted time.
+    "cogview4": (lambda d: tiny_cogview4_pipe(), cogview4_inputs, GITSFlowMatchScheduler),
     # Wan as shipped: UniPC with flow sigmas and a static flow_shift, no sigmas passed by the pipeline.
     "wan": (lambda d: tiny_wan_pipe(), wan_inputs, GITSFlowMatchScheduler),
 }
@@ -340,3 +344,13 @@ def test_flux2_records_mu_per_step_count_and_samples_each_schedule_unshifted(cal
     assert "re-shifts" not in caplog.text
     moved = scheduler.schedule_for(5, per_step["5"] + 0.3)  # another image size
     assert not np.allclose(moved, scheduler.config.gits_sigmas["5"])
+
+
+def test_cogview4_samples_the_calibrated_schedule_with_the_model_seeing_unshifted_time(calibrated):
+    pipe, inputs, scheduler = calibrated("cogview4")
+    mu = scheduler.calibration_mu
+    with installed(pipe, scheduler) as calls:
+        run(pipe, inputs, 5)
+    np.testing.assert_allclose(scheduler.sigmas.numpy(), scheduler.schedule_for(5), rtol=1e-6)
+    unshifted = unshift_flow_sigmas(scheduler.schedule_for(5)[:-1], scheduler.shift_factor(mu))
+    np.testing.assert_allclose(np.array(calls), unshifted * 1000, rtol=1e-5)

@@ -436,3 +436,36 @@ def cogview4_inputs():
         "width": 16,
         "guidance_scale": 1.0,
     }
+
+
+def tiny_sana_pipe():
+    """Sana as shipped: DPM-Solver with flow sigmas, flow prediction and a static flow_shift; no text encoder."""
+    from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = SanaTransformer2DModel(
+        patch_size=1, in_channels=4, out_channels=4, num_layers=1, num_attention_heads=2, attention_head_dim=4,
+        num_cross_attention_heads=2, cross_attention_head_dim=4, cross_attention_dim=8, caption_channels=8,
+        sample_size=32,
+    )  # fmt: skip
+    vae = AutoencoderDC(
+        in_channels=3, latent_channels=4, attention_head_dim=2, encoder_block_types=("ResBlock", "EfficientViTBlock"),
+        decoder_block_types=("ResBlock", "EfficientViTBlock"), encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8), encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
+        encoder_layers_per_block=(1, 1), decoder_layers_per_block=[1, 1], downsample_block_type="conv",
+        upsample_block_type="interpolate", decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407,
+    )  # fmt: skip
+    scheduler = DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    pipe = SanaPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sana_inputs():
+    g = torch.Generator().manual_seed(5)
+    embeds, mask = torch.randn(1, 8, 8, generator=g), torch.ones(1, 8, dtype=torch.long)
+    return {
+        "prompt_embeds": embeds, "prompt_attention_mask": mask, "negative_prompt": None,
+        "negative_prompt_embeds": embeds, "negative_prompt_attention_mask": mask, "height": 32, "width": 32,
+        "use_resolution_binning": False, "guidance_scale": 1.0,
+    }  # fmt: skip

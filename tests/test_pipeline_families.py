@@ -12,11 +12,13 @@ from conftest import (
     flux2_inputs,
     flux_inputs,
     pixart_inputs,
+    sana_inputs,
     sd3_inputs,
     tiny_cogview4_pipe,
     tiny_flux2_pipe,
     tiny_flux_pipe,
     tiny_pixart_sigma_pipe,
+    tiny_sana_pipe,
     tiny_sd3_pipe,
     tiny_sd_pipe,
     tiny_sdxl_pipe,
@@ -70,6 +72,8 @@ FAMILIES = {
     "flux2": (lambda d: tiny_flux2_pipe(), flux2_inputs, GITSFlowMatchScheduler),
     # CogView4: sigmas and timesteps both passed, the model conditioned on the unshifted time.
     "cogview4": (lambda d: tiny_cogview4_pipe(), cogview4_inputs, GITSFlowMatchScheduler),
+    # Sana as shipped: DPM-Solver with flow sigmas.
+    "sana": (lambda d: tiny_sana_pipe(), sana_inputs, GITSFlowMatchScheduler),
     # Wan as shipped: UniPC with flow sigmas and a static flow_shift, no sigmas passed by the pipeline.
     "wan": (lambda d: tiny_wan_pipe(), wan_inputs, GITSFlowMatchScheduler),
 }

@@ -228,7 +228,7 @@ def decide(
         summary = f"{name} unchecked: the budget left no room for a held-out race (raise budget or num_warmup)"
         return np.asarray(entrants[name], dtype=np.float64), {
             "chosen": name, "coeff": coeff_of(name), "confident": None, "held_out_noises": 0, "summary": summary,
-            **screened_errors,
+            "closest_baseline": screened_closest_baseline(screening, name, searched), **screened_errors,
         }  # fmt: skip
     chosen, confident = race.choice(require_confidence)
     summary = race.summary(chosen)
@@ -288,7 +288,26 @@ def closest_baseline(race: PairedRace, chosen: str) -> dict | None:
         return None
     baseline, ours = race.losses[name][:common].mean(), race.losses[chosen][:common].mean()
     ratio = float((ours / baseline).sqrt()) if baseline > 0 else (1.0 if ours == 0 else math.inf)
-    return {"name": name, "pooled_rmse": float(baseline) ** 0.5, "ratio": ratio, "noises": common}
+    return {
+        "name": name,
+        "pooled_rmse": float(baseline) ** 0.5,
+        "ratio": ratio,
+        "noises": common,
+        "on": "held-out noises",
+    }
+
+
+def screened_closest_baseline(screening: Screening | None, chosen: str, searched) -> dict | None:
+    """`closest_baseline` from the screening on the search noises where no held-out race ran (marked `"on": "search
+    noises"`: the noises the searched schedule was fitted to, so its ratio there flatters it)."""
+    if screening is None:
+        return None
+    errors = {name: error for name, error in screening.pooled_rmse.items() if name not in searched}
+    if not errors or chosen not in screening.pooled_rmse:
+        return None
+    name = min(errors, key=errors.get)
+    ratio = screening.pooled_rmse[chosen] / errors[name] if errors[name] > 0 else 1.0
+    return {"name": name, "pooled_rmse": errors[name], "ratio": ratio, "noises": None, "on": "search noises"}
 
 
 def refine_schedule(

@@ -279,6 +279,8 @@ def run_calibrate(args: argparse.Namespace) -> None:
 
 
 def print_schedule(scheduler, title: str) -> None:
+    from .hub import closest_text
+
     meta = scheduler.config.calibration or {}
     print(f"{title}: solver {scheduler.config.solver}, model {meta.get('model')}, {meta.get('pipe_kwargs', {})}")
     report = scheduler.calibration_report or {}
@@ -291,7 +293,7 @@ def print_schedule(scheduler, title: str) -> None:
         gits = f"{entry['gits_error']:.4g}" if entry.get("gits_error") is not None else "-"
         default = f"{entry['default_error']:.4g}" if entry.get("default_error") is not None else "-"
         closest = entry.get("closest_baseline")
-        versus = f"{closest['name']} ({closest['ratio']:.3f})" if closest else "-"
+        versus = closest_text(closest)
         sigmas = ", ".join(f"{s:.4g}" for s in scheduler.config.gits_sigmas[str(k)])
         print(f"{k:>5}  {chosen:>20}  {gits:>13}  {default:>9}  {versus:>28}  {sigmas}")
     for k in scheduler.calibrated_steps:

@@ -146,6 +146,14 @@ def _steps(config: dict) -> list[int]:
     return sorted(int(k) for k in config.get("gits_sigmas") or {})
 
 
+def closest_text(closest: dict | None) -> str:
+    """`closest_baseline` as the report tables print it: "beta (0.812)", marked where it is from the search noises."""
+    if not closest:
+        return "-"
+    where = ", search noises" if closest.get("on") == "search noises" else ""
+    return f"{closest['name']} ({closest['ratio']:.3f}{where})"
+
+
 def model_card(
     config: dict, repo_id: str | None = None, subfolder: str | None = None, record: dict | None = None
 ) -> str:
@@ -206,7 +214,7 @@ def model_card(
             if "gits_error" in entry:
                 default = entry.get("default_error")
                 closest = entry.get("closest_baseline")
-                versus = f"{closest['name']} ({closest['ratio']:.3f})" if closest else "-"
+                versus = closest_text(closest)
                 lines.append(
                     f"| {k} | {entry['chosen']} | {entry['gits_error']:.4g} | "
                     f"{'-' if default is None else f'{default:.4g}'} | {versus} | {entry.get('summary', '')} |"

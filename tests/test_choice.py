@@ -155,7 +155,8 @@ def test_closest_baseline_names_the_best_baseline_and_the_ratio_on_shared_noises
     )
     # A baseline that was chosen is its own closest baseline.
     assert closest_baseline(race, "uniform") == {
-        "name": "uniform", "pooled_rmse": pytest.approx(float(2 * base.mean()) ** 0.5), "ratio": 1.0, "noises": 64
+        "name": "uniform", "pooled_rmse": pytest.approx(float(2 * base.mean()) ** 0.5), "ratio": 1.0, "noises": 64,
+        "on": "held-out noises",
     }  # fmt: skip
     assert closest_baseline(PairedRace(["gits"], set()), "gits") is None
 
@@ -169,3 +170,20 @@ def test_an_unchecked_coeff_sweep_keeps_the_published_coeff_not_the_first_name()
     sigmas, entry = decide(race, {**searched, "karras": np.array([14.6, 1.0, 0.0])}, searched, None, None, False)
     assert entry["chosen"] == "gits_coeff_1.2" and entry["coeff"] == 1.2 and entry["confident"] is None
     assert "unchecked" in entry["summary"] and sigmas[1] == 1.2
+
+
+def test_without_a_race_the_closest_baseline_comes_from_the_screening_and_says_so():
+    from diffusers_gits.choice import Screening, decide
+    from diffusers_gits.selection import PairedRace
+
+    searched = {"gits": np.array([1.0, 0.5, 0.0])}
+    screening = Screening(
+        baselines={}, challenger=None, challenger_lead=None,
+        pooled_rmse={"gits": 0.3, "beta": 0.4, "uniform": 0.5, "tors": 0.45},
+    )  # fmt: skip
+    race = PairedRace(["gits", "beta"], {"beta"})  # no held-out noise was affordable
+    _, entry = decide(race, {**searched, "beta": np.array([1.0, 0.6, 0.0])}, searched, None, None, False, screening)
+    assert entry["held_out_noises"] == 0 and "unchecked" in entry["summary"]
+    assert entry["closest_baseline"] == {
+        "name": "beta", "pooled_rmse": 0.4, "ratio": pytest.approx(0.75), "noises": None, "on": "search noises"
+    }  # fmt: skip

@@ -161,7 +161,28 @@ def report() -> None:
             for k in map(str, results["steps"]):
                 lines.append(f"| {k} | " + " | ".join(f"{r['rmse'][n][k]['pooled_rmse']:.4f}" for n in names) + " |")
             lines.append("")
+            if "calibration_report" in r:
+                lines += calibration_view_lines(r)
     (HERE / "RESULTS_T2I.md").write_text("\n".join(lines))
+
+
+def calibration_view_lines(r: dict) -> list[str]:
+    """What the calibration itself saw: pooled RMSE on its search noises of the searched schedule, TORS and the best
+    baseline, and its verdict."""
+    lines = [
+        "What the calibration saw on its own search noises (pooled RMSE; TORS is screened like a baseline at no model "
+        "call), and its verdict:",
+        "",
+        "| NFE | searched | TORS | best baseline | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for k, entry in r["calibration_report"].items():
+        errors = entry["search_noise_pooled_rmse"]
+        best = min((name for name in errors if name not in ("gits", "tors")), key=errors.get)
+        lines.append(
+            f"| {k} | {errors['gits']:.4f} | {errors['tors']:.4f} | {best} {errors[best]:.4f} | {entry['summary']} |"
+        )
+    return [*lines, ""]
 
 
 def main() -> None:

@@ -469,3 +469,42 @@ def sana_inputs():
         "negative_prompt_embeds": embeds, "negative_prompt_attention_mask": mask, "height": 32, "width": 32,
         "use_resolution_binning": False, "guidance_scale": 1.0,
     }  # fmt: skip
+
+
+def tiny_cogvideox_2b_pipe():
+    """CogVideoX-2b as shipped: its DDIM with `snr_shift_scale=3.0`, v-prediction, zero-SNR; no text encoder."""
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXPipeline,
+        CogVideoXTransformer3DModel,
+    )
+
+    torch.manual_seed(0)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=2,
+        text_embed_dim=32, num_layers=1, sample_width=2, sample_height=2, sample_frames=9, patch_size=2,
+        temporal_compression_ratio=4, max_text_seq_length=16,
+    )  # fmt: skip
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
+        layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
+    )  # fmt: skip
+    scheduler = CogVideoXDDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="v_prediction",
+        rescale_betas_zero_snr=True, set_alpha_to_one=True, snr_shift_scale=3.0, timestep_spacing="trailing",
+        clip_sample=False,
+    )  # fmt: skip
+    pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def cogvideox_inputs():
+    g = torch.Generator().manual_seed(5)
+    embeds = torch.randn(1, 16, 32, generator=g)
+    return {
+        "prompt_embeds": embeds, "negative_prompt_embeds": embeds, "height": 16, "width": 16, "num_frames": 9,
+        "guidance_scale": 1.0, "max_sequence_length": 16,
+    }  # fmt: skip

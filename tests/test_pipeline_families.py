@@ -8,12 +8,14 @@ import pytest
 import torch
 from conftest import (
     SD_BETAS,
+    cogvideox_inputs,
     cogview4_inputs,
     flux2_inputs,
     flux_inputs,
     pixart_inputs,
     sana_inputs,
     sd3_inputs,
+    tiny_cogvideox_2b_pipe,
     tiny_cogview4_pipe,
     tiny_flux2_pipe,
     tiny_flux_pipe,
@@ -72,6 +74,8 @@ FAMILIES = {
     "flux2": (lambda d: tiny_flux2_pipe(), flux2_inputs, GITSFlowMatchScheduler),
     # CogView4: sigmas and timesteps both passed, the model conditioned on the unshifted time.
     "cogview4": (lambda d: tiny_cogview4_pipe(), cogview4_inputs, GITSFlowMatchScheduler),
+    # CogVideoX-2b as shipped: its DDIM shifts the SNR (snr_shift_scale=3).
+    "cogvideox_2b": (lambda d: tiny_cogvideox_2b_pipe(), cogvideox_inputs, GITSScheduler),
     # Sana as shipped: DPM-Solver with flow sigmas.
     "sana": (lambda d: tiny_sana_pipe(), sana_inputs, GITSFlowMatchScheduler),
     # Wan as shipped: UniPC with flow sigmas and a static flow_shift, no sigmas passed by the pipeline.
@@ -358,3 +362,10 @@ def test_cogview4_samples_the_calibrated_schedule_with_the_model_seeing_unshifte
     np.testing.assert_allclose(scheduler.sigmas.numpy(), scheduler.schedule_for(5), rtol=1e-6)
     unshifted = unshift_flow_sigmas(scheduler.schedule_for(5)[:-1], scheduler.shift_factor(mu))
     np.testing.assert_allclose(np.array(calls), unshifted * 1000, rtol=1e-5)
+
+
+def test_cogvideox_2b_is_calibrated_on_its_shifted_noise_schedule(calibrated):
+    pipe, _, scheduler = calibrated("cogvideox_2b")
+    assert scheduler.config.snr_shift_scale == 3.0
+    stock = pipe.scheduler.alphas_cumprod.double().numpy()
+    np.testing.assert_allclose(scheduler.alphas_cumprod.double().numpy()[:-1], stock[:-1], rtol=1e-4, atol=1e-7)

@@ -107,6 +107,14 @@ def noise_seed(seed: int, index: int) -> int:
     return seed * NOISE_STREAM + index
 
 
+def _is_embedding(name: str, value: Any) -> bool:
+    """Whether a call argument is one embedded condition (batch 1): `prompt_embeds`, `pooled_prompt_embeds`,
+    `image_embeds`, their negatives and attention masks."""
+    return isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == 1 and name.endswith(
+        ("_embeds", "_mask")
+    ) and name != "mask"  # fmt: skip
+
+
 class PipelineRunner:
     """Runs a pipeline on fixed per-sample seeds and prompts with a given scheduler; returns recorded trajectories.
 
@@ -138,13 +146,18 @@ class PipelineRunner:
         kwargs["generator"] = [
             torch.Generator(generator_device).manual_seed(noise_seed(self.seed, i)) for i in indices
         ]
+        embedded = {name for name, value in kwargs.items() if _is_embedding(name, value)}
         per_prompt = next((name for name in PER_PROMPT_COUNTS if name in self.parameters), None)
-        if "prompt_embeds" in kwargs and per_prompt:
-            kwargs[per_prompt] = len(indices)  # one embedded prompt (checked), a batch of noises
+        if embedded:
+            # One embedded condition (checked), a batch of noises: the embeddings are repeated to the batch, which
+            # every pipeline reads from them (CogVideoX ignores num_videos_per_prompt; Kandinsky's image embeddings).
+            kwargs.update(
+                {name: kwargs[name].repeat(len(indices), *[1] * (kwargs[name].ndim - 1)) for name in embedded}
+            )
         elif "prompt" in self.parameters:
             prompts = self.prompts or [""]
             kwargs["prompt"] = [prompts[i % len(prompts)] for i in indices]
-        elif per_prompt:  # conditioned on something else given once (Kandinsky 2.2's image embeddings)
+        elif per_prompt:
             kwargs[per_prompt] = len(indices)
         elif "batch_size" in self.parameters:
             kwargs["batch_size"] = len(indices)

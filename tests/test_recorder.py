@@ -121,7 +121,8 @@ def test_a_refused_scheduler_is_named_by_its_class():
 
 
 class _EmbedsPipeline(GaussianMixturePipeline):
-    """Conditioned on an embedding given once, like Kandinsky 2.2's decoder: its batch is `num_images_per_prompt`."""
+    """Conditioned on an image embedding, like Kandinsky 2.2's decoder: its batch is the embeddings' times
+    `num_images_per_prompt`."""
 
     def __init__(self, *args, honours_count: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
@@ -130,12 +131,12 @@ class _EmbedsPipeline(GaussianMixturePipeline):
     def __call__(
         self, image_embeds, num_images_per_prompt=1, generator=None, num_inference_steps=50, output_type="np"
     ):
-        count = num_images_per_prompt if self.honours_count else 1
+        count = image_embeds.shape[0] * num_images_per_prompt if self.honours_count else 1
         generator = generator[:count] if isinstance(generator, list) else generator
         return super().__call__(count, generator, num_inference_steps, output_type)
 
 
-def test_a_pipeline_conditioned_once_gets_its_batch_through_num_images_per_prompt():
+def test_a_pipeline_conditioned_on_embeddings_gets_its_batch_through_them():
     mixture = GaussianMixture.random()
     pipe = _EmbedsPipeline(mixture, DDPMScheduler(**SD_BETAS))
     family = model_family(check_pipeline_family(pipe), None, False)

@@ -137,6 +137,12 @@ class PipelineRunner:
                 f"{unknown} is neither an option of this call nor an argument of {type(pipe).__name__}.__call__ "
                 f"(a misspelling?); the pipeline takes {sorted(k for k in self.parameters if k != 'self')}"
             )
+        if self.prompts and (
+            "prompt" not in self.parameters or any(_is_embedding(k, v) for k, v in pipe_kwargs.items())
+        ):
+            # Checked before any model call: the prompts would be dropped, and the calibration made for other inputs.
+            why = "takes no prompt" if "prompt" not in self.parameters else "is given embeddings instead"
+            raise ValueError(f"prompts were given, but {type(pipe).__name__} {why}: leave prompts out")
         self.device = getattr(pipe, "_execution_device", None) or getattr(pipe, "device", torch.device("cpu"))
 
     def _call_kwargs(self, indices: Sequence[int], num_steps: int) -> dict[str, Any]:

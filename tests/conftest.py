@@ -508,3 +508,36 @@ def cogvideox_inputs():
         "prompt_embeds": embeds, "negative_prompt_embeds": embeds, "height": 16, "width": 16, "num_frames": 9,
         "guidance_scale": 1.0, "max_sequence_length": 16,
     }  # fmt: skip
+
+
+def tiny_kandinsky22_pipe():
+    """Kandinsky 2.2's decoder as shipped: DDPM with a learned variance (8 output channels for 4), conditioned on image
+    embeddings."""
+    from diffusers import DDPMScheduler, KandinskyV22Pipeline, UNet2DConditionModel, VQModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        in_channels=4, out_channels=8, addition_embed_type="image",
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn", block_out_channels=(8, 16), layers_per_block=1,
+        encoder_hid_dim=8, encoder_hid_dim_type="image_proj", cross_attention_dim=16, attention_head_dim=4,
+        resnet_time_scale_shift="scale_shift", class_embed_type=None, norm_num_groups=4,
+    )  # fmt: skip
+    movq = VQModel(
+        block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"], in_channels=3,
+        latent_channels=4, layers_per_block=1, norm_num_groups=32, norm_type="spatial", num_vq_embeddings=12,
+        out_channels=3, up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"], vq_embed_dim=4,
+    )  # fmt: skip
+    scheduler = DDPMScheduler(
+        beta_schedule="linear", beta_start=0.00085, beta_end=0.012, clip_sample=True, clip_sample_range=1.0,
+        prediction_type="epsilon", thresholding=False, variance_type="learned_range",
+    )  # fmt: skip
+    pipe = KandinskyV22Pipeline(unet=unet, scheduler=scheduler, movq=movq)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def kandinsky22_inputs():
+    embeds = torch.randn(1, 8, generator=torch.Generator().manual_seed(5))
+    return {"image_embeds": embeds, "negative_image_embeds": embeds, "height": 16, "width": 16, "guidance_scale": 1.0}

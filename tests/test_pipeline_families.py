@@ -12,6 +12,7 @@ from conftest import (
     cogview4_inputs,
     flux2_inputs,
     flux_inputs,
+    kandinsky22_inputs,
     pixart_inputs,
     sana_inputs,
     sd3_inputs,
@@ -19,6 +20,7 @@ from conftest import (
     tiny_cogview4_pipe,
     tiny_flux2_pipe,
     tiny_flux_pipe,
+    tiny_kandinsky22_pipe,
     tiny_pixart_sigma_pipe,
     tiny_sana_pipe,
     tiny_sd3_pipe,
@@ -76,6 +78,8 @@ FAMILIES = {
     "cogview4": (lambda d: tiny_cogview4_pipe(), cogview4_inputs, GITSFlowMatchScheduler),
     # CogVideoX-2b as shipped: its DDIM shifts the SNR (snr_shift_scale=3).
     "cogvideox_2b": (lambda d: tiny_cogvideox_2b_pipe(), cogvideox_inputs, GITSScheduler),
+    # Kandinsky 2.2's decoder: image embeddings, learned variance.
+    "kandinsky22": (lambda d: tiny_kandinsky22_pipe(), kandinsky22_inputs, GITSScheduler),
     # Sana as shipped: DPM-Solver with flow sigmas.
     "sana": (lambda d: tiny_sana_pipe(), sana_inputs, GITSFlowMatchScheduler),
     # Wan as shipped: UniPC with flow sigmas and a static flow_shift, no sigmas passed by the pipeline.
@@ -92,7 +96,7 @@ def calibrated(tmp_path_factory):
         if name not in results:
             build, inputs, _ = FAMILIES[name]
             pipe = build(tmp_path_factory.mktemp(name))
-            prompts = None if "prompt_embeds" in inputs() else ["a red fox", "a blue car"]
+            prompts = None if {"prompt_embeds", "image_embeds"} & set(inputs()) else ["a red fox", "a blue car"]
             scheduler = GITSScheduler.from_calibration(pipe, STEPS, prompts=prompts, **FAST, **inputs())
             results[name] = (pipe, inputs, scheduler)
         return results[name]
@@ -121,7 +125,7 @@ def public_config(scheduler) -> dict:
 def run(pipe, inputs, steps, seed=0, **kwargs):
     generator = torch.Generator().manual_seed(seed)
     call = {**inputs(), **kwargs}
-    if "prompt_embeds" not in call:
+    if not {"prompt_embeds", "image_embeds"} & set(call):
         call["prompt"] = "a red fox"
     output = pipe(**call, num_inference_steps=steps, output_type="latent", generator=generator)
     return output.frames if hasattr(output, "frames") else output.images

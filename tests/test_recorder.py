@@ -160,3 +160,12 @@ def test_noise_streams_of_calibration_and_compare_are_disjoint_by_construction()
     assert noise_seed(0, FRESH_NOISES_START + 3) != noise_seed(1, 0)
     with pytest.raises(ValueError, match="seed"):
         noise_seed(-1, 0)
+
+
+def test_prompts_for_a_pipeline_that_cannot_take_them_are_refused_before_any_call():
+    pipe = GaussianMixturePipeline(GaussianMixture.random(), DDPMScheduler(**SD_BETAS))
+    with pytest.raises(ValueError, match="takes no prompt"):
+        PipelineRunner(pipe, ["a red fox"], seed=0, batch_size=2, pipe_kwargs={})
+    embeds = _EmbedsPipeline(GaussianMixture.random(), DDPMScheduler(**SD_BETAS))
+    with pytest.raises(ValueError, match="takes no prompt"):
+        PipelineRunner(embeds, ["a red fox"], seed=0, batch_size=2, pipe_kwargs={"image_embeds": torch.zeros(1, 8)})

@@ -541,3 +541,40 @@ def tiny_kandinsky22_pipe():
 def kandinsky22_inputs():
     embeds = torch.randn(1, 8, generator=torch.Generator().manual_seed(5))
     return {"image_embeds": embeds, "negative_image_embeds": embeds, "height": 16, "width": 16, "guidance_scale": 1.0}
+
+
+def tiny_deepfloyd_if_pipe():
+    """DeepFloyd IF stage I as shipped: pixel-space DDPM with a learned variance (6 output channels for 3) and dynamic
+    thresholding; no text encoder."""
+    from diffusers import DDPMScheduler, IFPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn", up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        in_channels=3, out_channels=6, cross_attention_dim=32, encoder_hid_dim=16, attention_head_dim=4,
+        addition_embed_type="text", addition_embed_type_num_heads=2, cross_attention_norm="group_norm",
+        resnet_time_scale_shift="scale_shift", act_fn="gelu", norm_num_groups=32,
+    )  # fmt: skip
+    scheduler = DDPMScheduler(
+        beta_schedule="squaredcos_cap_v2", thresholding=True, dynamic_thresholding_ratio=0.95, sample_max_value=1.0,
+        prediction_type="epsilon", variance_type="learned_range",
+    )  # fmt: skip
+    pipe = IFPipeline(
+        tokenizer=None, text_encoder=None, unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        watermarker=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def deepfloyd_if_inputs():
+    embeds = torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(5))
+    return {
+        "prompt_embeds": embeds,
+        "negative_prompt_embeds": embeds,
+        "height": 16,
+        "width": 16,
+        "guidance_scale": 1.0,
+    }

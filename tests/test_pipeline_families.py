@@ -10,6 +10,7 @@ from conftest import (
     SD_BETAS,
     cogvideox_inputs,
     cogview4_inputs,
+    deepfloyd_if_inputs,
     flux2_inputs,
     flux_inputs,
     kandinsky22_inputs,
@@ -18,6 +19,7 @@ from conftest import (
     sd3_inputs,
     tiny_cogvideox_2b_pipe,
     tiny_cogview4_pipe,
+    tiny_deepfloyd_if_pipe,
     tiny_flux2_pipe,
     tiny_flux_pipe,
     tiny_kandinsky22_pipe,
@@ -78,6 +80,8 @@ FAMILIES = {
     "cogview4": (lambda d: tiny_cogview4_pipe(), cogview4_inputs, GITSFlowMatchScheduler),
     # CogVideoX-2b as shipped: its DDIM shifts the SNR (snr_shift_scale=3).
     "cogvideox_2b": (lambda d: tiny_cogvideox_2b_pipe(), cogvideox_inputs, GITSScheduler),
+    # DeepFloyd IF stage I: pixel space, learned variance, dynamic thresholding.
+    "deepfloyd_if": (lambda d: tiny_deepfloyd_if_pipe(), deepfloyd_if_inputs, GITSScheduler),
     # Kandinsky 2.2's decoder: image embeddings, learned variance.
     "kandinsky22": (lambda d: tiny_kandinsky22_pipe(), kandinsky22_inputs, GITSScheduler),
     # Sana as shipped: DPM-Solver with flow sigmas.
@@ -128,7 +132,7 @@ def run(pipe, inputs, steps, seed=0, **kwargs):
     if not {"prompt_embeds", "image_embeds"} & set(call):
         call["prompt"] = "a red fox"
     output = pipe(**call, num_inference_steps=steps, output_type="latent", generator=generator)
-    return output.frames if hasattr(output, "frames") else output.images
+    return torch.as_tensor(output.frames if hasattr(output, "frames") else output.images)  # IF returns numpy
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

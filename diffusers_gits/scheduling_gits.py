@@ -60,6 +60,16 @@ from .solvers import SolverHistory, get_solver
 
 logger = logging.getLogger(__name__)
 
+
+class ScheduleTable(dict):
+    """`gits_sigmas` as the config holds it: a plain dict (JSON writes it as one) with a one-line repr. diffusers
+    prints the config values a stock scheduler does not expect when it is built from a GITS config
+    (`EulerDiscreteScheduler.from_config(gits.config)`): the table's numbers would fill the warning."""
+
+    def __repr__(self) -> str:
+        return f"<GITS schedules for {', '.join(sorted(self, key=int))} steps>"
+
+
 #: `diffusers_gits.calibration.calibrate`, registered by that module (`register_calibration`) when the package is
 #: imported: the calibration machinery imports the schedulers, so the schedulers do not import it back.
 _CALIBRATE = None
@@ -100,6 +110,8 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
     def _init_schedule_state(self, solver: str, gits_sigmas: dict[str, list[float]] | None) -> None:
         self._solver_step = get_solver(solver, self.path)
         self._table = validate_schedule_table(gits_sigmas or {})
+        if gits_sigmas is not None:
+            self.register_to_config(gits_sigmas=ScheduleTable(gits_sigmas))
         self.num_inference_steps = None
         self.sigmas = None
         self.timesteps = None

@@ -1,6 +1,7 @@
 """The scheduler contract diffusers' own scheduler tests check, plus GITS-specific behaviour."""
 
 import inspect
+import io
 import json
 import logging
 
@@ -274,3 +275,20 @@ def test_learned_variance_channels_are_dropped_as_ddpm_drops_them():
         outputs.append(sample)
     assert outputs[0].shape == (2, 3, 8, 8)
     torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+
+
+def test_a_stock_scheduler_built_from_a_gits_config_warns_in_one_short_line():
+    """diffusers names the config values a stock scheduler does not expect; the schedule table is named, not printed."""
+    preset = GITSScheduler.from_preset("sd15")  # 19 schedules
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    diffusers_logger = logging.getLogger("diffusers.configuration_utils")  # diffusers' loggers do not propagate
+    diffusers_logger.addHandler(handler)
+    try:
+        EulerDiscreteScheduler.from_config(preset.config)
+    finally:
+        diffusers_logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "<GITS schedules for 2, 3," in text and "14.6146" not in text and len(text) < 1000
+    assert json.loads(preset.to_json_string())["gits_sigmas"]["6"][1] == pytest.approx(5.85520077)  # JSON has it all
+    assert preset.config.gits_sigmas == {str(k): preset.config.gits_sigmas[str(k)] for k in range(2, 21)}

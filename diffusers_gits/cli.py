@@ -166,8 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--schedules",
         nargs="+",
         default=["default", "uniform", "karras"],
-        help="default, a baseline (uniform, karras, logsnr, ays, sd15; flow: uniform, shifted, stock_default) or "
-        "gits:PATH_OR_REPO (default: default uniform karras)",
+        help="default, a baseline (uniform, karras, logsnr, ays, sd15; flow: uniform, shifted, stock_default, beta, "
+        "karras, exponential, oss_flux), tors (equal frame rotation on 16 more teacher runs) or gits:PATH_OR_REPO "
+        "(default: default uniform karras)",
     )
     compare.add_argument("--solver", choices=sorted(SOLVERS), default="dpmpp_2m", help="sampler (default: dpmpp_2m)")
     compare.add_argument("--num-noises", type=_positive_int, default=64, help="fresh noises (default: 64)")

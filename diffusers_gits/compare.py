@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .calibration import equal_rotation_sigmas, teacher_targets
 from .choice import HeldOutScorer
 from .evaluation import mean_and_ci
 from .execution import CallBudget, Executor, process_state
+from .geometry import frame_rotation
 from .recorder import PipelineRunner, check_pipeline_family, probe_family
 from .schedules import check_step_count
 from .selection import paired_difference
@@ -23,6 +25,8 @@ from .selection import paired_difference
 
 #: Noise indices from here on are never warm-ups (calibration uses 0 .. num_warmup - 1).
 FRESH_NOISES_START = 2**31
+#: Noises whose teacher trajectories give the `tors` schedule: apart from the scored ones and from every warm-up.
+TORS_NOISES = range(FRESH_NOISES_START - 16, FRESH_NOISES_START)
 #: Short names accepted for the published tables.
 ALIASES = {"ays": "ays_sd15", "sd15": "gits_sd15_published"}
 
@@ -80,8 +84,10 @@ def compare_schedules(
         pipe: a diffusers pipeline of a family GITS supports (as for `GITSScheduler.from_calibration`).
         num_inference_steps: one step count or several.
         schedules: names: `default` (the pipeline's own), a baseline (`uniform`, `karras`, `logsnr`, `ays` /
-            `ays_sd15`, `sd15` / `gits_sd15_published` on SD's noise schedule; `uniform`, `shifted`, `stock_default`
-            for flow models), or `gits:PATH_OR_REPO`.
+            `ays_sd15`, `sd15` / `gits_sd15_published` on SD's noise schedule; `uniform`, `shifted`, `stock_default`,
+            `beta`, `karras`, `exponential`, `oss_flux` for flow models), `tors` (equal Frenet-frame rotation on
+            the teacher's trajectories of `TORS_NOISES`, noises apart from the scored ones: 16 teacher runs more),
+            or `gits:PATH_OR_REPO`.
         prompts: prompts cycled over the noises; `None` for unconditional pipelines.
         solver (`str`, defaults to `"dpmpp_2m"`): the solver every schedule is sampled with.
         num_noises (`int`, defaults to 64): fresh noises per schedule and step count.
@@ -106,11 +112,17 @@ def compare_schedules(
     base_config = check_pipeline_family(pipe)
     runner = PipelineRunner(pipe, prompts, seed, batch_size, pipe_kwargs)
     family, mu = probe_family(runner, base_config, steps)
-    resolved = resolve_schedules(list(schedules), family, steps, mu, solver)
-    fine, _ = family.fine_grid(grid_size)
+    resolved = resolve_schedules([name for name in schedules if name != "tors"], family, steps, mu, solver)
+    fine, on_grid = family.fine_grid(grid_size)
     reference_scheduler = family.scheduler(teacher, {len(fine) - 1: fine})
     noises = list(range(FRESH_NOISES_START, FRESH_NOISES_START + num_noises))
     executor = Executor(process_state(runner.device))
+    if "tors" in schedules:
+        targets, denoised, _ = teacher_targets(executor, runner, reference_scheduler, on_grid, list(TORS_NOISES))
+        rotation = frame_rotation(targets, denoised)
+        grid = family.grid(grid_size)
+        tors = {k: equal_rotation_sigmas(rotation, k, family, grid) for k in steps}
+        resolved = {name: tors if name == "tors" else resolved[name] for name in schedules}
     scorer = HeldOutScorer(
         executor, runner, family, solver, reference_scheduler, noises, CallBudget(np.iinfo(np.int64).max)
     )

@@ -85,3 +85,12 @@ def test_compare_command(tmp_path, capsys):
     assert "karras" in printed and "RMSE" in printed and (tmp_path / "cmp" / "error_vs_nfe.png").exists()
     assert main(["compare", str(tmp_path / "model"), "--steps", "2", "--schedules", "nope"]) == 1
     assert "'nope' is not known" in capsys.readouterr().err
+
+
+def test_compare_scores_tors_from_teacher_trajectories_of_other_noises():
+    pipe = GaussianMixturePipeline(GaussianMixture.random(num_components=2, seed=1), DDPMScheduler(**SD_BETAS))
+    table = compare_schedules(pipe, [4, 6], ["uniform", "tors"], num_noises=16, batch_size=16, grid_size=21)
+    assert list(table) == ["uniform", "tors"]
+    assert all(np.isfinite(table["tors"][k]["pooled_rmse"]) for k in (4, 6))
+    assert min(table["tors"][k]["minus_best"] for k in (4, 6)) >= 0
+    assert table["tors"][4]["pooled_rmse"] != table["uniform"][4]["pooled_rmse"]  # a schedule of its own

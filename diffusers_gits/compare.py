@@ -18,6 +18,7 @@ from .choice import HeldOutScorer
 from .evaluation import mean_and_ci
 from .execution import CallBudget, Executor, process_state
 from .geometry import frame_rotation
+from .plotting import plots_available, save_error_plot, save_image_grid
 from .recorder import PipelineRunner, check_pipeline_family, probe_family
 from .schedules import check_step_count
 from .selection import paired_difference
@@ -109,6 +110,8 @@ def compare_schedules(
         raise ValueError("schedules is empty; name at least one, e.g. ['default', 'karras']")
     if num_noises < 2:
         raise ValueError(f"num_noises must be >= 2 for a confidence interval, got {num_noises}")
+    if output_dir is not None and not plots_available():  # before the model calls, not after
+        raise ImportError("output_dir= writes plots, which need matplotlib: pip install 'diffusers-gits[plots]'")
     base_config = check_pipeline_family(pipe)
     runner = PipelineRunner(pipe, prompts, seed, batch_size, pipe_kwargs)
     family, mu = probe_family(runner, base_config, steps)
@@ -150,8 +153,6 @@ def compare_schedules(
 
 
 def _write_pngs(output_dir: Path, table, resolved, scorer, steps, solver) -> None:
-    from .plotting import save_error_plot, save_image_grid
-
     errors = {name: {k: row[k]["mean_rmse"] for k in steps} for name, row in table.items()}
     save_error_plot(errors, output_dir / "error_vs_nfe.png", f"{solver}: RMSE to the teacher on fresh noises")
     reference = torch.cat(scorer.references)

@@ -23,7 +23,7 @@ import torch
 from .compare import compare_schedules, resolve_schedules
 from .embedded import GUIDANCE_SCALE, load_embedded_pipeline
 from .evaluation import sliced_wasserstein
-from .plotting import save_error_plot, save_labelled_grid
+from .plotting import plots_available, save_error_plot, save_labelled_grid
 from .recorder import PipelineRunner, check_pipeline_family, probe_family
 from .scheduling_gits import GITSScheduler
 from .shapes import images_for_prompts, prompt_adherence, prompts_grid
@@ -72,6 +72,10 @@ def run_demo(
     """
     if model not in BASELINES:
         raise ValueError(f"model {model!r} is not a demo model; choose one of {sorted(BASELINES)}")
+    if not plots_available():  # before minutes of work, not after
+        raise ImportError(
+            "the demo writes image grids and a plot, which need matplotlib: pip install 'diffusers-gits[plots]'"
+        )
     steps = sorted(set(steps))
     output_dir = Path(output_dir)
     pipe = load_embedded_pipeline("sd" if model == "sd" else "sd3")

@@ -266,15 +266,18 @@ def write_schedule_folder(
     record: dict | None = None,
 ) -> Path:
     """Write a schedule's `scheduler_config.json`, its `calibration_report.json` (when it has a record), the model card
-    `README.md` and `schedules.png` into `folder`."""
-    from .plotting import save_schedule_plot
+    `README.md` and, where matplotlib is installed, `schedules.png` into `folder`."""
+    from .plotting import plots_available, save_schedule_plot
 
     folder = Path(folder)
     write_config(config, folder)
     if record is not None:
         write_record(record, folder)
     (folder / "README.md").write_text(model_card(config, repo_id, subfolder, record))
-    save_schedule_plot({k: config["gits_sigmas"][str(k)] for k in _steps(config)}, folder / "schedules.png")
+    if plots_available():
+        save_schedule_plot({k: config["gits_sigmas"][str(k)] for k in _steps(config)}, folder / "schedules.png")
+    else:
+        logger.info("schedules.png left out: plots need matplotlib (pip install 'diffusers-gits[plots]')")
     return folder
 
 

@@ -1,5 +1,6 @@
 """PNG output: sample grids and error plots. Imports matplotlib lazily so the core package does not need it."""
 
+import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,8 +74,15 @@ def save_schedule_plot(schedules: dict[int, list[float]], path: str | Path) -> P
     return _save_log_plot(lines, path, "step", "sigma (the last step goes to 0)", "GITS schedules")
 
 
+def plots_available() -> bool:
+    """Whether matplotlib (an optional dependency, the `plots` extra) is installed."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def _figure(figsize: tuple[float, float]):
     """A matplotlib `Figure` drawn by the Agg canvas: no pyplot, so the caller's backend (a notebook's) is untouched."""
+    if not plots_available():
+        raise ImportError("plots need matplotlib: pip install 'diffusers-gits[plots]'")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -28,3 +28,21 @@ def test_labelled_grid_has_a_cell_per_image(tmp_path):
 def test_labelled_grid_refuses_a_short_row(tmp_path):
     with pytest.raises(ValueError, match="row 'gits' has 2 images for 3 columns"):
         save_labelled_grid({"gits": np.zeros((2, 8, 8, 3))}, ["a", "b", "c"], tmp_path / "g.png", "t")
+
+
+def test_without_matplotlib_the_schedule_folder_is_written_without_its_plot(tmp_path, monkeypatch):
+    """matplotlib is optional (the `plots` extra): a push still writes the config, the record and the card."""
+    import json
+
+    import pytest
+
+    from diffusers_gits import GITSScheduler, plotting
+    from diffusers_gits.hub import write_schedule_folder
+
+    monkeypatch.setattr(plotting, "plots_available", lambda: False)
+    config = json.loads(GITSScheduler.from_preset("sd15").to_json_string())
+    folder = write_schedule_folder(config, tmp_path / "out", repo_id="me/sd15-gits")
+    assert (folder / "scheduler_config.json").is_file() and (folder / "README.md").is_file()
+    assert not (folder / "schedules.png").exists()
+    with pytest.raises(ImportError, match=r"diffusers-gits\[plots\]"):
+        plotting.save_schedule_plot({2: [14.6, 1.0, 0.0]}, tmp_path / "plot.png")

@@ -232,8 +232,6 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
         saved beside the config as `calibration_report.json` and read by `from_pretrained`. `None` for presets
         and uncalibrated schedulers.
         """
-        if self._record is None and "report" in (self.config.calibration or {}):
-            return dict(self.config.calibration)  # saved before the record had a file of its own
         return self._record
 
     @calibration_record.setter

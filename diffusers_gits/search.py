@@ -1,7 +1,7 @@
 """The GITS schedule search: fine grid, jump-cost statistics and the dynamic program (Chen et al., ICML 2024).
 
-Pure math on tensors: no pipelines, files or progress bars. The cost statistics are a sum and a count, so they
-merge across batches, processes (sum-reduce `total` and `count`) and checkpoints (`state_dict`).
+Pure math on tensors: no pipelines, files or progress bars. The cost statistics are a sum and a count, added to one
+batch at a time (`update`), so memory does not grow with the number of trajectories.
 """
 
 from collections.abc import Callable, Iterable
@@ -104,28 +104,6 @@ class JumpCostAccumulator:
             cost = self._distance(landed, states[j].expand_as(landed), chord)
             self.total[:j, j] += cost.sum(dim=1).to(torch.float64)
         self.count += states.shape[1]
-
-    def merge(self, other: "JumpCostAccumulator") -> None:
-        """Add another accumulator's statistics (another batch range or process) into this one."""
-        if other.metric != self.metric or not np.array_equal(other.grid_sigmas, self.grid_sigmas):
-            raise ValueError("can only merge accumulators with the same grid and metric")
-        self.total += other.total
-        self.count += other.count
-
-    def state_dict(self) -> dict:
-        return {
-            "grid_sigmas": self.grid_sigmas.tolist(),
-            "metric": self.metric,
-            "total": self.total,
-            "count": self.count,
-        }
-
-    @classmethod
-    def from_state_dict(cls, state: dict) -> "JumpCostAccumulator":
-        accumulator = cls(np.asarray(state["grid_sigmas"]), state["metric"])
-        accumulator.total = state["total"].clone().to(torch.float64)
-        accumulator.count = int(state["count"])
-        return accumulator
 
     def mean(self) -> np.ndarray:
         """The cost matrix C (upper triangular; C[i, j] for i < j), averaged over all samples seen."""
@@ -271,14 +249,6 @@ def _dp_with_history(cost: np.ndarray, num_steps: list[int], coeff: float) -> di
             path.append(i)
         schedules[k] = path
     return schedules
-
-
-def path_cost(cost: np.ndarray, path: list[int], coeff: float) -> float:
-    """The DP objective of one path of grid indices (for a 3-d cost, the first jump has no history: h = i = 0)."""
-    if cost.ndim == 3:
-        previous = [0] + path[:-2]
-        return float(sum(coeff**k * cost[h, a, b] for k, (h, a, b) in enumerate(zip(previous, path[:-1], path[1:]))))
-    return float(sum(coeff**k * cost[a, b] for k, (a, b) in enumerate(zip(path[:-1], path[1:]))))
 
 
 LayerEvaluator = Callable[[list[int], list[torch.Tensor]], list[torch.Tensor]]

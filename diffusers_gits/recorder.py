@@ -190,8 +190,9 @@ class PipelineRunner:
         if trajectory.states[-1].shape[0] != len(indices):
             raise CalibrationError(
                 f"{type(self.pipe).__name__} made {trajectory.states[-1].shape[0]} samples where calibration asked for "
-                f"{len(indices)} (one per warm-up noise); calibration sets `prompt` per noise, or "
-                f"{' / '.join(PER_PROMPT_COUNTS)} with `prompt_embeds`, and this pipeline takes neither for its batch"
+                f"{len(indices)} (one per warm-up noise): calibration sets a `prompt` per noise, repeats batch-1 "
+                f"`*_embeds` / `*_mask` arguments to the batch, or sets {' / '.join(PER_PROMPT_COUNTS)} or "
+                "`batch_size`, and this pipeline took its batch from none of them"
             )
         return trajectory
 

@@ -19,17 +19,16 @@ from pathlib import Path
 
 import torch
 
-from diffusers_gits.compare import compare_schedules
 from diffusers_gits.demo import (
     BASELINES,
-    CALIBRATION_PROMPT_SEED,
     GITS,
     TEST_PROMPT_SEED,
+    calibrate_with_prompts,
+    compare_with_baselines,
     generate_and_score,
+    load_demo_pipeline,
     schedulers_to_compare,
 )
-from diffusers_gits.embedded import GUIDANCE_SCALE, load_embedded_pipeline
-from diffusers_gits.scheduling_gits import GITSScheduler
 from diffusers_gits.shapes import prompts_grid
 
 
@@ -40,32 +39,18 @@ STEPS = [4, 5, 6, 8, 10]
 def run(model: str, solvers: list[str], num_warmup: int, num_test: int, num_images: int) -> None:
     """Benchmark each solver on `model`; each solver's results go to `results_t2i_{model}_{solver}.json`, so solvers
     can run in parallel processes."""
-    pipe = load_embedded_pipeline("sd" if model == "sd" else "sd3")
-    guidance = GUIDANCE_SCALE["sd" if model == "sd" else "sd3"]
+    pipe, guidance = load_demo_pipeline(model)
     stock = pipe.scheduler
     for solver in solvers:
         tic = time.perf_counter()
-        scheduler = GITSScheduler.from_calibration(  # a GITSFlowMatchScheduler for the flow model
-            pipe,
-            STEPS,
-            prompts=prompts_grid(64, CALIBRATION_PROMPT_SEED),
-            guidance_scale=guidance,
-            num_warmup=num_warmup,
-            solver=solver,
-            progress=False,
-            cache=False,
-        )
+        scheduler = calibrate_with_prompts(pipe, STEPS, solver, num_warmup, guidance)
         seconds = time.perf_counter() - tic
         folder = HERE / "build" / f"t2i_{model}_{solver}"
         scheduler.save_pretrained(folder)
         print(f"{model} {solver}: calibrated in {seconds:.0f} s", flush=True)
 
         test_prompts = prompts_grid(num_test, TEST_PROMPT_SEED)
-        names = [*BASELINES[model], f"gits:{folder}"]
-        table = compare_schedules(
-            pipe, STEPS, names, prompts=test_prompts, solver=solver, num_noises=num_test, guidance_scale=guidance
-        )
-        table = {(GITS if name.startswith("gits:") else name): row for name, row in table.items()}
+        table = compare_with_baselines(pipe, model, STEPS, solver, folder, test_prompts, guidance)
         print(f"{model} {solver}: compared", flush=True)
 
         schedulers = schedulers_to_compare(pipe, stock, scheduler, BASELINES[model], STEPS, solver, guidance)

@@ -222,9 +222,7 @@ def decide(
     screened_errors = {"search_noise_pooled_rmse": screening.pooled_rmse} if screening else {}
     if race.num_noises == 0:
         # Unchecked, a coeff sweep falls back to the authors' published coeff (1.2), or the one nearest to it.
-        name = min(
-            searched, key=lambda n: (abs((coeff_of(n) or PUBLISHED_COEFF) - PUBLISHED_COEFF), list(searched).index(n))
-        )
+        name = min(searched, key=lambda n: abs((coeff_of(n) or PUBLISHED_COEFF) - PUBLISHED_COEFF))  # first on ties
         summary = f"{name} unchecked: the budget left no room for a held-out race (raise budget or num_warmup)"
         return np.asarray(entrants[name], dtype=np.float64), {
             "chosen": name, "coeff": coeff_of(name), "confident": None, "held_out_noises": 0, "summary": summary,

@@ -35,10 +35,43 @@ BASELINES: dict[str, tuple[str, ...]] = {
     "sd": ("default", "karras", "ays", "sd15"),
     "flow": ("default", "uniform", "beta", "karras", "exponential", "oss_flux"),
 }
-#: Seeds of the calibration prompts, the scored prompts and the generated images: disjoint from each other and from
-#: the noise indices of calibration (0 ..) and `compare` (1,000,000 ..).
+#: Seeds of the calibration prompts, the scored prompts and the generated images (generator seeds of their own, apart
+#: from each other).
 CALIBRATION_PROMPT_SEED, TEST_PROMPT_SEED, IMAGE_SEED = 100, 200, 2_000_000
 GITS = "gits (calibrated)"
+#: The embedded pipeline (`diffusers_gits.embedded`) each demo model runs on.
+EMBEDDED_MODEL = {"sd": "sd", "flow": "sd3"}
+
+
+def load_demo_pipeline(model: DemoModel):
+    """The embedded pipeline of `model` and the guidance scale it is sampled with."""
+    return load_embedded_pipeline(EMBEDDED_MODEL[model]), GUIDANCE_SCALE[EMBEDDED_MODEL[model]]
+
+
+def calibrate_with_prompts(pipe, steps, solver: str, num_warmup: int, guidance: float, progress: bool = False):
+    """GITS calibrated on a shapes pipeline with prompts drawn like its captions and classifier-free guidance (a
+    `GITSFlowMatchScheduler` for the flow model)."""
+    return GITSScheduler.from_calibration(
+        pipe,
+        steps,
+        prompts=prompts_grid(64, CALIBRATION_PROMPT_SEED),
+        guidance_scale=guidance,
+        num_warmup=num_warmup,
+        batch_size=16,
+        solver=solver,
+        progress=progress,
+        cache=False,
+    )
+
+
+def compare_with_baselines(pipe, model: DemoModel, steps, solver: str, saved: Path, prompts, guidance: float) -> dict:
+    """`compare_schedules` of the model's baselines and the GITS schedule saved in `saved` on fresh noises and
+    `prompts`, the GITS row named `GITS`."""
+    names = [*BASELINES[model], f"gits:{saved}"]
+    table = compare_schedules(
+        pipe, steps, names, prompts=prompts, solver=solver, num_noises=len(prompts), guidance_scale=guidance
+    )
+    return {(GITS if name.startswith("gits:") else name): row for name, row in table.items()}
 
 
 def run_demo(
@@ -78,8 +111,7 @@ def run_demo(
         )
     steps = sorted(set(steps))
     output_dir = Path(output_dir)
-    pipe = load_embedded_pipeline("sd" if model == "sd" else "sd3")
-    guidance = GUIDANCE_SCALE["sd" if model == "sd" else "sd3"]
+    pipe, guidance = load_demo_pipeline(model)
     stock = pipe.scheduler
     echo(
         f"Embedded model: {type(pipe).__name__} on coloured shapes (32x32), shipped with {type(stock).__name__}; "
@@ -87,17 +119,7 @@ def run_demo(
     )
 
     tic = time.perf_counter()
-    scheduler = GITSScheduler.from_calibration(  # a GITSFlowMatchScheduler for the flow model
-        pipe,
-        steps,
-        prompts=prompts_grid(64, CALIBRATION_PROMPT_SEED),
-        guidance_scale=guidance,
-        num_warmup=num_warmup,
-        batch_size=16,
-        solver=solver,
-        progress=progress,
-        cache=False,
-    )
+    scheduler = calibrate_with_prompts(pipe, steps, solver, num_warmup, guidance, progress)
     calibration_s = time.perf_counter() - tic
     scheduler.save_pretrained(output_dir / "scheduler")
     calls = scheduler.calibration_record["model_calls"]
@@ -107,20 +129,8 @@ def run_demo(
     )
 
     test_prompts = prompts_grid(num_test, TEST_PROMPT_SEED)
-    names = [*BASELINES[model], f"gits:{output_dir / 'scheduler'}"]
-    table = compare_schedules(
-        pipe,
-        steps,
-        names,
-        prompts=test_prompts,
-        solver=solver,
-        num_noises=num_test,
-        guidance_scale=guidance,
-    )
-    rmse = {
-        (GITS if name.startswith("gits:") else name): {k: row[k]["pooled_rmse"] for k in steps}
-        for name, row in table.items()
-    }
+    table = compare_with_baselines(pipe, model, steps, solver, output_dir / "scheduler", test_prompts, guidance)
+    rmse = {name: {k: row[k]["pooled_rmse"] for k in steps} for name, row in table.items()}
     _print_rmse(rmse, steps, solver, echo)
 
     schedulers = schedulers_to_compare(pipe, stock, scheduler, BASELINES[model], steps, solver, guidance)

@@ -110,9 +110,8 @@ def noise_seed(seed: int, index: int) -> int:
 def _is_embedding(name: str, value: Any) -> bool:
     """Whether a call argument is one embedded condition (batch 1): `prompt_embeds`, `pooled_prompt_embeds`,
     `image_embeds`, their negatives and attention masks."""
-    return isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == 1 and name.endswith(
-        ("_embeds", "_mask")
-    ) and name != "mask"  # fmt: skip
+    batch_one = isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == 1
+    return batch_one and name.endswith(("_embeds", "_mask"))
 
 
 class PipelineRunner:

@@ -990,7 +990,6 @@ class GITSFlowMatchScheduler(_GITSSchedulerBase):
         model_timesteps = given.get("timesteps")
         if custom_sigmas is None and model_timesteps is not None:
             # FlowMatchEuler's meaning: timesteps go to the model as given, the sigmas derived from them are shifted.
-            _check_unit_interval(model_timesteps / num_train, "timesteps / num_train_timesteps")
             custom_sigmas = model_timesteps / num_train
 
         default = custom_sigmas is not None and _is_pipeline_default(custom_sigmas, model_timesteps, num_train)
@@ -1013,7 +1012,7 @@ class GITSFlowMatchScheduler(_GITSSchedulerBase):
                 # shift): keep that convention for the calibrated sigmas.
                 model_timesteps = unshift_flow_sigmas(schedule[:-1], self.shift_factor(mu)) * num_train
         elif custom_sigmas is not None:
-            _check_unit_interval(custom_sigmas, "sigmas")
+            _check_unit_interval(custom_sigmas, "sigmas" if sigmas is not None else "timesteps / num_train_timesteps")
             schedule = np.append(shift_flow_sigmas(custom_sigmas, self.shift_factor(mu)), 0.0)
         else:
             schedule = self.schedule_for(num_inference_steps, mu)

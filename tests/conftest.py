@@ -345,6 +345,16 @@ def pixart_inputs():
     }
 
 
+PROMPT_AND_NEGATIVE = ("prompt_embeds", "negative_prompt_embeds")
+
+
+def one_embedding(shape: tuple[int, ...], names: tuple[str, ...], **call) -> dict:
+    """Call arguments for a pipeline without text encoders: one seeded embedding (batch 1) under each of `names`
+    (the same tensor: no guidance is wanted), and `call`."""
+    embeds = torch.randn(*shape, generator=torch.Generator().manual_seed(5))
+    return {**dict.fromkeys(names, embeds), **call}
+
+
 def tiny_wan_pipe():
     """Wan 2.1 as shipped: UniPC with flow sigmas, flow prediction and a static flow_shift; no text encoder (pass
     `prompt_embeds`)."""
@@ -368,14 +378,7 @@ def tiny_wan_pipe():
 
 
 def wan_inputs():
-    g = torch.Generator().manual_seed(5)
-    return {
-        "prompt_embeds": torch.randn(1, 8, 32, generator=g),
-        "height": 16,
-        "width": 16,
-        "num_frames": 1,
-        "guidance_scale": 1.0,
-    }
+    return one_embedding((1, 8, 32), ("prompt_embeds",), height=16, width=16, num_frames=1, guidance_scale=1.0)
 
 
 def tiny_flux2_pipe():
@@ -399,8 +402,7 @@ def tiny_flux2_pipe():
 
 
 def flux2_inputs():
-    g = torch.Generator().manual_seed(5)
-    return {"prompt_embeds": torch.randn(1, 8, 32, generator=g), "height": 16, "width": 16, "guidance_scale": 1.0}
+    return one_embedding((1, 8, 32), ("prompt_embeds",), height=16, width=16, guidance_scale=1.0)
 
 
 def tiny_cogview4_pipe():
@@ -427,15 +429,7 @@ def tiny_cogview4_pipe():
 
 
 def cogview4_inputs():
-    g = torch.Generator().manual_seed(5)
-    embeds = torch.randn(1, 16, 32, generator=g)
-    return {
-        "prompt_embeds": embeds,
-        "negative_prompt_embeds": embeds,
-        "height": 16,
-        "width": 16,
-        "guidance_scale": 1.0,
-    }
+    return one_embedding((1, 16, 32), PROMPT_AND_NEGATIVE, height=16, width=16, guidance_scale=1.0)
 
 
 def tiny_sana_pipe():
@@ -462,13 +456,11 @@ def tiny_sana_pipe():
 
 
 def sana_inputs():
-    g = torch.Generator().manual_seed(5)
-    embeds, mask = torch.randn(1, 8, 8, generator=g), torch.ones(1, 8, dtype=torch.long)
-    return {
-        "prompt_embeds": embeds, "prompt_attention_mask": mask, "negative_prompt": None,
-        "negative_prompt_embeds": embeds, "negative_prompt_attention_mask": mask, "height": 32, "width": 32,
-        "use_resolution_binning": False, "guidance_scale": 1.0,
-    }  # fmt: skip
+    mask = torch.ones(1, 8, dtype=torch.long)
+    return one_embedding(
+        (1, 8, 8), PROMPT_AND_NEGATIVE, prompt_attention_mask=mask, negative_prompt=None,
+        negative_prompt_attention_mask=mask, height=32, width=32, use_resolution_binning=False, guidance_scale=1.0,
+    )  # fmt: skip
 
 
 def tiny_cogvideox_2b_pipe():
@@ -502,12 +494,9 @@ def tiny_cogvideox_2b_pipe():
 
 
 def cogvideox_inputs():
-    g = torch.Generator().manual_seed(5)
-    embeds = torch.randn(1, 16, 32, generator=g)
-    return {
-        "prompt_embeds": embeds, "negative_prompt_embeds": embeds, "height": 16, "width": 16, "num_frames": 9,
-        "guidance_scale": 1.0, "max_sequence_length": 16,
-    }  # fmt: skip
+    return one_embedding(
+        (1, 16, 32), PROMPT_AND_NEGATIVE, height=16, width=16, num_frames=9, guidance_scale=1.0, max_sequence_length=16
+    )
 
 
 def tiny_kandinsky22_pipe():
@@ -539,8 +528,8 @@ def tiny_kandinsky22_pipe():
 
 
 def kandinsky22_inputs():
-    embeds = torch.randn(1, 8, generator=torch.Generator().manual_seed(5))
-    return {"image_embeds": embeds, "negative_image_embeds": embeds, "height": 16, "width": 16, "guidance_scale": 1.0}
+    names = ("image_embeds", "negative_image_embeds")
+    return one_embedding((1, 8), names, height=16, width=16, guidance_scale=1.0)
 
 
 def tiny_deepfloyd_if_pipe():
@@ -570,11 +559,4 @@ def tiny_deepfloyd_if_pipe():
 
 
 def deepfloyd_if_inputs():
-    embeds = torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(5))
-    return {
-        "prompt_embeds": embeds,
-        "negative_prompt_embeds": embeds,
-        "height": 16,
-        "width": 16,
-        "guidance_scale": 1.0,
-    }
+    return one_embedding((1, 8, 16), PROMPT_AND_NEGATIVE, height=16, width=16, guidance_scale=1.0)

@@ -244,7 +244,8 @@ class _ShiftProbed(Exception):
 
 
 def probe_shift(runner: "PipelineRunner", base_config: dict, num_steps: int = 1) -> tuple[float | None, bool]:
-    """The `mu` a flow pipeline passes to `set_timesteps` at this call's resolution, and whether it passes sigmas.
+    """The `mu` a flow pipeline passes to `set_timesteps` at this call's resolution (`None` unless the config shifts
+    dynamically), and whether it passes sigmas.
 
     Flux computes `mu` from the latent size inside `__call__`; the pipeline is run up to `set_timesteps` (prompt
     encoding and latent preparation only, no denoiser call) to read it.
@@ -268,9 +269,12 @@ def probe_shift(runner: "PipelineRunner", base_config: dict, num_steps: int = 1)
     finally:
         runner.pipe.scheduler = original
     mu = seen.get("mu")
-    if base_config.get("use_dynamic_shifting") and mu is None:
+    if not base_config.get("use_dynamic_shifting"):
+        # A static shift ignores the `mu` some pipelines pass anyway (HiDream computes one for any scheduler but UniPC).
+        return None, seen.get("sigmas") is not None
+    if mu is None:
         raise CalibrationError(f"{type(runner.pipe).__name__} did not pass `mu`, which dynamic shifting needs")
-    return (float(mu) if mu is not None else None), seen.get("sigmas") is not None
+    return float(mu), seen.get("sigmas") is not None
 
 
 def probe_family(

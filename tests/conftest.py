@@ -560,3 +560,40 @@ def tiny_deepfloyd_if_pipe():
 
 def deepfloyd_if_inputs():
     return one_embedding((1, 8, 16), PROMPT_AND_NEGATIVE, height=16, width=16, guidance_scale=1.0)
+
+
+def tiny_hidream_pipe():
+    """HiDream-I1-Full as shipped: UniPC with flow sigmas, flow prediction and a static flow_shift; four text encoders'
+    embeddings passed in (T5 batch-first, Llama's layers batch-second), no text encoder."""
+    from diffusers import AutoencoderKL, HiDreamImagePipeline, HiDreamImageTransformer2DModel, UniPCMultistepScheduler
+
+    torch.manual_seed(0)
+    transformer = HiDreamImageTransformer2DModel(
+        patch_size=2, in_channels=4, out_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=8,
+        num_attention_heads=4, caption_channels=[32, 16], text_emb_dim=64, num_routed_experts=4,
+        num_activated_experts=2, axes_dims_rope=(4, 2, 2), max_resolution=(32, 32), llama_layers=(0, 1),
+    )  # fmt: skip
+    transformer.eval()  # in training mode it returns patch tokens, not latents
+    vae = AutoencoderKL(
+        block_out_channels=(4,), down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+        latent_channels=4, norm_num_groups=1, sample_size=16, scaling_factor=0.3611, shift_factor=0.1159,
+    )  # fmt: skip
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    encoders = {f"{kind}{suffix}": None for kind in ("text_encoder", "tokenizer") for suffix in ("", "_2", "_3", "_4")}
+    pipe = HiDreamImagePipeline(scheduler=scheduler, vae=vae, transformer=transformer, **encoders)
+    # HiDream rescales every request to the area of its default size (128 latents a side); 16 keeps the test tiny.
+    pipe.default_sample_size = 16
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def hidream_inputs():
+    g = torch.Generator().manual_seed(5)
+    return {
+        "pooled_prompt_embeds": torch.randn(1, 64, generator=g),
+        "prompt_embeds_t5": torch.randn(1, 8, 32, generator=g),
+        "prompt_embeds_llama3": torch.randn(2, 1, 8, 16, generator=g),
+        "height": 16,
+        "width": 16,
+        "guidance_scale": 1.0,
+    }

@@ -13,6 +13,7 @@ from conftest import (
     deepfloyd_if_inputs,
     flux2_inputs,
     flux_inputs,
+    hidream_inputs,
     kandinsky22_inputs,
     pixart_inputs,
     sana_inputs,
@@ -22,6 +23,7 @@ from conftest import (
     tiny_deepfloyd_if_pipe,
     tiny_flux2_pipe,
     tiny_flux_pipe,
+    tiny_hidream_pipe,
     tiny_kandinsky22_pipe,
     tiny_pixart_sigma_pipe,
     tiny_sana_pipe,
@@ -88,6 +90,8 @@ FAMILIES = {
     "sana": (lambda d: tiny_sana_pipe(), sana_inputs, GITSFlowMatchScheduler),
     # Wan as shipped: UniPC with flow sigmas and a static flow_shift, no sigmas passed by the pipeline.
     "wan": (lambda d: tiny_wan_pipe(), wan_inputs, GITSFlowMatchScheduler),
+    # HiDream-I1-Full as shipped: UniPC with flow sigmas; its Llama embeddings are batch-second.
+    "hidream": (lambda d: tiny_hidream_pipe(), hidream_inputs, GITSFlowMatchScheduler),
 }
 
 
@@ -100,7 +104,7 @@ def calibrated(tmp_path_factory):
         if name not in results:
             build, inputs, _ = FAMILIES[name]
             pipe = build(tmp_path_factory.mktemp(name))
-            prompts = None if {"prompt_embeds", "image_embeds"} & set(inputs()) else ["a red fox", "a blue car"]
+            prompts = None if any("embeds" in name for name in inputs()) else ["a red fox", "a blue car"]
             scheduler = GITSScheduler.from_calibration(pipe, STEPS, prompts=prompts, **FAST, **inputs())
             results[name] = (pipe, inputs, scheduler)
         return results[name]
@@ -129,7 +133,7 @@ def public_config(scheduler) -> dict:
 def run(pipe, inputs, steps, seed=0, **kwargs):
     generator = torch.Generator().manual_seed(seed)
     call = {**inputs(), **kwargs}
-    if not {"prompt_embeds", "image_embeds"} & set(call):
+    if not any("embeds" in name for name in call):
         call["prompt"] = "a red fox"
     output = pipe(**call, num_inference_steps=steps, output_type="latent", generator=generator)
     return torch.as_tensor(output.frames if hasattr(output, "frames") else output.images)  # IF returns numpy
@@ -319,12 +323,14 @@ def test_flux_img2img_runs_the_calibrated_schedule_from_its_strength(calibrated,
     assert calls == scheduler.timesteps.tolist()[start:]
 
 
-def test_wan_as_shipped_calibrates_as_a_static_shift_flow_model_for_its_unipc(calibrated):
-    """Wan's UniPC with flow sigmas: calibrated as a flow model at its flow_shift, for UniPC (its solver), compared
-    with UniPC's own default spacing, and used by the pipeline at every step count (it passes no sigmas)."""
+@pytest.mark.parametrize("family", ["wan", "hidream"])
+def test_unipc_flow_pipeline_as_shipped_calibrates_as_a_static_shift_flow_model_for_its_unipc(calibrated, family):
+    """Wan's and HiDream-Full's UniPC with flow sigmas: calibrated as a flow model at its flow_shift, for UniPC (their
+    solver), compared with UniPC's own default spacing, and used by the pipeline at every step count (Wan passes no
+    sigmas; HiDream passes none to a UniPC scheduler)."""
     from diffusers_gits.schedules import flow_sigmas_default
 
-    pipe, inputs, scheduler = calibrated("wan")
+    pipe, inputs, scheduler = calibrated(family)
     assert scheduler.config.solver == "unipc" and scheduler.config.shift == 3.0
     assert not scheduler.config.use_dynamic_shifting and scheduler.config.calibration["mu"] is None
     for k in STEPS:

@@ -9,7 +9,9 @@ from .errors import (
     ScheduleNotFoundError,
     WrongFamilyError,
 )
-from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler, GITSSchedulerOutput
+from .scheduling_gits import GITSScheduler
+from .scheduling_gits_common import GITSSchedulerOutput
+from .scheduling_gits_flow_match import GITSFlowMatchScheduler
 
 
 __all__ = [

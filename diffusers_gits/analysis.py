@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from .execution import Executor, Job, Progress, process_state
+from .calibration.execution import Executor, Job, Progress, process_state
+from .calibration.recorder import PipelineRunner, batch_key, check_pipeline_family, probe_family
 from .geometry import convergence, deviation_profile, summarize
-from .recorder import PipelineRunner, batch_key, check_pipeline_family, probe_family
 from .schedules import check_step_count
 
 

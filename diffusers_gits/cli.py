@@ -233,7 +233,7 @@ def load_pipeline(args: argparse.Namespace):
     import torch
     from diffusers import DiffusionPipeline
 
-    from .execution import process_state
+    from .calibration.execution import process_state
 
     # Each process of a launch loads the pipeline on its own device (accelerate's choice for GPUs).
     state = process_state(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -254,7 +254,7 @@ def run_calibrate(args: argparse.Namespace) -> None:
 
     from accelerate import PartialState
 
-    from .hub import write_schedule_folder
+    from .model_card import write_schedule_folder
     from .scheduling_gits import GITSScheduler
 
     pipe, prompts, pipe_kwargs = load_pipeline(args)
@@ -280,7 +280,7 @@ def run_calibrate(args: argparse.Namespace) -> None:
 
 
 def print_schedule(scheduler, title: str) -> None:
-    from .hub import closest_text
+    from .model_card import closest_text
 
     meta = scheduler.config.calibration or {}
     print(f"{title}: solver {scheduler.config.solver}, model {meta.get('model')}, {meta.get('pipe_kwargs', {})}")
@@ -343,7 +343,7 @@ def run_analyze(args: argparse.Namespace) -> None:
 
 
 def run_show(args: argparse.Namespace) -> None:
-    from .hub import list_schedules
+    from .model_card import list_schedules
     from .plotting import save_schedule_plot
     from .scheduling_gits import GITSScheduler
 

@@ -13,15 +13,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .calibration import equal_rotation_sigmas, teacher_targets
-from .choice import HeldOutScorer
+from .calibration.choice import HeldOutScorer
+from .calibration.execution import CallBudget, Executor, process_state
+from .calibration.recorder import PipelineRunner, check_pipeline_family, probe_family
+from .calibration.selection import paired_difference
+from .calibration.stages import equal_rotation_sigmas, teacher_targets
 from .evaluation import mean_and_ci
-from .execution import CallBudget, Executor, process_state
 from .geometry import frame_rotation
 from .plotting import plots_available, save_error_plot, save_image_grid
-from .recorder import PipelineRunner, check_pipeline_family, probe_family
 from .schedules import check_step_count
-from .selection import paired_difference
 
 
 #: Noise indices from here on are never warm-ups (calibration uses 0 .. num_warmup - 1).
@@ -37,8 +37,9 @@ def resolve_schedules(
 ) -> dict[str, dict]:
     """`{label: {N: sigmas}}` for each requested schedule: a baseline of the model's family, `default` (what the
     pipeline runs today with `solver`'s stock scheduler), or `gits:PATH_OR_REPO` (a saved or shared GITS schedule)."""
-    from .hub import fetch_schedule_config
-    from .scheduling_gits import GITSFlowMatchScheduler, scheduler_from_config
+    from .scheduling_gits_common import scheduler_from_config
+    from .scheduling_gits_flow_match import GITSFlowMatchScheduler
+    from .serialization import fetch_schedule_config
 
     resolved = {}
     for name in names:

@@ -20,11 +20,11 @@ from typing import Literal
 import numpy as np
 import torch
 
+from .calibration.recorder import PipelineRunner, check_pipeline_family, probe_family
 from .compare import compare_schedules, resolve_schedules
 from .embedded import GUIDANCE_SCALE, load_embedded_pipeline
 from .evaluation import sliced_wasserstein
 from .plotting import plots_available, save_error_plot, save_labelled_grid
-from .recorder import PipelineRunner, check_pipeline_family, probe_family
 from .scheduling_gits import GITSScheduler
 from .shapes import images_for_prompts, prompt_adherence, prompts_grid
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .calibration.settings import MAX_WARMUP
 from .embedded import embedded_model_path, load_embedded_pipeline
 from .noise import VPNoiseSchedule, alpha, denoised_from_model_output, vp_to_sigma_space
 from .schedules import timestep_spacing_sigmas
-from .settings import MAX_WARMUP
 from .solvers import sample
 
 

@@ -55,7 +55,7 @@ def main() -> None:
     state = PartialState(cpu=True)
     torch.set_num_threads(1)
     if args.stop_after is not None:
-        from diffusers_gits.recorder import PipelineRunner
+        from diffusers_gits.calibration.recorder import PipelineRunner
 
         run, calls = PipelineRunner.run, []
 

@@ -130,8 +130,8 @@ def test_the_budget_is_never_exceeded_and_every_call_is_counted(two_mode_problem
 
 
 def test_a_search_result_no_better_than_the_baselines_falls_back_to_them(two_mode_problem, monkeypatch):
-    from diffusers_gits import calibration
-    from diffusers_gits.search import StudentPathResult
+    from diffusers_gits.calibration import stages as calibration
+    from diffusers_gits.calibration.search import StudentPathResult
 
     pipe, _ = two_mode_problem
 
@@ -225,7 +225,7 @@ def test_report_and_metadata_are_recorded(mixture_problem):
     regularity = meta["regularity"]  # the teacher's search trajectories, measured with no extra model call
     assert regularity["num_trajectories"] == meta["num_search"] and regularity["num_steps"] == 61
     assert 0 < regularity["max_deviation"] < 1 and 0 < regularity["regularity_score"] <= 1
-    from diffusers_gits.hub import model_card
+    from diffusers_gits.model_card import model_card
 
     card = model_card(json.loads(scheduler.to_json_string()), record=meta)
     assert "Trajectory regularity" in card
@@ -269,7 +269,7 @@ def test_calibration_is_deterministic(mixture_problem):
 
 def test_memory_does_not_grow_with_warmup(mixture_problem, monkeypatch):
     """Trajectories are consumed batch by batch: at most one batch is alive at a time."""
-    from diffusers_gits import calibration
+    from diffusers_gits.calibration import stages as calibration
 
     pipe, _ = mixture_problem
     seen = []
@@ -305,13 +305,31 @@ def test_ddpm_pipeline_end_to_end(ddpm_pipe, tmp_path):
     np.testing.assert_array_equal(first, second)
 
 
-def test_ddpm_pipeline_saved_with_gits_scheduler_reloads(ddpm_pipe, tmp_path):
+@pytest.mark.parametrize(
+    "scheduler",
+    [GITSScheduler(gits_sigmas={"2": [14.6, 1.0, 0.0]}), GITSFlowMatchScheduler(gits_sigmas={"2": [1.0, 0.5, 0.0]})],
+    ids=["vp", "flow"],
+)
+def test_pipeline_saved_with_gits_scheduler_reloads(ddpm_pipe, tmp_path, scheduler):
+    """diffusers reloads a pipeline's component from the module model_index.json names (each scheduler's own)."""
     from diffusers import DDPMPipeline
 
-    ddpm_pipe.scheduler = GITSScheduler.from_config(ddpm_pipe.scheduler.config, gits_sigmas={"2": [14.6, 1.0, 0.0]})
+    ddpm_pipe.scheduler = scheduler
     ddpm_pipe.save_pretrained(tmp_path)
     reloaded = DDPMPipeline.from_pretrained(tmp_path)
-    assert isinstance(reloaded.scheduler, GITSScheduler) and reloaded.scheduler.calibrated_steps == [2]
+    assert type(reloaded.scheduler) is type(scheduler) and reloaded.scheduler.calibrated_steps == [2]
+
+
+def test_pipeline_saved_when_both_schedulers_shared_a_module_reloads(ddpm_pipe, tmp_path):
+    from diffusers import DDPMPipeline
+
+    ddpm_pipe.scheduler = GITSFlowMatchScheduler(gits_sigmas={"2": [1.0, 0.5, 0.0]})
+    ddpm_pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["scheduler"] == ["diffusers_gits.scheduling_gits_flow_match", "GITSFlowMatchScheduler"]
+    index["scheduler"] = ["diffusers_gits.scheduling_gits", "GITSFlowMatchScheduler"]  # as diffusers-gits 0.1 wrote it
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    assert type(DDPMPipeline.from_pretrained(tmp_path).scheduler) is GITSFlowMatchScheduler
 
 
 def test_stable_diffusion_end_to_end(sd_pipe, tmp_path):

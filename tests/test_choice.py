@@ -6,11 +6,11 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from diffusers_gits.choice import HeldOutScorer
-from diffusers_gits.execution import CallBudget, Executor, process_state
-from diffusers_gits.families import model_family
+from diffusers_gits.calibration.choice import HeldOutScorer
+from diffusers_gits.calibration.execution import CallBudget, Executor, process_state
+from diffusers_gits.calibration.families import model_family
+from diffusers_gits.calibration.recorder import PipelineRunner, check_pipeline_family
 from diffusers_gits.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
-from diffusers_gits.recorder import PipelineRunner, check_pipeline_family
 from diffusers_gits.solvers import sample
 
 
@@ -81,7 +81,7 @@ class ScriptedScreen:
 
 
 def test_screening_keeps_the_best_baselines_and_names_a_challenger_that_beat_the_search_on_its_own_noises():
-    from diffusers_gits.choice import screened
+    from diffusers_gits.calibration.choice import screened
 
     schedules = {name: np.array([10.0, value, 0.0]) for name, value in
                  {"gits": 1.0, "uniform": 2.0, "karras": 3.0, "ays": 4.0}.items()}  # fmt: skip
@@ -103,8 +103,8 @@ def test_screening_keeps_the_best_baselines_and_names_a_challenger_that_beat_the
 def test_a_challenger_that_leads_is_returned_with_a_report_that_says_why():
     from types import SimpleNamespace
 
-    from diffusers_gits.choice import Screening, decide
-    from diffusers_gits.selection import PairedRace
+    from diffusers_gits.calibration.choice import Screening, decide
+    from diffusers_gits.calibration.selection import PairedRace
 
     sigmas = {"gits": np.array([10.0, 1.0, 0.0]), "ays": np.array([10.0, 2.0, 0.0])}
     lead = torch.full((8,), 0.01, dtype=torch.float64)  # on 8 search noises, gits's loss is 0.01 above ays's
@@ -140,8 +140,8 @@ def test_a_challenger_that_leads_is_returned_with_a_report_that_says_why():
 
 
 def test_closest_baseline_names_the_best_baseline_and_the_ratio_on_shared_noises():
-    from diffusers_gits.choice import closest_baseline
-    from diffusers_gits.selection import PairedRace
+    from diffusers_gits.calibration.choice import closest_baseline
+    from diffusers_gits.calibration.selection import PairedRace
 
     generator = torch.Generator().manual_seed(0)
     base = torch.rand(64, generator=generator, dtype=torch.float64) + 0.5
@@ -162,8 +162,8 @@ def test_closest_baseline_names_the_best_baseline_and_the_ratio_on_shared_noises
 
 
 def test_an_unchecked_coeff_sweep_keeps_the_published_coeff_not_the_first_name():
-    from diffusers_gits.choice import decide
-    from diffusers_gits.selection import PairedRace
+    from diffusers_gits.calibration.choice import decide
+    from diffusers_gits.calibration.selection import PairedRace
 
     searched = {f"gits_coeff_{c:g}": np.array([14.6, c, 0.0]) for c in (0.8, 1.1, 1.2, 1.5)}
     race = PairedRace(list(searched) + ["karras"], {"karras"})  # no held-out noise was affordable
@@ -173,8 +173,8 @@ def test_an_unchecked_coeff_sweep_keeps_the_published_coeff_not_the_first_name()
 
 
 def test_without_a_race_the_closest_baseline_comes_from_the_screening_and_says_so():
-    from diffusers_gits.choice import Screening, decide
-    from diffusers_gits.selection import PairedRace
+    from diffusers_gits.calibration.choice import Screening, decide
+    from diffusers_gits.calibration.selection import PairedRace
 
     searched = {"gits": np.array([1.0, 0.5, 0.0])}
     screening = Screening(

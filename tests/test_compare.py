@@ -6,11 +6,11 @@ import torch
 from diffusers import DDPMScheduler
 
 from diffusers_gits import GITSScheduler
+from diffusers_gits.calibration.recorder import noise_seed
 from diffusers_gits.cli import main
 from diffusers_gits.compare import FRESH_NOISES_START, compare_schedules, format_table
 from diffusers_gits.evaluation import load_default_pipeline
 from diffusers_gits.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
-from diffusers_gits.recorder import noise_seed
 from diffusers_gits.schedules import baseline_schedules
 from diffusers_gits.solvers import sample
 

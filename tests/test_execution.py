@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusers_gits.checkpoint import CalibrationCheckpoint
-from diffusers_gits.execution import Executor, Job, _share, process_state
+from diffusers_gits.calibration.checkpoint import CalibrationCheckpoint
+from diffusers_gits.calibration.execution import Executor, Job, _share, process_state
 
 
 TESTS = Path(__file__).parent

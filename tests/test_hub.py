@@ -14,9 +14,10 @@ import torch
 from diffusers import DDPMScheduler
 
 from diffusers_gits import GITSScheduler, ScheduleLoadError
+from diffusers_gits.cache import cache_load, cache_store
 from diffusers_gits.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
-from diffusers_gits.hub import cache_load, cache_store, list_schedules
-from diffusers_gits.scheduling_gits import calibration_summary
+from diffusers_gits.model_card import list_schedules
+from diffusers_gits.schedule_format import calibration_summary
 
 
 # clip_sample=False: DDPMScheduler clips x0 to [-1, 1] by default, and the exact mixture lives outside it.
@@ -197,7 +198,7 @@ def test_flow_calibration_is_cached_as_a_flow_scheduler_and_keyed_by_mu(monkeypa
 def test_cache_writes_are_atomic(tmp_path, monkeypatch):
     scheduler = calibrated()
 
-    from diffusers_gits import hub
+    from diffusers_gits import cache
 
     config = json.loads(scheduler.to_json_string())
 
@@ -205,7 +206,7 @@ def test_cache_writes_are_atomic(tmp_path, monkeypatch):
         (Path(folder) / "scheduler_config.json").write_text('{"_class_name": "GITSScheduler", "gits_sig')
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(hub, "write_config", killed)
+    monkeypatch.setattr(cache, "write_config", killed)
     with pytest.raises(KeyboardInterrupt):
         cache_store("k1", config, cache_dir=tmp_path)
     monkeypatch.undo()
@@ -266,7 +267,7 @@ def _ddpm_pipe(sample_size: int = 8):
 def test_cache_key_covers_component_configs_buffers_and_the_vae(tmp_path):
     from conftest import tiny_sd_pipe
 
-    from diffusers_gits.hub import calibration_key, model_identity
+    from diffusers_gits.cache import calibration_key, model_identity
 
     settings = {"steps": [3], "seed": 0}
     small, large = _ddpm_pipe(8), _ddpm_pipe(16)
@@ -289,7 +290,7 @@ def test_cache_key_covers_component_configs_buffers_and_the_vae(tmp_path):
 def test_cache_key_is_stable_across_loads_of_the_same_model(tmp_path):
     from diffusers import DDPMPipeline
 
-    from diffusers_gits.hub import calibration_key, model_identity
+    from diffusers_gits.cache import calibration_key, model_identity
 
     _ddpm_pipe().save_pretrained(tmp_path / "model")
     first, second = (DDPMPipeline.from_pretrained(tmp_path / "model") for _ in range(2))
@@ -325,7 +326,7 @@ def test_equal_weights_other_config_is_calibrated_afresh_and_hits_are_logged(tmp
 
 
 def test_a_corrupt_cache_entry_is_recalibrated_with_a_warning(tmp_path, monkeypatch, caplog):
-    from diffusers_gits.hub import calibration_key, model_identity
+    from diffusers_gits.cache import calibration_key, model_identity
 
     pipe = _ddpm_pipe()
 
@@ -361,7 +362,7 @@ def test_model_identity_tells_noise_schedules_apart_by_every_key(scheduler_class
     import diffusers
     from conftest import tiny_ddpm_pipe
 
-    from diffusers_gits.hub import model_identity
+    from diffusers_gits.cache import model_identity
 
     pipe = tiny_ddpm_pipe()
     identities = []

@@ -37,7 +37,7 @@ def test_without_matplotlib_the_schedule_folder_is_written_without_its_plot(tmp_
     import pytest
 
     from diffusers_gits import GITSScheduler, plotting
-    from diffusers_gits.hub import write_schedule_folder
+    from diffusers_gits.model_card import write_schedule_folder
 
     monkeypatch.setattr(plotting, "plots_available", lambda: False)
     config = json.loads(GITSScheduler.from_preset("sd15").to_json_string())

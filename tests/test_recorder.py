@@ -7,9 +7,9 @@ import torch
 from diffusers import DDPMScheduler
 
 from diffusers_gits import CalibrationError, GITSScheduler
-from diffusers_gits.families import model_family
+from diffusers_gits.calibration.families import model_family
+from diffusers_gits.calibration.recorder import PipelineRunner, batch_key, check_pipeline_family
 from diffusers_gits.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
-from diffusers_gits.recorder import PipelineRunner, batch_key, check_pipeline_family
 from diffusers_gits.solvers import sample
 
 
@@ -112,7 +112,7 @@ def test_a_refused_scheduler_is_named_by_its_class():
     from conftest import tiny_ddpm_pipe
     from diffusers import UniPCMultistepScheduler
 
-    from diffusers_gits.recorder import check_pipeline_family
+    from diffusers_gits.calibration.recorder import check_pipeline_family
 
     pipe = tiny_ddpm_pipe()
     pipe.scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", flow_shift=3.0)  # no flow sigmas
@@ -150,8 +150,8 @@ def test_a_pipeline_conditioned_on_embeddings_gets_its_batch_through_them():
 
 
 def test_noise_streams_of_calibration_and_compare_are_disjoint_by_construction():
+    from diffusers_gits.calibration.recorder import noise_seed
     from diffusers_gits.compare import FRESH_NOISES_START
-    from diffusers_gits.recorder import noise_seed
 
     calibration = {noise_seed(seed, i) for seed in range(4) for i in range(512)}
     compare = {noise_seed(seed, FRESH_NOISES_START + j) for seed in range(4) for j in range(512)}

@@ -15,8 +15,8 @@ from diffusers import (
 )
 
 from diffusers_gits import GITSFlowMatchScheduler, GITSScheduler
+from diffusers_gits.calibration.search import JumpCostAccumulator, SolverJumpCostAccumulator
 from diffusers_gits.schedules import published_gits_sd15
-from diffusers_gits.search import JumpCostAccumulator, SolverJumpCostAccumulator
 
 
 SD = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}

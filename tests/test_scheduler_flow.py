@@ -9,7 +9,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from diffusers_gits import GITSFlowMatchScheduler, GITSScheduler
-from diffusers_gits.hub import model_card
+from diffusers_gits.model_card import model_card
 from diffusers_gits.noise import shift_flow_sigmas, unshift_flow_sigmas
 
 

@@ -89,7 +89,7 @@ def test_flow_spacing_baselines_are_what_flowmatch_euler_samples_in_the_pipeline
     from conftest import flux_inputs, sd3_inputs, tiny_flux_pipe, tiny_sd3_pipe
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from diffusers_gits.recorder import PipelineRunner, probe_shift
+    from diffusers_gits.calibration.recorder import PipelineRunner, probe_shift
     from diffusers_gits.schedules import FLOW_STOCK_SPACINGS, flow_stock_spacing_sigmas
 
     pipe, inputs = (tiny_sd3_pipe(), sd3_inputs()) if pipeline == "sd3" else (tiny_flux_pipe(), flux_inputs())

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from diffusers_gits.calibration.search import JumpCostAccumulator, dp_schedules, uniform_timestep_grid
 from diffusers_gits.noise import FLOW_PATH, SIGMA_PATH, VPNoiseSchedule, betas_from_config, cumulative_alphas
-from diffusers_gits.search import JumpCostAccumulator, dp_schedules, uniform_timestep_grid
 
 
 def path_cost(cost: np.ndarray, path: list[int], coeff: float) -> float:
@@ -152,7 +152,7 @@ def test_history_dp_finds_the_brute_force_optimum(seed, coeff):
 @pytest.mark.parametrize("path", [SIGMA_PATH, FLOW_PATH], ids=lambda path: path.name)
 def test_solver_cost_matches_stepping_the_teacher_states(solver, path):
     """Also on the flow path, whose grid starts at pure noise (sigma = 1, log-SNR -inf)."""
-    from diffusers_gits.search import SolverJumpCostAccumulator
+    from diffusers_gits.calibration.search import SolverJumpCostAccumulator
     from diffusers_gits.solvers import SolverHistory, get_solver
 
     grid = np.array([5.0, 2.0, 1.0, 0.4, 0.0]) if path is SIGMA_PATH else np.array([1.0, 0.7, 0.4, 0.1, 0.0])
@@ -171,7 +171,7 @@ def test_solver_cost_matches_stepping_the_teacher_states(solver, path):
 
 
 def test_euler_solver_cost_equals_the_papers_cost():
-    from diffusers_gits.search import SolverJumpCostAccumulator
+    from diffusers_gits.calibration.search import SolverJumpCostAccumulator
 
     grid = np.array([5.0, 2.0, 1.0, 0.4, 0.0])
     states, denoised = random_trajectories(5, 4, 2)
@@ -208,7 +208,7 @@ def _student_problem(solver: str, size: int = 8, batch: int = 16):
 
 @pytest.mark.parametrize("solver", ["euler", "dpmpp_2m", "unipc"])
 def test_student_path_dp_matches_brute_force_on_a_small_grid(solver):
-    from diffusers_gits.search import student_path_dp
+    from diffusers_gits.calibration.search import student_path_dp
 
     grid, targets, evaluate, final_error, calls = _student_problem(solver)
     size = len(grid)
@@ -229,7 +229,7 @@ def test_student_path_dp_matches_brute_force_on_a_small_grid(solver):
 
 
 def test_student_path_dp_rejects_bad_input():
-    from diffusers_gits.search import student_path_dp
+    from diffusers_gits.calibration.search import student_path_dp
 
     grid, targets, evaluate, _, _ = _student_problem("euler")
     with pytest.raises(ValueError, match="1..7"):

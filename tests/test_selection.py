@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from diffusers_gits.selection import PairedRace, normal_quantile, paired_difference
+from diffusers_gits.calibration.selection import PairedRace, normal_quantile, paired_difference
 
 
 def noisy_losses(mean: float, count: int, seed: int, spread: float = 0.1) -> torch.Tensor:

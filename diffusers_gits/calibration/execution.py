@@ -17,8 +17,8 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
+from ..errors import CheckpointMismatchError
 from .checkpoint import CalibrationCheckpoint
-from .errors import CheckpointMismatchError
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointMismatchError
+from ..errors import CheckpointMismatchError
 
 
 logger = logging.getLogger(__name__)

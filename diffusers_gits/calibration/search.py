@@ -11,8 +11,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .noise import SIGMA_PATH, OdePath, VPNoiseSchedule
-from .solvers import SolverHistory, get_solver
+from ..noise import SIGMA_PATH, OdePath, VPNoiseSchedule
+from ..solvers import SolverHistory, get_solver
 
 
 Metric = Literal["l2", "l1", "dev"]

@@ -4,11 +4,11 @@
    jump costs of the paper, over the grid into `JumpCostAccumulator` statistics (`teacher_jump_costs`, memory flat
    in the number of noises).
 2. Search: the DP, along the student's own states (`student_candidates`) or on the teacher's jump costs.
-3. Choice (`diffusers_gits.choice`): held-out noises race the searched schedules against the baselines.
+3. Choice (`diffusers_gits.calibration.choice`): held-out noises race the searched schedules against the baselines.
 
 `calibrate` validates the settings (`CalibrationSettings`), looks the result up in the cache and on the Hub, and
 runs the stages through an `Executor`, which splits the pipeline calls over accelerate's processes and stores each
-in the checkpoint as it finishes. Every pipeline patch lives in `diffusers_gits.recorder`.
+in the checkpoint as it finishes. Every pipeline patch lives in `diffusers_gits.calibration.recorder`.
 """
 
 import functools
@@ -22,24 +22,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._version import __version__
+from .._version import __version__
+from ..cache import cache_load, cache_store, calibration_key, jsonable, model_identity
+from ..errors import ScheduleNotFoundError
+from ..geometry import aggregate, equal_rotation_positions, frame_rotation, per_trajectory
+from ..scheduling_gits import GITSScheduler
+from ..scheduling_gits_common import register_calibration, scheduler_from_config
+from ..scheduling_gits_flow_match import GITSFlowMatchScheduler
+from ..serialization import fetch_calibration_record, fetch_schedule_config
 from .checkpoint import CalibrationCheckpoint
 from .choice import SCREENED_BASELINES, HeldOutScorer, coeff_of, decide, refine_schedule, run_race, screened
-from .errors import ScheduleNotFoundError
 from .execution import CallBudget, Executor, Job, Progress, broadcast, process_state
 from .families import ModelFamily
-from .geometry import aggregate, equal_rotation_positions, frame_rotation, per_trajectory
-from .hub import (
-    cache_load,
-    cache_store,
-    calibration_key,
-    fetch_calibration_record,
-    fetch_schedule_config,
-    jsonable,
-    model_identity,
-)
 from .recorder import PipelineRunner, batch_key, check_pipeline_family, probe_family
-from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler, register_calibration, scheduler_from_config
 from .search import JumpCostAccumulator, SolverJumpCostAccumulator, dp_schedules, student_path_dp
 from .settings import DEFAULT_SOLVER, CalibrationSettings
 
@@ -81,9 +76,9 @@ def calibrate(
     """Calibrate GITS schedules for `pipe` by running it, and return a GITS scheduler that samples with them.
 
     The default search runs the target solver along the student's own states (`jump_cost="student"`,
-    `diffusers_gits.search.student_path_dp`) on `num_search` warm-up noises, then races its schedule against the
+    `diffusers_gits.calibration.search.student_path_dp`) on `num_search` warm-up noises, then races its schedule against the
     baseline schedules people use today on held-out warm-up noises, adding noises only while the ranking is unclear
-    (`diffusers_gits.selection.PairedRace`). Schedules are compared by squared error to the teacher, whose mean is
+    (`diffusers_gits.calibration.selection.PairedRace`). Schedules are compared by squared error to the teacher, whose mean is
     the pooled error. The searched schedule is the incumbent, kept unless a baseline beats it with `confidence` (the
     report says whether it beat every baseline with it), or unless the best baseline beat it on the search's own
     noises (where the search is favoured) and over them and the held-out noises together. A baseline returned says so
@@ -110,11 +105,11 @@ def calibrate(
             exact Gaussian mixture; a reference less accurate than the schedules it judges would rank them by their
             likeness to its own error.
         grid_size (`int`, defaults to 61): fine-grid points (plus the final sigma = 0): uniform in timestep for VP
-            models, uniform in sigma before the model's shift for flow models (`diffusers_gits.families`).
+            models, uniform in sigma before the model's shift for flow models (`diffusers_gits.calibration.families`).
         jump_cost (`str`, defaults to `"student"`): how the DP prices a jump: `"student"` steps the target solver
             from the student's own states (model calls: about max(steps) x grid_size x num_search); `"euler"` (the
             paper) and `"solver"` price it from the teacher's states with one Euler step or the solver's own step
-            (no model calls beyond the teacher; `diffusers_gits.search`).
+            (no model calls beyond the teacher; `diffusers_gits.calibration.search`).
         num_search (`int`, *optional*): warm-up noises the search runs on. For `"student"` it defaults to as many as
             half the budget pays for, at most 32 and half of `num_warmup` (24 at the defaults with steps up to 10);
             for the teacher-priced costs to `num_warmup - num_holdout`, or three quarters of `num_warmup`.
@@ -141,7 +136,7 @@ def calibrate(
         cache (`bool`, defaults to `True`): look the result up in, and store it to, the local cache, keyed by
             everything that changes it (every component's class, config and tensors, the pipeline class, the noise
             schedule, prompts, every option above but `batch_size` and `progress`, pipeline kwargs, package version;
-            `diffusers_gits.hub.calibration_key`). A hit makes no model call and logs a warning naming what it was
+            `diffusers_gits.cache.calibration_key`). A hit makes no model call and logs a warning naming what it was
             made on.
         cache_dir (`str` or `Path`, *optional*): the cache folder; defaults to `$DIFFUSERS_GITS_CACHE` or
             `$HF_HOME/diffusers_gits`.

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from .schedules import check_step_count
+from ..schedules import check_step_count
+from ..solvers import SOLVERS
 from .search import METRICS
-from .solvers import SOLVERS
 
 
 TEACHERS = ("dpmpp_2m", "ipndm")
@@ -35,22 +35,6 @@ DEFAULT_SOLVER = "dpmpp_2m"
 PER_PROMPT_COUNTS = ("num_images_per_prompt", "num_videos_per_prompt")
 #: Settings that change how the work is cut into pipeline calls but not what it computes (up to float rounding).
 EXECUTION_FIELDS = ("batch_size",)
-#: Settings shown in the model card, in this order.
-CARD_FIELDS = (
-    "solver",
-    "teacher",
-    "jump_cost",
-    "metric",
-    "coeff",
-    "num_warmup",
-    "num_search",
-    "num_holdout",
-    "budget",
-    "confidence",
-    "require_confidence",
-    "refine",
-    "seed",
-)
 
 
 def student_search_calls(steps: Sequence[int], grid_size: int, num_search: int) -> int:

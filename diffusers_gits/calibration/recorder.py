@@ -15,11 +15,13 @@ from typing import Any
 
 import torch
 
-from .errors import CalibrationError
+from ..errors import CalibrationError
+from ..noise import flow_match_config, is_flow_scheduler_config
+from ..scheduling_gits import GITSScheduler
+from ..scheduling_gits_common import _GITSSchedulerBase
+from ..scheduling_gits_flow_match import GITSFlowMatchScheduler
 from .execution import Job
 from .families import ModelFamily, model_family
-from .noise import flow_match_config, is_flow_scheduler_config
-from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler, _GITSSchedulerBase
 from .settings import PER_PROMPT_COUNTS
 
 

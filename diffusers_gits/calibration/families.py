@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .noise import VPNoiseSchedule, is_flow_scheduler_config, shift_flow_sigmas, unshift_flow_sigmas
-from .schedules import (
+from ..noise import VPNoiseSchedule, is_flow_scheduler_config, shift_flow_sigmas, unshift_flow_sigmas
+from ..schedule_format import calibration_summary
+from ..schedules import (
     baseline_schedules,
     flow_baseline_schedules,
     flow_shifted_sigmas,
@@ -20,7 +21,8 @@ from .schedules import (
     flow_stock_sigmas,
     stock_solver_sigmas,
 )
-from .scheduling_gits import GITSFlowMatchScheduler, GITSScheduler, calibration_summary
+from ..scheduling_gits import GITSScheduler
+from ..scheduling_gits_flow_match import GITSFlowMatchScheduler
 from .search import uniform_timestep_grid
 
 

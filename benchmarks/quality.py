@@ -26,6 +26,8 @@ import torch
 from diffusers import DDPMScheduler, EulerDiscreteScheduler
 
 from diffusers_gits import GITSScheduler, __version__
+from diffusers_gits.calibration.search import dp_schedules
+from diffusers_gits.calibration.selection import paired_difference
 from diffusers_gits.data import digits_images
 from diffusers_gits.evaluation import (
     TEST_SEED,
@@ -40,8 +42,6 @@ from diffusers_gits.evaluation import (
 )
 from diffusers_gits.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
 from diffusers_gits.schedules import baseline_schedules
-from diffusers_gits.search import dp_schedules
-from diffusers_gits.selection import paired_difference
 
 
 SOLVERS = ("dpmpp_2m", "unipc", "ipndm", "euler")

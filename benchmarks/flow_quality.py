@@ -32,12 +32,12 @@ from quality import (
 )
 
 from diffusers_gits import GITSFlowMatchScheduler, __version__
-from diffusers_gits.data import digits_images
 from diffusers_gits.evaluation import TEST_SEED, per_sample_rmse, sliced_wasserstein
-from diffusers_gits.gaussian_mixture import GaussianMixture, MixtureFlowPipeline
 from diffusers_gits.noise import FLOW_PATH, shift_flow_sigmas
 from diffusers_gits.schedules import flow_baseline_schedules
 from diffusers_gits.solvers import sample
+from diffusers_gits.testing.data import digits_images
+from diffusers_gits.testing.gaussian_mixture import GaussianMixture, MixtureFlowPipeline
 
 
 MUS = (0.5, 1.15)

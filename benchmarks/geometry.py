@@ -21,10 +21,10 @@ from diffusers import DDPMScheduler
 
 from diffusers_gits import __version__
 from diffusers_gits.analysis import record_trajectories
-from diffusers_gits.data import digits_images
-from diffusers_gits.evaluation import load_default_pipeline
-from diffusers_gits.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
+from diffusers_gits.embedded import load_embedded_pipeline
 from diffusers_gits.geometry import mean_shift, monotone_fraction, summarize
+from diffusers_gits.testing.data import digits_images
+from diffusers_gits.testing.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
 
 
 HERE = Path(__file__).parent
@@ -62,7 +62,7 @@ def main() -> None:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     tic = time.perf_counter()
     results = {}
-    pipe = load_default_pipeline()
+    pipe = load_embedded_pipeline("digits")
     states, denoised, _ = record_trajectories(pipe, NUM_TRAJECTORIES, num_steps=NUM_STEPS, batch_size=64)
     results["embedded"] = summarize(states, denoised)
 

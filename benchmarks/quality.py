@@ -27,21 +27,20 @@ from diffusers import DDPMScheduler, EulerDiscreteScheduler
 
 from diffusers_gits import GITSScheduler, __version__
 from diffusers_gits.calibration.search import dp_schedules
-from diffusers_gits.calibration.selection import paired_difference
-from diffusers_gits.data import digits_images
+from diffusers_gits.calibration.selection import mean_interval, paired_difference
+from diffusers_gits.embedded import load_embedded_pipeline
 from diffusers_gits.evaluation import (
     TEST_SEED,
     UNetDenoiser,
-    load_default_pipeline,
-    mean_and_ci,
     per_sample_rmse,
     reference_sigmas,
     sliced_wasserstein,
     solve,
     start_noise,
 )
-from diffusers_gits.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
 from diffusers_gits.schedules import baseline_schedules
+from diffusers_gits.testing.data import digits_images
+from diffusers_gits.testing.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
 
 
 SOLVERS = ("dpmpp_2m", "unipc", "ipndm", "euler")
@@ -93,7 +92,7 @@ def score_schedules(candidates_for, solve, reference: torch.Tensor, real: torch.
     for k in NFES:
         for name, sigmas in candidates_for(k).items():
             out = solve(sigmas)
-            rmse, ci = mean_and_ci(per_sample_rmse(out, reference))
+            rmse, ci = mean_interval(per_sample_rmse(out, reference))
             squared[name, k] = (out.double() - reference.double()).flatten(1).pow(2).mean(1)
             table.setdefault(name, {})[k] = {
                 "rmse": rmse,
@@ -204,7 +203,7 @@ RESULT_FILES = {"embedded": ("RESULTS.md", "results.json"), "kde": ("RESULTS_KDE
 
 def embedded_model(num_test: int, ref_steps: int) -> dict:
     """The embedded digits DDPM, its test noises and an iPNDM reference (checked against twice the steps)."""
-    pipe = load_default_pipeline()
+    pipe = load_embedded_pipeline("digits")
     noise = GITSScheduler.from_config(pipe.scheduler.config).noise_schedule
     denoiser = UNetDenoiser(pipe.unet, noise, pipe.scheduler.config.prediction_type)
     shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from diffusers_gits import GITSScheduler, __version__
-from diffusers_gits.evaluation import load_default_pipeline
+from diffusers_gits.embedded import load_embedded_pipeline
 
 
 HERE = Path(__file__).parent
@@ -36,7 +36,7 @@ def child(args) -> None:
     from accelerate import PartialState
 
     state = PartialState(cpu=True)
-    pipe = load_default_pipeline()
+    pipe = load_embedded_pipeline("digits")
     kwargs = {"jump_cost": "euler"} if args.jump_cost == "euler" else {}
     tic = time.perf_counter()
     scheduler = GITSScheduler.from_calibration(

@@ -324,9 +324,9 @@ def run_compare(args: argparse.Namespace) -> None:
 
 def run_analyze(args: argparse.Namespace) -> None:
     from .analysis import analyze, format_summary
-    from .evaluation import default_model_path
+    from .embedded import embedded_model_path
 
-    args.model = args.model or str(default_model_path())
+    args.model = args.model or str(embedded_model_path("digits"))
     pipe, prompts, pipe_kwargs = load_pipeline(args)
     summary = analyze(
         pipe,

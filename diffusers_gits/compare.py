@@ -16,9 +16,8 @@ import torch
 from .calibration.choice import HeldOutScorer
 from .calibration.execution import CallBudget, Executor, process_state
 from .calibration.recorder import PipelineRunner, check_pipeline_family, probe_family
-from .calibration.selection import paired_difference
+from .calibration.selection import mean_interval, paired_difference
 from .calibration.stages import equal_rotation_sigmas, teacher_targets
-from .evaluation import mean_and_ci
 from .geometry import frame_rotation
 from .plotting import plots_available, save_error_plot, save_image_grid
 from .schedules import check_step_count
@@ -139,7 +138,7 @@ def compare_schedules(
     for k in steps:
         best = min(resolved, key=lambda name: float(losses[name][k].mean()))
         for name in resolved:
-            mean, ci = mean_and_ci(losses[name][k].sqrt())
+            mean, ci = mean_interval(losses[name][k].sqrt())
             difference = paired_difference(losses[name][k], losses[best][k])
             table[name][k] = {
                 "mean_rmse": mean,

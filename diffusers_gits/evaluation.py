@@ -5,13 +5,10 @@ sampled with the same solver functions the scheduler uses, so a schedule scores 
 pipeline with `GITSScheduler`.
 """
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from .calibration.settings import MAX_WARMUP
-from .embedded import embedded_model_path, load_embedded_pipeline
 from .noise import VPNoiseSchedule, alpha, denoised_from_model_output, vp_to_sigma_space
 from .schedules import timestep_spacing_sigmas
 from .solvers import sample
@@ -20,16 +17,6 @@ from .solvers import sample
 #: The benchmarks' test noises: generator seeds from here on, above every warm-up noise of calibration seed 0 (and
 #: below those of seed 1, which start at 2^32).
 TEST_SEED = MAX_WARMUP
-
-
-def default_model_path() -> Path:
-    """Folder of the embedded digits model (a `DDPMPipeline` trained on scikit-learn's digits, committed here)."""
-    return embedded_model_path("digits")
-
-
-def load_default_pipeline():
-    """The embedded digits model as a `DDPMPipeline`, loaded from the package with no network."""
-    return load_embedded_pipeline("digits")
 
 
 class UNetDenoiser:
@@ -78,12 +65,6 @@ def reference_sigmas(noise: VPNoiseSchedule, num_steps: int = 500) -> np.ndarray
 def per_sample_rmse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Root mean square difference per sample (first dimension)."""
     return (a.float() - b.float()).flatten(1).pow(2).mean(1).sqrt()
-
-
-def mean_and_ci(values: torch.Tensor, z: float = 1.96) -> tuple[float, float]:
-    """Mean and the half-width of its normal-approximation 95% confidence interval."""
-    values = values.double()
-    return float(values.mean()), float(z * values.std(unbiased=True) / len(values) ** 0.5)
 
 
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, num_projections: int = 512, seed: int = 0) -> float:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 
-from diffusers_gits.data import digits_images
+from diffusers_gits.testing.data import digits_images
 
 
 def build_unet() -> UNet2DModel:

@@ -15,7 +15,7 @@ import torch
 from accelerate import PartialState
 
 from diffusers_gits import GITSScheduler
-from diffusers_gits.evaluation import load_default_pipeline
+from diffusers_gits.embedded import load_embedded_pipeline
 
 
 #: An uneven split: 50 warm-ups in batches of 8 over 2 or 3 processes.
@@ -27,7 +27,7 @@ def pipelines() -> dict:
     sys.path.insert(0, str(Path(__file__).parent))
     from conftest import tiny_sd_pipe
 
-    return {"embedded": load_default_pipeline(), "tiny_sd": tiny_sd_pipe(Path(tempfile.mkdtemp()))}
+    return {"embedded": load_embedded_pipeline("digits"), "tiny_sd": tiny_sd_pipe(Path(tempfile.mkdtemp()))}
 
 
 def calibrate_all(checkpoint_dir: str | None = None) -> dict:

@@ -8,7 +8,6 @@ import torch
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
 from diffusers_gits import GITSFlowMatchScheduler, GITSScheduler
-from diffusers_gits.gaussian_mixture import GaussianMixture, GaussianMixturePipeline, MixtureFlowPipeline
 from diffusers_gits.noise import FLOW_PATH, shift_flow_sigmas
 from diffusers_gits.schedules import (
     baseline_schedules,
@@ -18,6 +17,7 @@ from diffusers_gits.schedules import (
     validate_sigmas,
 )
 from diffusers_gits.solvers import sample
+from diffusers_gits.testing.gaussian_mixture import GaussianMixture, GaussianMixturePipeline, MixtureFlowPipeline
 
 
 # clip_sample=False: DDPMScheduler clips x0 to [-1, 1] by default, and the exact mixture lives outside it.

@@ -10,7 +10,7 @@ from diffusers import DDPMScheduler
 from diffusers_gits import CheckpointMismatchError, GITSScheduler
 from diffusers_gits.calibration.checkpoint import CalibrationCheckpoint
 from diffusers_gits.calibration.recorder import PipelineRunner
-from diffusers_gits.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
+from diffusers_gits.testing.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
 
 
 # clip_sample=False: DDPMScheduler clips x0 to [-1, 1] by default, and the exact mixture lives outside it.

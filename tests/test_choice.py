@@ -10,8 +10,8 @@ from diffusers_gits.calibration.choice import HeldOutScorer
 from diffusers_gits.calibration.execution import CallBudget, Executor, process_state
 from diffusers_gits.calibration.families import model_family
 from diffusers_gits.calibration.recorder import PipelineRunner, check_pipeline_family
-from diffusers_gits.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
 from diffusers_gits.solvers import sample
+from diffusers_gits.testing.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
 
 
 # clip_sample=False: DDPMScheduler clips x0 to [-1, 1] by default, and the exact mixture lives outside it.

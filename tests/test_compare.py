@@ -9,10 +9,10 @@ from diffusers_gits import GITSScheduler
 from diffusers_gits.calibration.recorder import noise_seed
 from diffusers_gits.cli import main
 from diffusers_gits.compare import FRESH_NOISES_START, compare_schedules, format_table
-from diffusers_gits.evaluation import load_default_pipeline
-from diffusers_gits.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
+from diffusers_gits.embedded import load_embedded_pipeline
 from diffusers_gits.schedules import baseline_schedules
 from diffusers_gits.solvers import sample
+from diffusers_gits.testing.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
 
 
 # clip_sample=False: DDPMScheduler clips x0 to [-1, 1] by default, and the exact mixture lives outside it.
@@ -40,7 +40,7 @@ def test_compare_ranks_schedules_as_the_exact_solution_does():
 
 
 def test_compare_on_the_embedded_model_with_a_saved_gits_schedule(tmp_path):
-    pipe = load_default_pipeline()
+    pipe = load_embedded_pipeline("digits")
     saved = GITSScheduler.from_config(pipe.scheduler.config, gits_sigmas={"3": [14.6146, 2.0, 0.3, 0.0]})
     saved.save_pretrained(tmp_path / "gits")
     table = compare_schedules(

@@ -111,14 +111,14 @@ def test_a_two_process_checkpoint_resumes_on_three_processes_exactly(single_proc
 
 
 def test_cli_under_accelerate_launch_on_cpus(tmp_path):
-    from diffusers_gits.evaluation import default_model_path
+    from diffusers_gits.embedded import embedded_model_path
 
     output = tmp_path / "out"
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
         "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", free_port(),
         "-m", "diffusers_gits", "calibrate",
-        str(default_model_path()), "--steps", "3", "--num-warmup", "24", "--batch-size", "8", "--device", "cpu",
+        str(embedded_model_path("digits")), "--steps", "3", "--num-warmup", "24", "--batch-size", "8", "--device", "cpu",
         "--output", str(output), "--checkpoint-dir", str(tmp_path / "checkpoint"),
     ]  # fmt: skip
     result = launch(command, tmp_path / "log")

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_gits.gaussian_mixture import GaussianMixture
 from diffusers_gits.geometry import (
     chord_deviations,
     convergence,
@@ -18,6 +17,7 @@ from diffusers_gits.geometry import (
     step_angles,
     summarize,
 )
+from diffusers_gits.testing.gaussian_mixture import GaussianMixture
 
 
 def embed(points: torch.Tensor, dim: int = 12, seed: int = 0) -> torch.Tensor:
@@ -112,10 +112,15 @@ def test_bad_trajectories_are_refused():
 
 def test_analyze_on_the_embedded_model(tmp_path):
     from diffusers_gits.analysis import analyze, format_summary
-    from diffusers_gits.evaluation import load_default_pipeline
+    from diffusers_gits.embedded import load_embedded_pipeline
 
     summary = analyze(
-        load_default_pipeline(), num_samples=8, num_steps=20, batch_size=4, output_dir=tmp_path, progress=False
+        load_embedded_pipeline("digits"),
+        num_samples=8,
+        num_steps=20,
+        batch_size=4,
+        output_dir=tmp_path,
+        progress=False,
     )
     assert summary["num_trajectories"] == 8 and summary["num_steps"] == 20 and len(summary["sigmas"]) == 21
     assert 0 < summary["max_deviation"] < 0.5 and summary["regularity_score"] > 0.5
@@ -141,7 +146,7 @@ def test_analyze_on_a_flow_pipeline():
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from diffusers_gits.analysis import analyze, record_trajectories
-    from diffusers_gits.gaussian_mixture import MixtureFlowPipeline
+    from diffusers_gits.testing.gaussian_mixture import MixtureFlowPipeline
 
     mixture = GaussianMixture.random()
     pipe = MixtureFlowPipeline(mixture, FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), mu=1.15)

@@ -15,9 +15,9 @@ from diffusers import DDPMScheduler
 
 from diffusers_gits import GITSScheduler, ScheduleLoadError
 from diffusers_gits.cache import cache_load, cache_store
-from diffusers_gits.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
 from diffusers_gits.model_card import list_schedules
 from diffusers_gits.schedule_format import calibration_summary
+from diffusers_gits.testing.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
 
 
 # clip_sample=False: DDPMScheduler clips x0 to [-1, 1] by default, and the exact mixture lives outside it.
@@ -177,7 +177,7 @@ def test_flow_calibration_is_cached_as_a_flow_scheduler_and_keyed_by_mu(monkeypa
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from diffusers_gits import GITSFlowMatchScheduler
-    from diffusers_gits.gaussian_mixture import MixtureFlowPipeline
+    from diffusers_gits.testing.gaussian_mixture import MixtureFlowPipeline
 
     mixture = GaussianMixture.random()
     pipe = MixtureFlowPipeline(mixture, FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), mu=0.5)

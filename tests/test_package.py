@@ -57,3 +57,11 @@ def test_the_package_has_no_import_cycles():
     # the graph is read, subpackages and relative levels included
     assert {"scheduling_gits", "calibration.recorder"} <= graph["calibration.stages"]
     assert "noise" in graph["calibration.search"] and "calibration.stages" in graph["calibration"]
+
+
+def test_the_package_itself_never_imports_its_test_support():
+    """`diffusers_gits.testing` (exact models, data sets) serves tests and benchmarks only."""
+    for path in PACKAGE.rglob("*.py"):
+        name = _module_name(path)
+        if name.split(".")[0] != "testing":
+            assert not {t for t in _imports(path) if t.split(".")[0] == "testing"}, name

@@ -9,8 +9,8 @@ from diffusers import DDPMScheduler
 from diffusers_gits import CalibrationError, GITSScheduler
 from diffusers_gits.calibration.families import model_family
 from diffusers_gits.calibration.recorder import PipelineRunner, batch_key, check_pipeline_family
-from diffusers_gits.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
 from diffusers_gits.solvers import sample
+from diffusers_gits.testing.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
 
 
 # clip_sample=False: DDPMScheduler clips x0 to [-1, 1] by default, and the exact mixture lives outside it.
@@ -76,7 +76,7 @@ def test_nan_model_output_names_the_grid_step():
 def test_calibration_schedulers_do_not_warn_about_flux_default_sigmas(caplog):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from diffusers_gits.gaussian_mixture import MixtureFlowPipeline
+    from diffusers_gits.testing.gaussian_mixture import MixtureFlowPipeline
 
     pipe = MixtureFlowPipeline(
         GaussianMixture.random(), FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), mu=1.15

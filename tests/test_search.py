@@ -183,8 +183,8 @@ def test_euler_solver_cost_equals_the_papers_cost():
 
 
 def _student_problem(solver: str, size: int = 8, batch: int = 16):
-    from diffusers_gits.gaussian_mixture import GaussianMixture
     from diffusers_gits.solvers import sample
+    from diffusers_gits.testing.gaussian_mixture import GaussianMixture
 
     mixture = GaussianMixture.random(num_components=2, seed=1)
     noise = VPNoiseSchedule(cumulative_alphas(betas_from_config(1000, 0.00085, 0.012, "scaled_linear")))

@@ -10,8 +10,8 @@ from diffusers import DDPMScheduler
 
 from diffusers_gits import GITSScheduler
 from diffusers_gits.calibration.settings import CalibrationSettings, student_search_calls
-from diffusers_gits.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
 from diffusers_gits.model_card import CARD_FIELDS
+from diffusers_gits.testing.gaussian_mixture import GaussianMixture, GaussianMixturePipeline
 
 
 # clip_sample=False: DDPMScheduler clips x0 to [-1, 1] by default, and the exact mixture lives outside it.

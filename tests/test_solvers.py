@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_gits.gaussian_mixture import GaussianMixture
 from diffusers_gits.noise import FLOW_PATH, SIGMA_PATH
 from diffusers_gits.solvers import SOLVERS, SolverHistory, get_solver, ipndm_step, sample
+from diffusers_gits.testing.gaussian_mixture import GaussianMixture
 
 
 def log_spaced(n, sigma_max=10.0, sigma_min=0.1):

@@ -29,14 +29,20 @@ def normal_quantile(confidence: float) -> float:
     return math.sqrt(2) * torch.erfinv(torch.tensor(confidence, dtype=torch.float64)).item()
 
 
+def mean_interval(values: torch.Tensor, confidence: float = 0.95) -> tuple[float, float]:
+    """The mean of `values` (one per noise) and the half-width of its normal-approximation confidence interval
+    (infinite for a single value)."""
+    values = values.double().flatten()
+    count = len(values)
+    spread = float(values.std(unbiased=True)) if count > 1 else math.inf
+    return float(values.mean()), normal_quantile(confidence) * spread / count**0.5
+
+
 def paired_difference(a: torch.Tensor, b: torch.Tensor, confidence: float = 0.95) -> PairedDifference:
     """The normal-approximation confidence interval of the mean of `a - b` (paired, one value per noise)."""
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"paired losses must be 1-D and of one length, got {tuple(a.shape)} and {tuple(b.shape)}")
-    differences = a.double() - b.double()
-    count = len(differences)
-    spread = float(differences.std(unbiased=True)) if count > 1 else math.inf
-    return PairedDifference(float(differences.mean()), normal_quantile(confidence) * spread / count**0.5, count)
+    return PairedDifference(*mean_interval(a.double() - b.double(), confidence), len(a))
 
 
 class PairedRace:

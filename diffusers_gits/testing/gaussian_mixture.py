@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .solvers import sample
+from ..solvers import sample
 
 
 class GaussianMixture:
@@ -116,7 +116,7 @@ class GaussianMixturePipeline(_MixturePipeline):
     """
 
     def __init__(self, mixture: GaussianMixture, scheduler):
-        from .noise import VPNoiseSchedule
+        from ..noise import VPNoiseSchedule
 
         super().__init__(mixture, scheduler)
         self.noise = VPNoiseSchedule(scheduler.alphas_cumprod.double().numpy())

@@ -16,6 +16,7 @@ from .calibration.execution import Executor, Job, Progress, process_state
 from .calibration.recorder import PipelineRunner, batch_key, check_pipeline_family, probe_family
 from .geometry import convergence, deviation_profile, summarize
 from .schedules import check_step_count
+from .solvers import SolverName
 
 
 def record_trajectories(
@@ -23,7 +24,7 @@ def record_trajectories(
     num_samples: int = 32,
     prompts: Sequence[str] | None = None,
     num_steps: int = 60,
-    solver: str = "ipndm",
+    solver: SolverName = "ipndm",
     batch_size: int = 16,
     seed: int = 0,
     progress: bool = True,

@@ -14,13 +14,15 @@ import numpy as np
 import torch
 
 from .calibration.choice import HeldOutScorer
-from .calibration.execution import CallBudget, Executor, process_state
+from .calibration.execution import Executor, process_state
 from .calibration.recorder import PipelineRunner, check_pipeline_family, probe_family
 from .calibration.selection import mean_interval, paired_difference
+from .calibration.settings import TeacherName
 from .calibration.stages import equal_rotation_sigmas, teacher_targets
 from .geometry import frame_rotation
 from .plotting import plots_available, save_error_plot, save_image_grid
 from .schedules import check_step_count
+from .solvers import SolverName
 
 
 #: Noise indices from here on are never warm-ups (calibration uses 0 .. num_warmup - 1).
@@ -70,10 +72,10 @@ def compare_schedules(
     num_inference_steps: int | Sequence[int],
     schedules: Sequence[str] = ("default", "uniform", "karras"),
     prompts: Sequence[str] | None = None,
-    solver: str = "dpmpp_2m",
+    solver: SolverName = "dpmpp_2m",
     num_noises: int = 64,
     batch_size: int = 16,
-    teacher: str = "ipndm",
+    teacher: TeacherName = "ipndm",
     grid_size: int = 61,
     seed: int = 0,
     output_dir: str | Path | None = None,
@@ -126,9 +128,7 @@ def compare_schedules(
         grid = family.grid(grid_size)
         tors = {k: equal_rotation_sigmas(rotation, k, family, grid) for k in steps}
         resolved = {name: tors if name == "tors" else resolved[name] for name in schedules}
-    scorer = HeldOutScorer(
-        executor, runner, family, solver, reference_scheduler, noises, CallBudget(np.iinfo(np.int64).max)
-    )
+    scorer = HeldOutScorer(executor, runner, family, solver, reference_scheduler, noises)
     requests = [(name, k) for name in resolved for k in steps]
     scored = scorer.score([resolved[name][k] for name, k in requests], "compare", add_noises=num_noises)
     losses = {name: {} for name in resolved}

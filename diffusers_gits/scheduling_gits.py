@@ -36,10 +36,11 @@ from .schedules import (
     published_gits_sd15,
     stock_solver_sigmas,
 )
-from .scheduling_gits_common import SolverName, _GITSSchedulerBase
+from .scheduling_gits_common import _GITSSchedulerBase
 
 # Pipelines saved before the flow scheduler had its own module name this one for it in model_index.json.
 from .scheduling_gits_flow_match import GITSFlowMatchScheduler  # noqa: F401
+from .solvers import SolverName
 
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -56,9 +55,6 @@ def register_calibration(calibrate) -> None:
     """Make `calibrate` the function behind `from_calibration` (called once, by `diffusers_gits.calibration.stages`)."""
     global _CALIBRATE
     _CALIBRATE = calibrate
-
-
-SolverName = Literal["euler", "ipndm", "dpmpp_2m", "unipc"]
 
 
 @dataclass

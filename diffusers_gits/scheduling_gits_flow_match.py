@@ -30,7 +30,8 @@ from .schedules import (
     load_published_tables,
     preset_schedule,
 )
-from .scheduling_gits_common import SolverName, _GITSSchedulerBase
+from .scheduling_gits_common import _GITSSchedulerBase
+from .solvers import SolverName
 
 
 logger = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -215,6 +216,8 @@ def unipc_step(x, denoised, sigma, sigma_next, history, path: OdePath = SIGMA_PA
     return x_next, history.push(sigma, x, denoised, order=order)
 
 
+SolverName = Literal["euler", "ipndm", "dpmpp_2m", "unipc"]
+#: The solvers by name (`SolverName`).
 SOLVERS: dict[str, StepFunction] = {
     "euler": euler_step,
     "ipndm": ipndm_step,

@@ -137,7 +137,7 @@ def test_a_search_result_no_better_than_the_baselines_falls_back_to_them(two_mod
 
     def bunched(grid_sigmas, targets, num_steps, solver, evaluate, path):
         size = len(grid_sigmas)  # every step crowded at the end: a poor schedule
-        return StudentPathResult({k: [0, *range(size - k, size)] for k in num_steps}, {}, 0)
+        return StudentPathResult({k: [0, *range(size - k, size)] for k in num_steps}, {})
 
     monkeypatch.setattr(calibration, "student_path_dp", bunched)
     scheduler = GITSScheduler.from_calibration(

@@ -32,8 +32,8 @@ def scorer_for(pool, budget, calls):
     family = model_family(check_pipeline_family(pipe), None, False)
     fine, _ = family.fine_grid(9)
     reference = family.scheduler("ipndm", {len(fine) - 1: fine})
-    executor = Executor(process_state("cpu"))
-    return HeldOutScorer(executor, runner, family, "dpmpp_2m", reference, pool, budget), family, mixture, fine
+    executor = Executor(process_state("cpu"), budget=budget)
+    return HeldOutScorer(executor, runner, family, "dpmpp_2m", reference, pool), family, mixture, fine
 
 
 def test_losses_are_per_noise_squared_error_to_the_teacher_and_each_sample_is_made_once():
@@ -109,7 +109,7 @@ def test_a_challenger_that_leads_is_returned_with_a_report_that_says_why():
     sigmas = {"gits": np.array([10.0, 1.0, 0.0]), "ays": np.array([10.0, 2.0, 0.0])}
     lead = torch.full((8,), 0.01, dtype=torch.float64)  # on 8 search noises, gits's loss is 0.01 above ays's
     screening = Screening({"ays": sigmas["ays"]}, "ays", lead, {"gits": 0.2, "ays": 0.1})
-    unaffordable = SimpleNamespace(cost=lambda schedule, count: 10**9, budget=SimpleNamespace(remaining=0))
+    unaffordable = SimpleNamespace(cost=lambda schedule, count: 10**9, remaining=0)
 
     def race_on(gits_losses, ays_losses):
         race = PairedRace(

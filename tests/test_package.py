@@ -65,3 +65,11 @@ def test_the_package_itself_never_imports_its_test_support():
         name = _module_name(path)
         if name.split(".")[0] != "testing":
             assert not {t for t in _imports(path) if t.split(".")[0] == "testing"}, name
+
+
+def test_the_literal_names_of_the_api_are_the_names_the_code_accepts():
+    from typing import get_args
+
+    from diffusers_gits.solvers import SOLVERS, SolverName
+
+    assert set(get_args(SolverName)) == set(SOLVERS)

@@ -59,9 +59,20 @@ def create(num_inference_steps, **overrides) -> CalibrationSettings:
     from diffusers_gits.calibration import calibrate
 
     public = inspect.signature(calibrate).parameters
-    names = list(inspect.signature(CalibrationSettings.create).parameters)[1:]  # after num_inference_steps
-    defaults = {name: public[name].default for name in names if name != "pipe_kwargs"}
-    return CalibrationSettings.create(num_inference_steps, **{**defaults, "pipe_kwargs": {}, **overrides})
+    defaults = {name: public[name].default for name in CalibrationSettings.option_names()}
+    pipe_kwargs = overrides.pop("pipe_kwargs", {})
+    return CalibrationSettings.create(num_inference_steps, pipe_kwargs, **{**defaults, **overrides})
+
+
+def test_every_setting_is_an_option_of_calibrate_and_nothing_else_is_taken():
+    from diffusers_gits.calibration import calibrate
+
+    public = inspect.signature(calibrate).parameters
+    assert set(CalibrationSettings.option_names()) <= set(public)
+    assert {"steps", "pipe_kwargs"}.isdisjoint(CalibrationSettings.option_names())
+    options = {name: public[name].default for name in CalibrationSettings.option_names() if name != "seed"}
+    with pytest.raises(TypeError, match=r"missing \['seed'\], unknown \['sede'\]"):
+        CalibrationSettings.create(4, {}, **options, sede=1)
 
 
 def test_defaults_fill_in_from_the_budget():

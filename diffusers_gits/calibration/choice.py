@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .execution import CallBudget, Executor
+from .execution import Executor
 from .recorder import PipelineRunner
 from .selection import PairedRace
 
@@ -37,18 +37,18 @@ class HeldOutScorer:
     schedules sampled through the pipeline with the target solver: each sample's mean squared error to its reference.
 
     Squared error, not per-sample RMSE: the mean of these losses is the square of the pooled RMSE, to which the few
-    noises that a schedule sends to another mode contribute as users see them. Ranked by per-sample RMSE (as an earlier
-    version did), the race on the exact digits KDE chose log-SNR spacing where it was 1.33x the searched schedule's
-    pooled error. Per-sample RMSE is the square root of each loss.
+    noises that a schedule sends to another mode contribute as users see them; ranked by per-sample RMSE, the typical
+    noise would outvote those few (on the exact digits KDE by enough to prefer a schedule with a third more pooled
+    error). Per-sample RMSE is the square root of each loss.
 
     Args:
-        executor: runs the pipeline calls.
+        executor: runs the pipeline calls and counts them against its budget (references as `"teacher"`, samples as
+            `"selection"`).
         runner: the pipeline, its prompts and seeds.
         family: the model family (schedulers of the right class).
         solver: the solver every schedule is sampled with.
         reference_scheduler: the teacher on the fine grid.
         pool: the noise indices available, used in order.
-        budget: charged `"teacher"` for references and `"selection"` for samples.
         references: the pool's teacher samples where they are already solved (the search noises): then the whole
             pool is in use from the start.
     """
@@ -61,7 +61,6 @@ class HeldOutScorer:
         solver: str,
         reference_scheduler,
         pool: list[int],
-        budget: CallBudget,
         references: torch.Tensor | None = None,
     ):
         self.executor = executor
@@ -70,10 +69,14 @@ class HeldOutScorer:
         self.solver = solver
         self.reference_scheduler = reference_scheduler
         self.pool = pool
-        self.budget = budget
         self.used: list[int] = list(pool) if references is not None else []
         self.references: list[torch.Tensor] = [references] if references is not None else []
         self._losses: dict[bytes, torch.Tensor] = {}
+
+    @property
+    def remaining(self) -> int:
+        """Model calls the budget still allows."""
+        return self.executor.budget.remaining
 
     @property
     def fine_steps(self) -> int:
@@ -86,7 +89,7 @@ class HeldOutScorer:
         `add_noises` more from the pool (fewer at its end) and solving their references. Everything not sampled yet
         runs in one `Executor.map` call."""
         new = self.pool[len(self.used) : len(self.used) + add_noises]
-        jobs = self.runner.final_state_jobs("reference", self.reference_scheduler, new) if new else []
+        jobs = self.runner.final_state_jobs("reference", self.reference_scheduler, new, "teacher") if new else []
         num_reference_jobs = len(jobs)
         used = self.used + new
         upto = len(used) if upto is None else upto
@@ -99,16 +102,14 @@ class HeldOutScorer:
                 scheduler = self.family.scheduler(self.solver, {len(sigmas) - 1: sigmas})
                 name = f"{self.solver}/{hashlib.sha256(key).hexdigest()[:16]}"
                 pending[key] = (sigmas, noises, len(jobs))
-                jobs += self.runner.final_state_jobs(name, scheduler, noises)
+                jobs += self.runner.final_state_jobs(name, scheduler, noises, "selection")
         results = self.executor.map(stage, jobs)
         if new:
             self.references.append(torch.cat(results[:num_reference_jobs]))
-            self.budget.spend("teacher", len(new) * self.fine_steps)
             self.used = used
         reference = torch.cat(self.references) if self.references else None
         for key, (sigmas, noises, start) in pending.items():
             finals = torch.cat(results[start : start + len(self.runner.batches(noises))])
-            self.budget.spend("selection", self.cost(sigmas, len(noises)))
             done = self._losses.get(key, torch.zeros(0, dtype=torch.float64))
             target = reference[len(done) : len(done) + len(noises)]
             errors = (finals.double() - target.double()).flatten(1).pow(2).mean(1)
@@ -181,7 +182,7 @@ def run_race(
     races, entrants = {}, {}
     # Each look tests again: the confidence is split over the most rounds the budget and the pool could pay for.
     cheapest_round = RACE_ROUND * (scorer.fine_steps + min(steps))
-    looks = max(1, min(math.ceil(len(scorer.pool) / RACE_ROUND), scorer.budget.remaining // cheapest_round))
+    looks = max(1, min(math.ceil(len(scorer.pool) / RACE_ROUND), scorer.remaining // cheapest_round))
     for k in steps:
         entrants[k] = {**candidates[k], **{name: s for name, s in baselines[k].items() if name not in candidates[k]}}
         races[k] = PairedRace(
@@ -198,7 +199,7 @@ def run_race(
         round_cost = count * scorer.fine_steps + sum(
             scorer.cost(entrants[k][name], count) for k in open_races for name in races[k].alive
         )
-        if round_cost > scorer.budget.remaining:
+        if round_cost > scorer.remaining:
             break
         requests = [(k, name) for k in open_races for name in races[k].alive]
         losses = scorer.score([entrants[k][name] for k, name in requests], "held-out race", add_noises=count)
@@ -247,7 +248,7 @@ def decide(
         **screened_errors,
         "searched_sigmas": {name: [float(s) for s in sigmas] for name, sigmas in searched.items()},
     }
-    if scorer.cost(default, race.num_noises) <= scorer.budget.remaining:
+    if scorer.cost(default, race.num_noises) <= scorer.remaining:
         (losses,) = scorer.score([default], "held-out race", upto=race.num_noises)
         entry["default_error"] = float(losses.mean()) ** 0.5
     noises = f"{race.num_noises} held-out noises"
@@ -336,7 +337,7 @@ def refine_schedule(
                     lower = trial_t[i + 1] + delta / 2 if i + 1 < len(trial_t) else family.lowest
                     if lower < trial_t[i] < trial_t[i - 1] - delta / 2:
                         moves.append((trial_t, np.append(family.from_coordinate(trial_t), 0.0)))
-                if sum(scorer.cost(trial, count) for _, trial in moves) > scorer.budget.remaining:
+                if sum(scorer.cost(trial, count) for _, trial in moves) > scorer.remaining:
                     return _refined(best, best_losses, entry, sigmas)
                 losses = scorer.score([trial for _, trial in moves], "refinement")
                 trials = [(trial_t, trial, loss) for (trial_t, trial), loss in zip(moves, losses)]

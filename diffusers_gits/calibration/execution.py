@@ -8,6 +8,7 @@ not depend on the process count. A job whose result a checkpoint holds is not ru
 calibration replays its decisions on the stored results and continues where it stopped.
 """
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,15 +29,17 @@ class Job:
     Attributes:
         key: names the job within its calibration (the same in every run with the same settings): the checkpoint
             stores its result under it.
-        calls: the model calls it makes (samples x steps): progress and load balancing.
+        calls: the model calls it makes (samples x steps): the budget, progress and load balancing.
         samples: the warm-up noises it runs.
         run: makes the call and returns a picklable result (CPU tensors).
+        spend_as: the budget stage its calls are charged to; `None` for the stage of the `Executor.map` call.
     """
 
     key: str
     calls: int
     samples: int
     run: Callable[[], Any]
+    spend_as: str | None = None
 
 
 class CallBudget:
@@ -86,6 +89,8 @@ class Executor:
         state: accelerate's `PartialState` (one process when not launched with `accelerate launch` / `torchrun`).
         checkpoint: where finished jobs are stored and looked up; `None` to keep nothing.
         progress: the bar to advance; `None` for none.
+        budget: where every job's model calls are counted (the one count; on every process alike, so that all of
+            them take the same budget decisions); unlimited when `None`.
     """
 
     def __init__(
@@ -93,10 +98,12 @@ class Executor:
         state: PartialState,
         checkpoint: CalibrationCheckpoint | None = None,
         progress: Progress | None = None,
+        budget: CallBudget | None = None,
     ):
         self.state = state
         self.checkpoint = checkpoint
         self.progress = progress
+        self.budget = budget if budget is not None else CallBudget(sys.maxsize)
         self.stored: dict[str, Any] = {}
         if checkpoint is not None:
             # The main process reads the checkpoint and hands its results to every process: they must agree on which
@@ -117,7 +124,8 @@ class Executor:
         return self.state.num_processes
 
     def map(self, stage: str, jobs: Sequence[Job]) -> list[Any]:
-        """Every job's result, in order, on every process; jobs a checkpoint holds are not run again."""
+        """Every job's result, in order, on every process; jobs a checkpoint holds are not run again (their calls
+        are counted all the same: the budget is the calibration's, whichever run made them)."""
         if len({job.key for job in jobs}) != len(jobs):
             raise ValueError(f"job keys repeat within one map call of stage {stage!r}")
         results = {i: self.stored[job.key] for i, job in enumerate(jobs) if job.key in self.stored}
@@ -141,6 +149,8 @@ class Executor:
         return [results[i] for i in range(len(jobs))]
 
     def _advance(self, stage: str, job: Job) -> None:
+        """Count a finished job (run here, on another process, or stored by the checkpoint)."""
+        self.budget.spend(job.spend_as or stage, job.calls)
         if self.progress is not None:  # enabled on the main process only
             self.progress.update(stage, job.calls, job.samples)
 

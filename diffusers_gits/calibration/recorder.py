@@ -201,16 +201,24 @@ class PipelineRunner:
         """`indices` cut into pipeline calls of `batch_size` (the same cut whatever the number of processes)."""
         return [list(indices[k : k + self.batch_size]) for k in range(0, len(indices), self.batch_size)]
 
-    def final_state_jobs(self, name: str, scheduler: _GITSSchedulerBase, indices: Sequence[int]) -> list[Job]:
+    def final_state_jobs(
+        self, name: str, scheduler: _GITSSchedulerBase, indices: Sequence[int], spend_as: str | None = None
+    ) -> list[Job]:
         """Jobs that sample `indices` with `scheduler`'s only schedule, each returning its batch's final states;
-        `name` must tell apart every schedule a calibration samples (it keys the checkpoint)."""
+        `name` must tell apart every schedule a calibration samples (it keys the checkpoint); `spend_as` as `Job`'s."""
         (num_steps,) = scheduler.calibrated_steps
 
         def final(batch: list[int]) -> torch.Tensor:
             return self.run(scheduler, batch, num_steps, keep_path=False).states[-1]
 
         return [
-            Job(f"{name}/{batch_key(batch)}", len(batch) * num_steps, len(batch), functools.partial(final, batch))
+            Job(
+                f"{name}/{batch_key(batch)}",
+                len(batch) * num_steps,
+                len(batch),
+                functools.partial(final, batch),
+                spend_as,
+            )
             for batch in self.batches(indices)
         ]
 

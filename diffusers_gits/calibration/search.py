@@ -6,7 +6,7 @@ batch at a time (`update`), so memory does not grow with the number of trajector
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from ..solvers import SolverHistory, get_solver
 
 
 Metric = Literal["l2", "l1", "dev"]
-METRICS = ("l2", "l1", "dev")
+METRICS = get_args(Metric)
 
 
 def uniform_timestep_grid(noise: VPNoiseSchedule, grid_size: int = 61) -> np.ndarray:
@@ -262,12 +262,10 @@ class StudentPathResult:
         schedules: `{N: [0, i_1, ..., P - 1]}` grid indices of the best N-jump path for every N requested.
         errors: `{N: mean squared error}` of that path's final samples to the targets' last state, per element
             (pooled over the batch and every pixel), on the batch it was searched on.
-        model_calls: model evaluations made, in samples (nodes evaluated x batch size).
     """
 
     schedules: dict[int, list[int]]
     errors: dict[int, float]
-    model_calls: int
 
 
 def student_path_dp(
@@ -316,11 +314,9 @@ def student_path_dp(
     layer = {0: (targets[0], SolverHistory())}
     pointers: list[dict[int, int]] = [{}]
     errors: dict[int, float] = {}
-    model_calls = 0
     for k in range(num_steps[-1]):
         nodes = sorted(node for node in layer if node != last)
         denoised = evaluate(nodes, [layer[node][0] for node in nodes])
-        model_calls += len(nodes) * targets.shape[1]
         best: dict[int, tuple[float, int, torch.Tensor, SolverHistory]] = {}
         for node, d in zip(nodes, denoised):
             x, history = layer[node]
@@ -342,4 +338,4 @@ def student_path_dp(
             j = pointers[k][j]
             nodes_back.append(j)
         schedules[n] = nodes_back[::-1]
-    return StudentPathResult(schedules=schedules, errors=errors, model_calls=model_calls)
+    return StudentPathResult(schedules=schedules, errors=errors)

@@ -2,18 +2,21 @@
 checkpoint's, the metadata's and the model card's fields."""
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from types import SimpleNamespace
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 from ..schedules import check_step_count
-from ..solvers import SOLVERS
-from .search import METRICS
+from ..solvers import SOLVERS, SolverName
+from .search import METRICS, Metric
 
 
-TEACHERS = ("dpmpp_2m", "ipndm")
-JUMP_COSTS = ("student", "euler", "solver")
+TeacherName = Literal["dpmpp_2m", "ipndm"]
+TEACHERS = get_args(TeacherName)
+JumpCost = Literal["student", "euler", "solver"]
+JUMP_COSTS = get_args(JumpCost)
 #: Keys of the pipeline call that calibration sets itself.
 RESERVED_KWARGS = (
     "prompt",
@@ -55,112 +58,115 @@ class CalibrationSettings:
     prompts: tuple[str, ...]
     num_warmup: int
     batch_size: int
-    solver: str
-    teacher: str
+    solver: SolverName
+    teacher: TeacherName
     grid_size: int
-    jump_cost: str
+    jump_cost: JumpCost
     num_search: int
     num_holdout: int
     budget: float
     confidence: float
     require_confidence: bool
-    metric: str
+    metric: Metric
     coeff: float | str | None
     refine: bool
     seed: int
     pipe_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """The options `calibrate` takes by keyword that these settings hold: every field but `steps` and
+        `pipe_kwargs`. `calibrate`'s signature declares them with their defaults; nothing else lists them."""
+        return tuple(f.name for f in fields(cls) if f.name not in ("steps", "pipe_kwargs"))
+
+    @classmethod
     def create(
-        cls,
-        num_inference_steps: int | Sequence[int],
-        *,
-        prompts: Sequence[str] | None,
-        num_warmup: int,
-        batch_size: int,
-        solver: str | None,
-        teacher: str,
-        grid_size: int,
-        jump_cost: str,
-        num_search: int | None,
-        budget: float,
-        confidence: float,
-        require_confidence: bool,
-        metric: str,
-        coeff: float | str | None,
-        refine: bool,
-        num_holdout: int | None,
-        seed: int,
-        pipe_kwargs: dict[str, Any],
+        cls, num_inference_steps: int | Sequence[int], pipe_kwargs: dict[str, Any] | None = None, **options: Any
     ) -> "CalibrationSettings":
         """Validate the calibration options and fill in the defaults that depend on the others (`num_search`,
-        `num_holdout`, `coeff`); the other defaults are `calibrate`'s, the public signature.
+        `num_holdout`, `coeff`, `solver`).
+
+        Args:
+            num_inference_steps: as `calibrate`'s.
+            pipe_kwargs: the keyword arguments passed to every pipeline call.
+            **options: each of `option_names()`, meaning what `calibrate`'s argument of the name means.
 
         Raises:
+            TypeError: an option missing or unknown.
             ValueError: naming the bad value and what is allowed.
         """
-        pipe_kwargs = dict(pipe_kwargs)
-        steps = _check_steps(num_inference_steps, grid_size)
-        solver = DEFAULT_SOLVER if solver is None else solver  # `calibrate` picks UniPC for Wan-style pipelines
-        if solver not in SOLVERS:
-            raise ValueError(f"solver {solver!r} is not supported; choose one of {sorted(SOLVERS)}")
-        if teacher not in TEACHERS:
-            raise ValueError(f"teacher {teacher!r} is not supported; choose one of {TEACHERS}")
-        if jump_cost not in JUMP_COSTS:
-            raise ValueError(f"jump_cost {jump_cost!r} is not supported; choose one of {JUMP_COSTS}")
-        if metric not in METRICS:
-            raise ValueError(f"metric {metric!r} is not supported; choose one of {METRICS}")
-        if metric != "l2" and jump_cost != "euler":
-            raise ValueError(f"metric={metric!r} needs jump_cost='euler'; jump_cost={jump_cost!r} measures l2 only")
-        if jump_cost == "student":
-            if coeff is not None:
+        names = set(cls.option_names())
+        if set(options) != names:
+            raise TypeError(
+                f"calibration options: missing {sorted(names - set(options))}, unknown {sorted(set(options) - names)}"
+            )
+        o = SimpleNamespace(**options)
+        pipe_kwargs = dict(pipe_kwargs or {})
+        steps = _check_steps(num_inference_steps, o.grid_size)
+        o.solver = DEFAULT_SOLVER if o.solver is None else o.solver  # `calibrate` picks UniPC for Wan-style pipelines
+        if o.solver not in SOLVERS:
+            raise ValueError(f"solver {o.solver!r} is not supported; choose one of {sorted(SOLVERS)}")
+        if o.teacher not in TEACHERS:
+            raise ValueError(f"teacher {o.teacher!r} is not supported; choose one of {TEACHERS}")
+        if o.jump_cost not in JUMP_COSTS:
+            raise ValueError(f"jump_cost {o.jump_cost!r} is not supported; choose one of {JUMP_COSTS}")
+        if o.metric not in METRICS:
+            raise ValueError(f"metric {o.metric!r} is not supported; choose one of {METRICS}")
+        if o.metric != "l2" and o.jump_cost != "euler":
+            raise ValueError(
+                f"metric={o.metric!r} needs jump_cost='euler'; jump_cost={o.jump_cost!r} measures l2 only"
+            )
+        if o.jump_cost == "student":
+            if o.coeff is not None:
                 raise ValueError(
-                    f"coeff={coeff!r} weights teacher-priced jumps; pass jump_cost='euler' or 'solver' to use it "
+                    f"coeff={o.coeff!r} weights teacher-priced jumps; pass jump_cost='euler' or 'solver' to use it "
                     "(jump_cost='student' measures the final error itself)"
                 )
-        elif coeff is None:
-            coeff = "auto"
-        elif coeff != "auto" and (isinstance(coeff, (str, bool)) or not coeff > 0):
-            raise ValueError(f"coeff must be a positive number or 'auto', got {coeff!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 1 <= num_warmup <= MAX_WARMUP:
-            raise ValueError(f"num_warmup must be in 1..{MAX_WARMUP:,}, got {num_warmup}")
-        if not 0 < confidence < 1:
-            raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-        if num_search is None:
-            if jump_cost == "student":
+        elif o.coeff is None:
+            o.coeff = "auto"
+        elif o.coeff != "auto" and (isinstance(o.coeff, (str, bool)) or not o.coeff > 0):
+            raise ValueError(f"coeff must be a positive number or 'auto', got {o.coeff!r}")
+        if o.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {o.batch_size}")
+        if not 1 <= o.num_warmup <= MAX_WARMUP:
+            raise ValueError(f"num_warmup must be in 1..{MAX_WARMUP:,}, got {o.num_warmup}")
+        if not 0 < o.confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {o.confidence}")
+        if o.num_search is None:
+            if o.jump_cost == "student":
                 # The search costs about max(steps) x grid_size calls per noise: give it half the budget, so that the
                 # race keeps the other half, and never more noises than 32 or half the warm-ups.
-                per_noise = 2 * grid_size + student_search_calls(steps, grid_size, 1)
-                num_search = max(1, min(32, num_warmup // 2, int(budget * num_warmup * grid_size / 2 / per_noise)))
-            elif num_holdout is not None:
-                num_search = num_warmup - num_holdout
+                per_noise = 2 * o.grid_size + student_search_calls(steps, o.grid_size, 1)
+                affordable = int(o.budget * o.num_warmup * o.grid_size / 2 / per_noise)
+                o.num_search = max(1, min(32, o.num_warmup // 2, affordable))
+            elif o.num_holdout is not None:
+                o.num_search = o.num_warmup - o.num_holdout
             else:
-                num_search = max(1, num_warmup * 3 // 4)
-        if not 1 <= num_search <= num_warmup:
-            raise ValueError(f"num_search must be in 1..{num_warmup} (num_warmup), got {num_search}")
-        if num_holdout is None:
-            num_holdout = num_warmup - num_search
-        if not 0 <= num_holdout <= num_warmup - num_search:
+                o.num_search = max(1, o.num_warmup * 3 // 4)
+        if not 1 <= o.num_search <= o.num_warmup:
+            raise ValueError(f"num_search must be in 1..{o.num_warmup} (num_warmup), got {o.num_search}")
+        if o.num_holdout is None:
+            o.num_holdout = o.num_warmup - o.num_search
+        if not 0 <= o.num_holdout <= o.num_warmup - o.num_search:
             raise ValueError(
-                f"num_holdout must be in 0..{num_warmup - num_search} (num_warmup - num_search), got {num_holdout}"
+                f"num_holdout must be in 0..{o.num_warmup - o.num_search} (num_warmup - num_search), "
+                f"got {o.num_holdout}"
             )
-        if num_holdout == 0 and (refine or coeff == "auto"):
+        if o.num_holdout == 0 and (o.refine or o.coeff == "auto"):
             raise ValueError(
                 "refine=True and coeff='auto' choose on held-out noises; leave num_holdout > 0 (num_search < num_warmup)"
             )
-        if not budget > 0:
-            raise ValueError(f"budget must be > 0, got {budget}")
-        limit = int(budget * num_warmup * grid_size)
-        needed = num_search * (2 * grid_size if jump_cost == "student" else grid_size)
-        if jump_cost == "student":
-            needed += student_search_calls(steps, grid_size, num_search)
+        if not o.budget > 0:
+            raise ValueError(f"budget must be > 0, got {o.budget}")
+        limit = int(o.budget * o.num_warmup * o.grid_size)
+        needed = o.num_search * (2 * o.grid_size if o.jump_cost == "student" else o.grid_size)
+        if o.jump_cost == "student":
+            needed += student_search_calls(steps, o.grid_size, o.num_search)
         if needed > limit:
             raise ValueError(
-                f"budget={budget} allows {limit} model calls ({budget} x num_warmup {num_warmup} x grid_size {grid_size}), "
-                f"but the teacher and search alone need {needed}; raise budget or num_warmup, or lower num_search or "
-                "the largest step count"
+                f"budget={o.budget} allows {limit} model calls ({o.budget} x num_warmup {o.num_warmup} x grid_size "
+                f"{o.grid_size}), but the teacher and search alone need {needed}; raise budget or num_warmup, or lower "
+                "num_search or the largest step count"
             )
         reserved = sorted(set(pipe_kwargs) & set(RESERVED_KWARGS))
         if reserved:
@@ -173,26 +179,12 @@ class CalibrationSettings:
                 "prompt_embeds must hold one prompt (batch 1; the warm-up noises are its images), "
                 f"got batch {len(embeds)}"
             )
-        return cls(
-            steps=tuple(steps),
-            prompts=tuple(prompts or ()),
-            num_warmup=int(num_warmup),
-            batch_size=int(batch_size),
-            solver=solver,
-            teacher=teacher,
-            grid_size=int(grid_size),
-            jump_cost=jump_cost,
-            num_search=int(num_search),
-            num_holdout=int(num_holdout),
-            budget=float(budget),
-            confidence=float(confidence),
-            require_confidence=bool(require_confidence),
-            metric=metric,
-            coeff=coeff if coeff in (None, "auto") else float(coeff),
-            refine=bool(refine),
-            seed=int(seed),
-            pipe_kwargs=pipe_kwargs,
-        )
+        o.prompts = tuple(o.prompts or ())
+        o.coeff = o.coeff if o.coeff in (None, "auto") else float(o.coeff)
+        for f in fields(cls):  # plain Python values of the declared types (numpy ints, 0/1 flags, ...)
+            if f.type in (int, float, bool):
+                setattr(o, f.name, f.type(getattr(o, f.name)))
+        return cls(steps=tuple(steps), pipe_kwargs=pipe_kwargs, **vars(o))
 
     @property
     def call_limit(self) -> int:

@@ -30,13 +30,14 @@ from ..scheduling_gits import GITSScheduler
 from ..scheduling_gits_common import register_calibration, scheduler_from_config
 from ..scheduling_gits_flow_match import GITSFlowMatchScheduler
 from ..serialization import fetch_calibration_record, fetch_schedule_config
+from ..solvers import SolverName
 from .checkpoint import CalibrationCheckpoint
 from .choice import SCREENED_BASELINES, HeldOutScorer, coeff_of, decide, refine_schedule, run_race, screened
 from .execution import CallBudget, Executor, Job, Progress, broadcast, process_state
 from .families import ModelFamily
 from .recorder import PipelineRunner, batch_key, check_pipeline_family, probe_family
-from .search import JumpCostAccumulator, SolverJumpCostAccumulator, dp_schedules, student_path_dp
-from .settings import DEFAULT_SOLVER, CalibrationSettings
+from .search import JumpCostAccumulator, Metric, SolverJumpCostAccumulator, dp_schedules, student_path_dp
+from .settings import DEFAULT_SOLVER, CalibrationSettings, JumpCost, TeacherName
 
 
 logger = logging.getLogger(__name__)
@@ -51,15 +52,15 @@ def calibrate(
     prompts: Sequence[str] | None = None,
     num_warmup: int = 256,
     batch_size: int = 16,
-    solver: str | None = None,
-    teacher: str = "ipndm",
+    solver: SolverName | None = None,
+    teacher: TeacherName = "ipndm",
     grid_size: int = 61,
-    jump_cost: str = "student",
+    jump_cost: JumpCost = "student",
     num_search: int | None = None,
     budget: float = 2.0,
     confidence: float = 0.95,
     require_confidence: bool = False,
-    metric: str = "l2",
+    metric: Metric = "l2",
     coeff: float | str | None = None,
     refine: bool = False,
     num_holdout: int | None = None,
@@ -155,16 +156,13 @@ def calibrate(
         step count, a calibration summary in its config and the full record (settings, model calls, timings,
         trajectory regularity, report) in `calibration_record`.
     """
+    arguments = dict(locals())  # the signature above is the one declaration of the options and their defaults
     if solver is None:
         shipped = getattr(pipe, "scheduler", None)
         flow_unipc = type(shipped).__name__ == "UniPCMultistepScheduler" and shipped.config.get("use_flow_sigmas")
-        solver = "unipc" if flow_unipc else DEFAULT_SOLVER
-    settings = CalibrationSettings.create(
-        num_inference_steps, prompts=prompts, num_warmup=num_warmup, batch_size=batch_size, solver=solver,
-        teacher=teacher, grid_size=grid_size, jump_cost=jump_cost, num_search=num_search, budget=budget,
-        confidence=confidence, require_confidence=require_confidence, metric=metric, coeff=coeff, refine=refine,
-        num_holdout=num_holdout, seed=seed, pipe_kwargs=pipe_kwargs,
-    )  # fmt: skip
+        arguments["solver"] = solver = "unipc" if flow_unipc else DEFAULT_SOLVER
+    options = {name: arguments[name] for name in CalibrationSettings.option_names()}
+    settings = CalibrationSettings.create(num_inference_steps, pipe_kwargs, **options)
     base_config = check_pipeline_family(pipe)
     if push and not hub_repo:
         raise ValueError("push=True needs hub_repo= (the Hub model repo to publish to)")
@@ -194,7 +192,7 @@ def calibrate(
         checkpoint = CalibrationCheckpoint(checkpoint_dir, identity, resume)
     bar = Progress(settings.call_limit, enabled=progress and state.is_main_process)
     try:
-        executor = Executor(state, checkpoint, bar)
+        executor = Executor(state, checkpoint, bar, CallBudget(settings.call_limit))
         schedules, metadata = _run_stages(executor, runner, family, settings)
     finally:
         bar.close()
@@ -254,7 +252,7 @@ def _run_stages(
 ) -> tuple[dict[int, np.ndarray], dict]:
     """Teacher, search and choice; returns the schedules and the calibration metadata."""
     steps, grid_size, solver = settings.steps, settings.grid_size, settings.solver
-    budget = CallBudget(settings.call_limit)
+    budget = executor.budget
     timings = {}
     tic = time.perf_counter()
     grid = family.grid(grid_size)
@@ -265,11 +263,9 @@ def _run_stages(
         targets, grid_denoised, regularity = teacher_targets(
             executor, runner, reference_scheduler, on_grid, search_indices
         )
-        budget.spend("teacher", len(search_indices) * (len(fine) - 1))
         timings["teacher_s"] = time.perf_counter() - tic
         tic = time.perf_counter()
-        candidates, calls = student_candidates(executor, runner, family, grid, targets, grid_denoised, steps, solver)
-        budget.spend("search", calls)
+        candidates = student_candidates(executor, runner, family, grid, targets, grid_denoised, steps, solver)
         rotation = frame_rotation(targets, grid_denoised)
         zero_call = {k: {"tors": equal_rotation_sigmas(rotation, k, family, grid)} for k in steps}
     else:
@@ -279,7 +275,6 @@ def _run_stages(
             accumulator = SolverJumpCostAccumulator(grid, solver, family.scheduler_class.path)
         teacher_scheduler = family.scheduler(settings.teacher, {grid_size: grid})
         regularity = teacher_jump_costs(executor, runner, teacher_scheduler, accumulator, search_indices)
-        budget.spend("teacher", len(search_indices) * grid_size)
         timings["teacher_s"] = time.perf_counter() - tic
         tic = time.perf_counter()
         cost = accumulator.mean()
@@ -293,7 +288,7 @@ def _run_stages(
     schedules, report = {}, {}
     if settings.num_holdout:
         pool = list(range(settings.num_search, settings.num_search + settings.num_holdout))
-        scorer = HeldOutScorer(executor, runner, family, solver, reference_scheduler, pool, budget)
+        scorer = HeldOutScorer(executor, runner, family, solver, reference_scheduler, pool)
         # TORS (equal frame rotation on the teacher's trajectories) costs no model call: it races as a baseline.
         baselines = {k: {**family.baselines(k), **zero_call[k]} for k in steps}
         screenings = {}
@@ -301,9 +296,7 @@ def _run_stages(
             # The search noises already have the teacher's final samples: screening there costs the sampling only,
             # leaves the race (which pays for references too) two baselines to beat, not five, and shows where the
             # search lost even on the noises it was fitted to.
-            screen = HeldOutScorer(
-                executor, runner, family, solver, reference_scheduler, search_indices, budget, targets[-1]
-            )
+            screen = HeldOutScorer(executor, runner, family, solver, reference_scheduler, search_indices, targets[-1])
             screenings = screened(screen, candidates, baselines, SCREENED_BASELINES)
             baselines = {k: screenings[k].baselines for k in steps}
         races, entrants = run_race(scorer, candidates, baselines, steps, settings.confidence, screenings)
@@ -415,17 +408,16 @@ def teacher_jump_costs(executor: Executor, runner: PipelineRunner, teacher_sched
 
 def student_candidates(
     executor: Executor, runner: PipelineRunner, family: ModelFamily, grid, targets, grid_denoised, steps, solver
-) -> tuple[dict, int]:
-    """`{N: {"gits": sigmas}}` from `student_path_dp`, evaluating each layer's nodes through the pipeline, and the
-    model calls that took. `grid_denoised` are the teacher's denoised values at the grid's points: the first is
+) -> dict:
+    """`{N: {"gits": sigmas}}` from `student_path_dp`, evaluating each layer's nodes through the pipeline (the
+    executor counts the calls as `"search"`). `grid_denoised` are the teacher's denoised values at the grid's points: the first is
     where every path starts, so the search needs no call there."""
     first_denoised = grid_denoised[0]
     indices = list(range(targets.shape[1]))
-    calls = 0
     layers = 0
 
     def evaluate(nodes: list[int], states: list[torch.Tensor]) -> list[torch.Tensor]:
-        nonlocal calls, layers
+        nonlocal layers
         layers += 1
         if nodes == [0]:
             return [first_denoised]
@@ -449,11 +441,10 @@ def student_candidates(
             for batch in runner.batches(indices)
         ]
         results = executor.map("search", jobs)
-        calls += (len(nodes) + 1) * len(indices)
         return [torch.cat([result[n] for result in results]) for n in range(len(nodes))]
 
     result = student_path_dp(grid, targets, steps, solver, evaluate, family.scheduler_class.path)
-    return {k: {"gits": grid[result.schedules[k]]} for k in steps}, calls
+    return {k: {"gits": grid[result.schedules[k]]} for k in steps}
 
 
 def _model_name(pipe) -> str | None:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .calibration.execution import Executor, Job, Progress, process_state
-from .calibration.recorder import PipelineRunner, batch_key, check_pipeline_family, probe_family
+from .calibration.recorder import batch_key, open_pipeline
 from .geometry import convergence, deviation_profile, summarize
 from .schedules import check_step_count
 from .solvers import SolverName
@@ -38,9 +38,7 @@ def record_trajectories(
         raise ValueError(f"num_steps must be >= 2 for a trajectory with a middle, got {num_steps}")
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
-    base_config = check_pipeline_family(pipe)
-    runner = PipelineRunner(pipe, prompts, seed, batch_size, pipe_kwargs)
-    family, mu = probe_family(runner, base_config)
+    runner, family, mu = open_pipeline(pipe, prompts, seed, batch_size, pipe_kwargs)
     sigmas = family.grid(num_steps)
     scheduler = family.scheduler(solver, {num_steps: sigmas})
 

@@ -15,7 +15,7 @@ import torch
 
 from .calibration.choice import HeldOutScorer
 from .calibration.execution import Executor, process_state
-from .calibration.recorder import PipelineRunner, check_pipeline_family, probe_family
+from .calibration.recorder import open_pipeline
 from .calibration.selection import mean_interval, paired_difference
 from .calibration.settings import TeacherName
 from .calibration.stages import equal_rotation_sigmas, teacher_targets
@@ -114,9 +114,7 @@ def compare_schedules(
         raise ValueError(f"num_noises must be >= 2 for a confidence interval, got {num_noises}")
     if output_dir is not None and not plots_available():  # before the model calls, not after
         raise ImportError("output_dir= writes plots, which need matplotlib: pip install 'diffusers-gits[plots]'")
-    base_config = check_pipeline_family(pipe)
-    runner = PipelineRunner(pipe, prompts, seed, batch_size, pipe_kwargs)
-    family, mu = probe_family(runner, base_config, steps)
+    runner, family, mu = open_pipeline(pipe, prompts, seed, batch_size, pipe_kwargs, steps)
     resolved = resolve_schedules([name for name in schedules if name != "tors"], family, steps, mu, solver)
     fine, on_grid = family.fine_grid(grid_size)
     reference_scheduler = family.scheduler(teacher, {len(fine) - 1: fine})

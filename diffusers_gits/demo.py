@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .calibration.recorder import PipelineRunner, check_pipeline_family, probe_family
+from .calibration.recorder import open_pipeline
 from .compare import compare_schedules, resolve_schedules
 from .embedded import GUIDANCE_SCALE, load_embedded_pipeline
 from .evaluation import sliced_wasserstein
@@ -176,9 +176,7 @@ def _row_label(name: str, solver: str) -> str:
 
 def schedulers_to_compare(pipe, stock, gits, baselines, steps, solver, guidance) -> dict[str, object]:
     """`{row name: scheduler}`: the stock scheduler, each baseline as a GITS-family scheduler with that table, GITS."""
-    base_config = check_pipeline_family(pipe)
-    runner = PipelineRunner(pipe, ["a red circle"], 0, 1, {"guidance_scale": guidance})
-    family, mu = probe_family(runner, base_config, steps)
+    _, family, mu = open_pipeline(pipe, ["a red circle"], 0, 1, {"guidance_scale": guidance}, steps)
     resolved = resolve_schedules(list(baselines), family, steps, mu, solver)
     schedulers = {f"stock ({type(stock).__name__})": stock}
     schedulers.update({name: family.scheduler(solver, table) for name, table in resolved.items()})

@@ -30,6 +30,12 @@ def _check(states: torch.Tensor, denoised: torch.Tensor | None = None) -> None:
         )
 
 
+def perpendicular_part(offset: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """The part of `offset` (..., F) perpendicular to the unit vectors `direction` (broadcast): its deviation from
+    the line along `direction` through its origin."""
+    return offset - (offset * direction).sum(-1, keepdim=True) * direction
+
+
 def chord_deviations(states: torch.Tensor) -> torch.Tensor:
     """(T, B, F) vectors from each state to its nearest point on the line through the trajectory's start and end."""
     _check(states)
@@ -37,8 +43,7 @@ def chord_deviations(states: torch.Tensor) -> torch.Tensor:
     start, end = x[0], x[-1]
     direction = end - start
     direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-300)
-    offset = x - start
-    return offset - (offset * direction).sum(-1, keepdim=True) * direction
+    return perpendicular_part(x - start, direction)
 
 
 def deviation_profile(states: torch.Tensor) -> torch.Tensor:

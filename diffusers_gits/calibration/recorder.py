@@ -291,7 +291,7 @@ def probe_family(
     runner: "PipelineRunner", base_config: dict, steps: Sequence[int] = ()
 ) -> tuple[ModelFamily, float | None]:
     """The model family of a pipeline's (checked) scheduler config at the shift its calls sample with, and that
-    `mu` (`None` for VP models and static shifts): the one preamble of calibrate, compare, analyze and the demo.
+    `mu` (`None` for VP models and static shifts).
 
     `mu` is read at the largest of `steps` (1 without any); where the pipeline passes another `mu` at another of them
     (Flux.2 makes it depend on the step count), the family keeps each one (`flow_family`'s `mu_per_step`).
@@ -304,3 +304,20 @@ def probe_family(
     mus = {k: found for k, (found, _) in probed.items()}
     varies = mu is not None and any(abs(other - mu) > 1e-9 for other in mus.values())
     return model_family(base_config, mu, passes_sigmas, mus if varies else None), mu
+
+
+def open_pipeline(
+    pipe,
+    prompts: Sequence[str] | None,
+    seed: int,
+    batch_size: int,
+    pipe_kwargs: dict[str, Any],
+    steps: Sequence[int] = (),
+) -> tuple["PipelineRunner", ModelFamily, float | None]:
+    """The one preamble of calibrate, compare, analyze and the demo: the pipeline's scheduler checked
+    (`check_pipeline_family`), a runner on its seeded noises and prompts, and its family at the shift its calls
+    sample with (`probe_family`, at `steps`) and that `mu`. No denoiser call."""
+    base_config = check_pipeline_family(pipe)
+    runner = PipelineRunner(pipe, prompts, seed, batch_size, pipe_kwargs)
+    family, mu = probe_family(runner, base_config, steps)
+    return runner, family, mu

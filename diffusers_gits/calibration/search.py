@@ -11,6 +11,7 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
+from ..geometry import perpendicular_part
 from ..noise import SIGMA_PATH, OdePath, VPNoiseSchedule
 from ..solvers import SolverHistory, get_solver
 
@@ -77,9 +78,7 @@ class JumpCostAccumulator:
 
     @staticmethod
     def _chord_deviation(y: torch.Tensor, end: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-        offset = end - y
-        along = (offset * direction).sum(-1, keepdim=True)
-        return (offset - along * direction).norm(dim=-1)
+        return perpendicular_part(end - y, direction).norm(dim=-1)
 
     def update(self, states: torch.Tensor, denoised: torch.Tensor) -> None:
         """Add one batch of teacher trajectories.

@@ -35,7 +35,7 @@ from .checkpoint import CalibrationCheckpoint
 from .choice import SCREENED_BASELINES, HeldOutScorer, coeff_of, decide, refine_schedule, run_race, screened
 from .execution import CallBudget, Executor, Job, Progress, broadcast, process_state
 from .families import ModelFamily
-from .recorder import PipelineRunner, batch_key, check_pipeline_family, probe_family
+from .recorder import PipelineRunner, batch_key, open_pipeline
 from .search import JumpCostAccumulator, Metric, SolverJumpCostAccumulator, dp_schedules, student_path_dp
 from .settings import DEFAULT_SOLVER, CalibrationSettings, JumpCost, TeacherName
 
@@ -163,14 +163,12 @@ def calibrate(
         arguments["solver"] = solver = "unipc" if flow_unipc else DEFAULT_SOLVER
     options = {name: arguments[name] for name in CalibrationSettings.option_names()}
     settings = CalibrationSettings.create(num_inference_steps, pipe_kwargs, **options)
-    base_config = check_pipeline_family(pipe)
     if push and not hub_repo:
         raise ValueError("push=True needs hub_repo= (the Hub model repo to publish to)")
-    runner = PipelineRunner(pipe, settings.prompts, seed, batch_size, pipe_kwargs)
+    # A flow pipeline's shift depends on the resolution it computes inside __call__: it is read (no denoiser call)
+    # first, so that it keys the cache too.
+    runner, family, mu = open_pipeline(pipe, settings.prompts, seed, batch_size, pipe_kwargs, settings.steps)
     state = process_state(runner.device)
-    # A flow pipeline's shift depends on the resolution it computes inside __call__: read it (no denoiser call) first,
-    # so that it keys the cache too.
-    family, mu = probe_family(runner, base_config, settings.steps)
     shift = {"mu": mu, **({"mu_per_step": family.metadata["mu_per_step"]} if "mu_per_step" in family.metadata else {})}
     model = model_identity(pipe) if cache or hub_repo or checkpoint_dir else None
     key = calibration_key(model, {**settings.result_fields(), **shift}) if cache or hub_repo else None

@@ -388,3 +388,14 @@ def test_stable_diffusion_end_to_end(sd_pipe, tmp_path):
             assert out.shape == (1, 32, 32, 3) and np.isfinite(out).all()
     finally:
         sd_pipe.scheduler = original
+
+
+def test_refine_without_a_held_out_race_leaves_the_search_unchecked(mixture_problem):
+    """At a budget the search and screening exhaust, no race runs: refine has nothing to refine on."""
+    pipe, _ = mixture_problem
+    scheduler = GITSScheduler.from_calibration(
+        pipe, [4, 6], num_warmup=16, batch_size=8, refine=True, progress=False, cache=False
+    )
+    for k in ("4", "6"):
+        entry = scheduler.calibration_report[k]
+        assert entry["held_out_noises"] == 0 and "unchecked" in entry["summary"] and entry["chosen"] == "gits"

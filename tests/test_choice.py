@@ -101,7 +101,6 @@ def test_screening_keeps_the_best_baselines_and_names_a_challenger_that_beat_the
 
 
 def test_a_challenger_that_leads_is_returned_with_a_report_that_says_why():
-    from types import SimpleNamespace
 
     from diffusers_gits.calibration.choice import Screening, decide
     from diffusers_gits.calibration.selection import PairedRace
@@ -109,7 +108,6 @@ def test_a_challenger_that_leads_is_returned_with_a_report_that_says_why():
     sigmas = {"gits": np.array([10.0, 1.0, 0.0]), "ays": np.array([10.0, 2.0, 0.0])}
     lead = torch.full((8,), 0.01, dtype=torch.float64)  # on 8 search noises, gits's loss is 0.01 above ays's
     screening = Screening({"ays": sigmas["ays"]}, "ays", lead, {"gits": 0.2, "ays": 0.1})
-    unaffordable = SimpleNamespace(cost=lambda schedule, count: 10**9, remaining=0)
 
     def race_on(gits_losses, ays_losses):
         race = PairedRace(
@@ -117,7 +115,7 @@ def test_a_challenger_that_leads_is_returned_with_a_report_that_says_why():
         )
         if len(gits_losses):
             race.add({"gits": gits_losses, "ays": ays_losses})
-        return decide(race, sigmas, {"gits": sigmas["gits"]}, sigmas["ays"], unaffordable, False, screening)
+        return decide(race, sigmas, {"gits": sigmas["gits"]}, False, screening)
 
     chosen, entry = race_on(torch.zeros(0), torch.zeros(0))
     assert entry["chosen"] == "gits" and "unchecked" in entry["summary"]  # no held-out noise: the search stands
@@ -167,7 +165,7 @@ def test_an_unchecked_coeff_sweep_keeps_the_published_coeff_not_the_first_name()
 
     searched = {f"gits_coeff_{c:g}": np.array([14.6, c, 0.0]) for c in (0.8, 1.1, 1.2, 1.5)}
     race = PairedRace(list(searched) + ["karras"], {"karras"})  # no held-out noise was affordable
-    sigmas, entry = decide(race, {**searched, "karras": np.array([14.6, 1.0, 0.0])}, searched, None, None, False)
+    sigmas, entry = decide(race, {**searched, "karras": np.array([14.6, 1.0, 0.0])}, searched, False)
     assert entry["chosen"] == "gits_coeff_1.2" and entry["coeff"] == 1.2 and entry["confident"] is None
     assert "unchecked" in entry["summary"] and sigmas[1] == 1.2
 
@@ -182,8 +180,24 @@ def test_without_a_race_the_closest_baseline_comes_from_the_screening_and_says_s
         pooled_rmse={"gits": 0.3, "beta": 0.4, "uniform": 0.5, "tors": 0.45},
     )  # fmt: skip
     race = PairedRace(["gits", "beta"], {"beta"})  # no held-out noise was affordable
-    _, entry = decide(race, {**searched, "beta": np.array([1.0, 0.6, 0.0])}, searched, None, None, False, screening)
+    _, entry = decide(race, {**searched, "beta": np.array([1.0, 0.6, 0.0])}, searched, False, screening)
     assert entry["held_out_noises"] == 0 and "unchecked" in entry["summary"]
     assert entry["closest_baseline"] == {
         "name": "beta", "pooled_rmse": 0.4, "ratio": pytest.approx(0.75), "noises": None, "on": "search noises"
     }  # fmt: skip
+
+
+def test_the_default_is_scored_on_the_race_noises_only_where_the_budget_allows():
+    from types import SimpleNamespace
+
+    from diffusers_gits.calibration.choice import default_error
+
+    scored = []
+    scorer = SimpleNamespace(
+        cost=lambda schedule, count: count * (len(schedule) - 1),
+        remaining=12,
+        score=lambda schedules, stage, upto: scored.append(upto) or [torch.full((upto,), 0.25, dtype=torch.float64)],
+    )
+    default = np.array([10.0, 1.0, 0.0])
+    assert default_error(scorer, default, 6) == pytest.approx(0.5) and scored == [6]  # 12 calls: affordable
+    assert default_error(scorer, default, 7) is None and scored == [6]  # 14 calls: not scored at all

@@ -114,7 +114,8 @@ class HeldOutScorer:
             target = reference[len(done) : len(done) + len(noises)]
             errors = (finals.double() - target.double()).flatten(1).pow(2).mean(1)
             self._losses[key] = torch.cat([done, errors])
-        return [self._losses[_schedule_key(sigmas)][:upto] for sigmas in schedules]
+        empty = torch.zeros(0, dtype=torch.float64)  # no noise in use yet: nothing to score
+        return [self._losses.get(_schedule_key(sigmas), empty)[:upto] for sigmas in schedules]
 
     def samples(self, sigmas: np.ndarray, noises: list[int]) -> torch.Tensor:
         """Final samples of `sigmas` with the target solver from `noises`, through the pipeline (not scored)."""
@@ -212,14 +213,11 @@ def decide(
     race: PairedRace,
     entrants: dict,
     searched: dict,
-    default: np.ndarray,
-    scorer,
     require_confidence: bool,
     screening: Screening | None = None,
 ) -> tuple[np.ndarray, dict]:
-    """The race's choice and its report entry, with the error of the pipeline's own default schedule on the same
-    noises where the budget still allows scoring it. A race that got no noise (the budget ran out first) leaves the
-    searched schedule in place, unchecked."""
+    """The race's choice and its report entry (its `default_error` for the caller to fill in: `default_error`). A
+    race that got no noise (the budget ran out first) leaves the searched schedule in place, unchecked."""
     screened_errors = {"search_noise_pooled_rmse": screening.pooled_rmse} if screening else {}
     if race.num_noises == 0:
         # Unchecked, a coeff sweep falls back to the authors' published coeff (1.2), or the one nearest to it.
@@ -248,9 +246,6 @@ def decide(
         **screened_errors,
         "searched_sigmas": {name: [float(s) for s in sigmas] for name, sigmas in searched.items()},
     }
-    if scorer.cost(default, race.num_noises) <= scorer.remaining:
-        (losses,) = scorer.score([default], "held-out race", upto=race.num_noises)
-        entry["default_error"] = float(losses.mean()) ** 0.5
     noises = f"{race.num_noises} held-out noises"
     if confident:
         entry["summary"] = f"{chosen} beats every baseline with {race.confidence:.0%} confidence on {noises}"
@@ -273,6 +268,15 @@ def decide(
             how = f"did not beat it with confidence on {noises}"
         entry["summary"] = f"{chosen} is as good as this budget finds ({best_searched} {how})"
     return np.asarray(entrants[chosen], dtype=np.float64), entry
+
+
+def default_error(scorer: HeldOutScorer, default: np.ndarray, num_noises: int) -> float | None:
+    """Pooled RMSE of the pipeline's own default schedule on the race's first `num_noises` noises, where the budget
+    still allows scoring it (`None` otherwise)."""
+    if scorer.cost(default, num_noises) > scorer.remaining:
+        return None
+    (losses,) = scorer.score([default], "held-out race", upto=num_noises)
+    return float(losses.mean()) ** 0.5
 
 
 def closest_baseline(race: PairedRace, chosen: str) -> dict | None:
@@ -319,6 +323,8 @@ def refine_schedule(
     (up to `sweeps` times) while some point moved. Stops when the budget would be exceeded.
     """
     count = len(scorer.used)
+    if count < 2:  # no race ran (the budget ran out first): there are no held-out halves to refine on
+        return sigmas, entry
     best = np.asarray(sigmas, dtype=np.float64).copy()
     (best_losses,) = scorer.score([best], "refinement")
     half = count // 2

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,13 +27,23 @@ from .._version import __version__
 from ..cache import cache_load, cache_store, calibration_key, jsonable, model_identity
 from ..errors import ScheduleNotFoundError
 from ..geometry import aggregate, equal_rotation_positions, frame_rotation, per_trajectory
+from ..schedule_format import FORMAT_VERSION
 from ..scheduling_gits import GITSScheduler
 from ..scheduling_gits_common import register_calibration, scheduler_from_config
 from ..scheduling_gits_flow_match import GITSFlowMatchScheduler
 from ..serialization import fetch_calibration_record, fetch_schedule_config
 from ..solvers import SolverName
 from .checkpoint import CalibrationCheckpoint
-from .choice import SCREENED_BASELINES, HeldOutScorer, coeff_of, decide, refine_schedule, run_race, screened
+from .choice import (
+    SCREENED_BASELINES,
+    HeldOutScorer,
+    coeff_of,
+    decide,
+    default_error,
+    refine_schedule,
+    run_race,
+    screened,
+)
 from .execution import CallBudget, Executor, Job, Progress, broadcast, process_state
 from .families import ModelFamily
 from .recorder import PipelineRunner, batch_key, open_pipeline
@@ -245,17 +256,47 @@ def _lookup(
     return None
 
 
+@dataclass
+class _Searched:
+    """What the teacher and search stages leave the choice: the searched schedules per step count, the zero-call
+    candidates (TORS), the teacher's final samples on the search noises (student search only), and how regular the
+    teacher's trajectories are."""
+
+    candidates: dict[int, dict[str, np.ndarray]]
+    zero_call: dict[int, dict[str, np.ndarray]]
+    teacher_finals: torch.Tensor | None
+    regularity: dict
+
+
 def _run_stages(
     executor: Executor, runner: PipelineRunner, family: ModelFamily, settings: CalibrationSettings
 ) -> tuple[dict[int, np.ndarray], dict]:
     """Teacher, search and choice; returns the schedules and the calibration metadata."""
+    timings: dict[str, float] = {}
+    fine, on_grid = family.fine_grid(settings.grid_size)
+    reference_scheduler = family.scheduler(settings.teacher, {len(fine) - 1: fine})
+    searched = _teacher_and_search(executor, runner, family, settings, reference_scheduler, on_grid, timings)
+    tic = time.perf_counter()
+    schedules, report = _choose(executor, runner, family, settings, reference_scheduler, searched, timings, tic)
+    for k in settings.steps:
+        entry = report[str(k)]
+        logger.info("GITS %d steps: %s", k, entry.get("summary", entry["chosen"]))
+    return schedules, _metadata(runner.pipe, family, settings, executor.budget, timings, searched.regularity, report)
+
+
+def _teacher_and_search(
+    executor: Executor,
+    runner: PipelineRunner,
+    family: ModelFamily,
+    settings: CalibrationSettings,
+    reference_scheduler,
+    on_grid: np.ndarray,
+    timings: dict[str, float],
+) -> _Searched:
+    """The teacher on the search noises, then the search: the student path DP, or the teacher-priced DP per coeff."""
     steps, grid_size, solver = settings.steps, settings.grid_size, settings.solver
-    budget = executor.budget
-    timings = {}
     tic = time.perf_counter()
     grid = family.grid(grid_size)
-    fine, on_grid = family.fine_grid(grid_size)
-    reference_scheduler = family.scheduler(settings.teacher, {len(fine) - 1: fine})
     search_indices = list(range(settings.num_search))
     if settings.jump_cost == "student":
         targets, grid_denoised, regularity = teacher_targets(
@@ -266,6 +307,7 @@ def _run_stages(
         candidates = student_candidates(executor, runner, family, grid, targets, grid_denoised, steps, solver)
         rotation = frame_rotation(targets, grid_denoised)
         zero_call = {k: {"tors": equal_rotation_sigmas(rotation, k, family, grid)} for k in steps}
+        finals = targets[-1]
     else:
         if settings.jump_cost == "euler":
             accumulator = JumpCostAccumulator(grid, settings.metric)
@@ -280,50 +322,72 @@ def _run_stages(
         coeffs = AUTO_COEFFS if settings.coeff == "auto" else (float(settings.coeff),)
         dp = {c: dp_schedules(cost, steps, c) for c in coeffs}
         candidates = {k: {f"gits_coeff_{c:g}": grid[dp[c][k]] for c in coeffs} for k in steps}
+        finals = None
     timings["search_s"] = time.perf_counter() - tic
+    return _Searched(candidates, zero_call, finals, regularity)
 
-    tic = time.perf_counter()
+
+def _choose(
+    executor: Executor,
+    runner: PipelineRunner,
+    family: ModelFamily,
+    settings: CalibrationSettings,
+    reference_scheduler,
+    searched: _Searched,
+    timings: dict[str, float],
+    tic: float,
+) -> tuple[dict[int, np.ndarray], dict[str, dict]]:
+    """The choice per step count: screening on the search noises, the held-out race, the decision (with the pipeline
+    default's error on the race's noises), and refinement; without held-out noises the search's schedules as they
+    are."""
+    steps, solver, candidates = settings.steps, settings.solver, searched.candidates
     schedules, report = {}, {}
-    if settings.num_holdout:
-        pool = list(range(settings.num_search, settings.num_search + settings.num_holdout))
-        scorer = HeldOutScorer(executor, runner, family, solver, reference_scheduler, pool)
-        # TORS (equal frame rotation on the teacher's trajectories) costs no model call: it races as a baseline.
-        baselines = {k: {**family.baselines(k), **zero_call[k]} for k in steps}
-        screenings = {}
-        if settings.jump_cost == "student":
-            # The search noises already have the teacher's final samples: screening there costs the sampling only,
-            # leaves the race (which pays for references too) two baselines to beat, not five, and shows where the
-            # search lost even on the noises it was fitted to.
-            screen = HeldOutScorer(executor, runner, family, solver, reference_scheduler, search_indices, targets[-1])
-            screenings = screened(screen, candidates, baselines, SCREENED_BASELINES)
-            baselines = {k: screenings[k].baselines for k in steps}
-        races, entrants = run_race(scorer, candidates, baselines, steps, settings.confidence, screenings)
-        for k in steps:
-            schedules[k], report[str(k)] = decide(
-                races[k], entrants[k], candidates[k], family.default(k, solver), scorer, settings.require_confidence,
-                screenings.get(k),
-            )  # fmt: skip
-        timings["selection_s"] = time.perf_counter() - tic
-        if settings.refine:
-            tic = time.perf_counter()
-            for k in steps:
-                if k > 1:
-                    schedules[k], report[str(k)] = refine_schedule(
-                        scorer, schedules[k], report[str(k)], family, grid_size
-                    )
-            timings["refine_s"] = time.perf_counter() - tic
-    else:
+    if not settings.num_holdout:
         for k in steps:
             ((name, sigmas),) = candidates[k].items()
             schedules[k], report[str(k)] = sigmas, {"chosen": name, "coeff": coeff_of(name), "confident": None}
         timings["selection_s"] = time.perf_counter() - tic
-
+        return schedules, report
+    pool = list(range(settings.num_search, settings.num_search + settings.num_holdout))
+    scorer = HeldOutScorer(executor, runner, family, solver, reference_scheduler, pool)
+    # TORS (equal frame rotation on the teacher's trajectories) costs no model call: it races as a baseline.
+    baselines = {k: {**family.baselines(k), **searched.zero_call[k]} for k in steps}
+    screenings = {}
+    if searched.teacher_finals is not None:
+        # The search noises already have the teacher's final samples: screening there costs the sampling only,
+        # leaves the race (which pays for references too) two baselines to beat, not five, and shows where the
+        # search lost even on the noises it was fitted to.
+        search_indices = list(range(settings.num_search))
+        screen = HeldOutScorer(
+            executor, runner, family, solver, reference_scheduler, search_indices, searched.teacher_finals
+        )
+        screenings = screened(screen, candidates, baselines, SCREENED_BASELINES)
+        baselines = {k: screenings[k].baselines for k in steps}
+    races, entrants = run_race(scorer, candidates, baselines, steps, settings.confidence, screenings)
     for k in steps:
-        entry = report[str(k)]
-        logger.info("GITS %d steps: %s", k, entry.get("summary", entry["chosen"]))
-    pipe = runner.pipe
-    metadata = {
-        "format_version": 1,
+        schedules[k], report[str(k)] = decide(
+            races[k], entrants[k], candidates[k], settings.require_confidence, screenings.get(k)
+        )
+        if races[k].num_noises:
+            report[str(k)]["default_error"] = default_error(scorer, family.default(k, solver), races[k].num_noises)
+    timings["selection_s"] = time.perf_counter() - tic
+    if settings.refine:
+        tic = time.perf_counter()
+        for k in steps:
+            if k > 1:
+                schedules[k], report[str(k)] = refine_schedule(
+                    scorer, schedules[k], report[str(k)], family, settings.grid_size
+                )
+        timings["refine_s"] = time.perf_counter() - tic
+    return schedules, report
+
+
+def _metadata(
+    pipe, family: ModelFamily, settings: CalibrationSettings, budget, timings: dict, regularity: dict, report: dict
+) -> dict:
+    """The calibration record: who made it on what, with which settings, at what cost, and the report."""
+    return {
+        "format_version": FORMAT_VERSION,
         "package_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": _model_name(pipe),
@@ -332,12 +396,12 @@ def _run_stages(
         "family": family.metadata["family"],
         "mu": family.metadata.get("mu"),
         **({"mu_per_step": family.metadata["mu_per_step"]} if "mu_per_step" in family.metadata else {}),
-        "grid": {"type": family.metadata["grid_type"], "size": grid_size},
+        "grid": {"type": family.metadata["grid_type"], "size": settings.grid_size},
         "model_calls": {
             **budget.spent,
             "total": budget.total,
             "budget": budget.limit,
-            "teacher_equivalents": round(budget.total / (settings.num_warmup * grid_size), 3),
+            "teacher_equivalents": round(budget.total / (settings.num_warmup * settings.grid_size), 3),
         },
         "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
         # How regular the teacher's trajectories on the search noises are (no extra model calls): why one schedule
@@ -345,7 +409,6 @@ def _run_stages(
         "regularity": regularity,
         "report": report,
     }
-    return schedules, metadata
 
 
 def teacher_targets(

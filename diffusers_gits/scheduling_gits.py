@@ -29,11 +29,9 @@ from .noise import (
     sigma_space_to_vp,
     vp_to_sigma_space,
 )
+from .presets import sd15_preset_config
 from .schedules import (
-    PRESETS,
     TIMESTEP_SPACINGS,
-    load_gits_sd15_coeff_tables,
-    published_gits_sd15,
     stock_solver_sigmas,
 )
 from .scheduling_gits_common import _GITSSchedulerBase
@@ -196,23 +194,7 @@ class GITSScheduler(_GITSSchedulerBase):
         with an unstated teacher and warm-up, so they fit models on SD's noise schedule (SD 1.x, SDXL and their
         fine-tunes, epsilon prediction) only approximately. Calibrate for your own model to do better.
         """
-        if name != "sd15":
-            flow = " (GITSFlowMatchScheduler.from_preset)" if name in PRESETS else ""
-            raise ValueError(f"preset {name!r} does not exist for GITSScheduler{flow}; available: ['sd15']")
-        rows = {k: published_gits_sd15(k, coeff).tolist() for k in range(2, 21)}  # refuses an unknown coeff
-        return cls(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            timestep_spacing="leading",
-            steps_offset=1,
-            solver=solver,
-            gits_sigmas={str(k): sigmas for k, sigmas in rows.items()},
-            calibration={
-                "format_version": 1, "preset": name, "coeff": float(coeff),
-                "source": load_gits_sd15_coeff_tables()["source"],
-            },
-        )  # fmt: skip
+        return cls(**sd15_preset_config(name, coeff, solver))
 
     @property
     def _prediction_type(self) -> str:

@@ -23,12 +23,9 @@ from .noise import (
     shift_flow_sigmas,
     unshift_flow_sigmas,
 )
+from .presets import oss_preset_config
 from .schedules import (
-    OSS_TABLES,
-    PRESETS,
     flow_stock_sigmas,
-    load_published_tables,
-    preset_schedule,
 )
 from .scheduling_gits_common import _GITSSchedulerBase
 from .solvers import SolverName
@@ -155,29 +152,7 @@ class GITSFlowMatchScheduler(_GITSSchedulerBase):
             solver: the solver to sample with.
             config: scheduler config values that replace the preset's (`shift`, `use_dynamic_shifting`, ...).
         """
-        model = name.removeprefix("oss_") if name in ("oss_flux", "oss_wan") else None
-        if model is None:
-            vp = " (GITSScheduler.from_preset)" if name in PRESETS else ""
-            raise ValueError(
-                f"preset {name!r} does not exist for GITSFlowMatchScheduler{vp}; available: ['oss_flux', 'oss_wan']"
-            )
-        for key in ("gits_sigmas", "calibration"):
-            if key in config:
-                raise TypeError(f"from_preset sets {key!r} itself; got {key}={config[key]!r}")
-        defaults = {
-            "flux": {"shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15},
-            "wan": {"shift": 8.0, "use_dynamic_shifting": False},
-        }[model]
-        rows = {k: preset_schedule(name, k).tolist() for k in range(2, 21)}
-        return cls(
-            **{**defaults, **config},
-            solver=solver,
-            gits_sigmas={str(k): sigmas for k, sigmas in rows.items()},
-            calibration={
-                "format_version": 1, "preset": name, "source": load_published_tables()["oss"]["source"],
-                "table_shift": OSS_TABLES[model]["shift"],
-            },
-        )  # fmt: skip
+        return cls(**oss_preset_config(name, solver, config))
 
     @property
     def calibration_mu(self) -> float | None:

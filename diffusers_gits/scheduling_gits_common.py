@@ -147,7 +147,9 @@ class _GITSSchedulerBase(SchedulerMixin, ConfigMixin):
         download, kwargs = split_load_options(kwargs)
         config = fetch_schedule_config(pretrained_model_name_or_path, subfolder=subfolder, **download)
         scheduler, unused = scheduler_from_config(config, return_unused_kwargs=True, **kwargs)
-        unused = {key: value for key, value in unused.items() if not key.startswith("_")}  # the file's own metadata
+        # What the caller passed and nothing took; the file's own keys a GITS scheduler does not read (a PNDM config's
+        # `skip_prk_steps`, kept from the scheduler it was made from) are not the caller's to fix.
+        unused = {key: value for key, value in unused.items() if key in kwargs}
         if unused and not return_unused_kwargs:
             logger.warning(
                 "from_pretrained ignored %s: neither download options nor settings of %s (a misspelling?)",

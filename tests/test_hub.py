@@ -414,6 +414,14 @@ def test_from_pretrained_returns_or_names_unknown_arguments_and_takes_every_down
     with caplog.at_level(logging.WARNING):
         GITSScheduler.from_pretrained(tmp_path, solvr="euler")
     assert "solvr" in caplog.text and "misspelling" in caplog.text
+    # Keys of the stock config the schedule was made from are kept in the file but are not the caller's arguments.
+    made_from_pndm = GITSScheduler.from_config({**dict(calibrated().config), "skip_prk_steps": True})
+    made_from_pndm.save_pretrained(tmp_path / "pndm")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _, unused = GITSScheduler.from_pretrained(tmp_path / "pndm", solver="ipndm", return_unused_kwargs=True)
+        GITSScheduler.from_pretrained(tmp_path / "pndm")
+    assert unused == {} and "ignored" not in caplog.text
     # The download options reach huggingface_hub (a forced download of a pushed schedule works).
     calibrated().push_to_hub("me/forced")
     again = GITSScheduler.from_pretrained("me/forced", force_download=True, user_agent="tests", revision="main")

@@ -10,10 +10,7 @@ from diffusers.configuration_utils import register_to_config
 
 # A pipeline saved with this scheduler names this module in model_index.json; diffusers reloads the component by
 # finding the loadable base classes (SchedulerMixin) as attributes of that module.
-from diffusers.schedulers.scheduling_utils import (
-    KarrasDiffusionSchedulers,
-    SchedulerMixin,  # noqa: F401
-)
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin  # noqa: F401
 
 from .noise import (
     FLOW_PREDICTION,
@@ -30,10 +27,7 @@ from .noise import (
     vp_to_sigma_space,
 )
 from .presets import sd15_preset_config
-from .schedules import (
-    TIMESTEP_SPACINGS,
-    stock_solver_sigmas,
-)
+from .schedules import TIMESTEP_SPACINGS, stock_solver_sigmas
 from .scheduling_gits_common import _GITSSchedulerBase
 
 # Pipelines saved before the flow scheduler had its own module name this one for it in model_index.json.

@@ -18,18 +18,9 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
 from .model_card import push_schedule
-from .noise import (
-    OdePath,
-    denoised_from_model_output,
-)
+from .noise import OdePath, denoised_from_model_output
 from .schedule_format import SCHEDULER_CLASSES
-from .schedules import (
-    PRESETS,
-    check_step_count,
-    loglinear_interpolate,
-    preset_schedule,
-    validate_schedule_table,
-)
+from .schedules import PRESETS, check_step_count, loglinear_interpolate, preset_schedule, validate_schedule_table
 from .serialization import fetch_calibration_record, fetch_schedule_config, save_record, split_load_options
 from .solvers import SolverHistory, get_solver
 

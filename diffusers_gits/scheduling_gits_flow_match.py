@@ -24,9 +24,7 @@ from .noise import (
     unshift_flow_sigmas,
 )
 from .presets import oss_preset_config
-from .schedules import (
-    flow_stock_sigmas,
-)
+from .schedules import flow_stock_sigmas
 from .scheduling_gits_common import _GITSSchedulerBase
 from .solvers import SolverName
 

@@ -207,7 +207,7 @@ def list_schedules(
         entries.append(
             {
                 "subfolder": subfolder,
-                "steps": sorted(int(k) for k in config.get("gits_sigmas") or {}),
+                "steps": _steps(config),
                 "model": meta.get("model"),
                 "solver": config.get("solver"),
                 "pipe_kwargs": meta.get("pipe_kwargs"),

@@ -171,14 +171,16 @@ def calibrate(
     if solver is None:
         shipped = getattr(pipe, "scheduler", None)
         flow_unipc = type(shipped).__name__ == "UniPCMultistepScheduler" and shipped.config.get("use_flow_sigmas")
-        arguments["solver"] = solver = "unipc" if flow_unipc else DEFAULT_SOLVER
+        arguments["solver"] = "unipc" if flow_unipc else DEFAULT_SOLVER
     options = {name: arguments[name] for name in CalibrationSettings.option_names()}
     settings = CalibrationSettings.create(num_inference_steps, pipe_kwargs, **options)
     if push and not hub_repo:
         raise ValueError("push=True needs hub_repo= (the Hub model repo to publish to)")
     # A flow pipeline's shift depends on the resolution it computes inside __call__: it is read (no denoiser call)
     # first, so that it keys the cache too.
-    runner, family, mu = open_pipeline(pipe, settings.prompts, seed, batch_size, pipe_kwargs, settings.steps)
+    runner, family, mu = open_pipeline(
+        pipe, settings.prompts, settings.seed, settings.batch_size, settings.pipe_kwargs, settings.steps
+    )
     state = process_state(runner.device)
     shift = {"mu": mu, **({"mu_per_step": family.metadata["mu_per_step"]} if "mu_per_step" in family.metadata else {})}
     model = model_identity(pipe) if cache or hub_repo or checkpoint_dir else None
@@ -206,7 +208,7 @@ def calibrate(
     finally:
         bar.close()
     # Every process computed the same schedules; the main process's timings and date make the configs equal too.
-    scheduler = family.scheduler(solver, schedules, broadcast(state, metadata))
+    scheduler = family.scheduler(settings.solver, schedules, broadcast(state, metadata))
     if state.is_main_process:
         if cache:
             config = json.loads(scheduler.to_json_string())
@@ -276,8 +278,7 @@ def _run_stages(
     fine, on_grid = family.fine_grid(settings.grid_size)
     reference_scheduler = family.scheduler(settings.teacher, {len(fine) - 1: fine})
     searched = _teacher_and_search(executor, runner, family, settings, reference_scheduler, on_grid, timings)
-    tic = time.perf_counter()
-    schedules, report = _choose(executor, runner, family, settings, reference_scheduler, searched, timings, tic)
+    schedules, report = _choose(executor, runner, family, settings, reference_scheduler, searched, timings)
     for k in settings.steps:
         entry = report[str(k)]
         logger.info("GITS %d steps: %s", k, entry.get("summary", entry["chosen"]))
@@ -335,11 +336,11 @@ def _choose(
     reference_scheduler,
     searched: _Searched,
     timings: dict[str, float],
-    tic: float,
 ) -> tuple[dict[int, np.ndarray], dict[str, dict]]:
     """The choice per step count: screening on the search noises, the held-out race, the decision (with the pipeline
     default's error on the race's noises), and refinement; without held-out noises the search's schedules as they
     are."""
+    tic = time.perf_counter()
     steps, solver, candidates = settings.steps, settings.solver, searched.candidates
     schedules, report = {}, {}
     if not settings.num_holdout:

@@ -6,20 +6,20 @@ Two pipelines of the classes people run, trained from scratch on 32x32 RGB image
 - `shapes-sd`: a `StableDiffusionPipeline` (AutoencoderKL, CLIP tokenizer + `CLIPTextModel`, `UNet2DConditionModel`
   with cross-attention), epsilon prediction on Stable Diffusion's scaled-linear betas, shipped with SD1.5's
   `PNDMScheduler` config;
-- `shapes-sd3`: a `StableDiffusion3Pipeline` (the same autoencoder, two `CLIPTextModelWithProjection` and a
-  one-layer `T5EncoderModel`, `SD3Transformer2DModel`), rectified-flow velocity prediction, shipped with SD3's
-  `FlowMatchEulerDiscreteScheduler(shift=3.0)`.
+- `shapes-sd3`: a `StableDiffusion3Pipeline` (the same autoencoder, two `CLIPTextModelWithProjection` over a
+  16-token context and a frozen one-layer `T5EncoderModel`, `SD3Transformer2DModel` of width 96 and 6 blocks),
+  rectified-flow velocity prediction, shipped with SD3's `FlowMatchEulerDiscreteScheduler(shift=3.0)`; trained on
+  SD3's T5 padding collapsed to one token (`CollapsedPaddingAttention`), which computes what the pipeline computes.
 
 Stages (each deterministic from its seed on a given machine and thread count):
 
-    python examples/train_shapes_models.py vae   # the shared autoencoder and the encoded training set
-    python examples/train_shapes_models.py sd    # the SD-style pipeline   (run sd and sd3 side by side with
-    python examples/train_shapes_models.py sd3   # the flow pipeline        --threads 1 each on 2 cores)
-    python examples/train_shapes_models.py sd3-continue  # trains the saved flow pipeline on, on shifted sigmas
+    python examples/train_shapes_models.py vae     # the shared autoencoder and the encoded training set (10 min)
+    python examples/train_shapes_models.py sd      # the SD-style pipeline (38 min on 1 thread)
+    python examples/train_shapes_models.py sd3     # the flow pipeline (38 min on 2 threads)
     python examples/train_shapes_models.py report  # prompt adherence at 50 steps, sample grids
 
-About 10 + 40 minutes on 2 CPU cores. The tokenizer is a byte-pair vocabulary learnt from the captions' words (every
-caption word is one token), written as CLIP's `vocab.json` / `merges.txt`.
+The tokenizer is a byte-pair vocabulary learnt from the captions' words (every caption word is one token), written as
+CLIP's `vocab.json` / `merges.txt`.
 """
 
 import argparse
@@ -41,15 +41,19 @@ WORK = ROOT / "build" / "shapes_training"
 NUM_TRAIN_IMAGES = 20_000
 TEXT_HIDDEN = 64
 CAPTION_DROPOUT = 0.1
+CLIP_LENGTH_SD3 = 16  # the flow model's CLIP context: every caption fits, and SD3's joint attention stays short
+SD3_HEADS = 3  # x 32 = the transformer's width
+SD3_LAYERS = 6
 
 
 def caption_words() -> list[str]:
     return sorted({"a", "on", "background", *shapes.SHAPES, *shapes.PALETTE})
 
 
-def build_tokenizer(folder: Path):
+def build_tokenizer(folder: Path, max_length: int = 77):
     """A CLIP tokenizer whose vocabulary holds every caption word as one token (and every printable ASCII character,
-    so other text still tokenizes), learnt with byte-pair merges and written as CLIP's `vocab.json` / `merges.txt`."""
+    so other text still tokenizes), learnt with byte-pair merges and written as CLIP's `vocab.json` / `merges.txt`.
+    `max_length` is the length the pipelines pad CLIP's input to (SD's 77; the flow model's 16)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import CLIPTokenizer
 
@@ -72,7 +76,7 @@ def build_tokenizer(folder: Path):
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     tokenizer = CLIPTokenizer(
-        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77, pad_token="<|endoftext|>"
+        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length, pad_token="<|endoftext|>"
     )
     for word in caption_words():
         if len(tokenizer.tokenize(word)) != 1:
@@ -278,13 +282,51 @@ def train_sd(args) -> None:
     train_loop(args, "shapes-sd", [unet, text_encoder], loss_fn, build_pipe)
 
 
+class CollapsedPaddingAttention:
+    """SD3's joint attention, for training, with the context's last token standing for `copies` identical tokens.
+
+    The flow model's T5 has no position bias, so SD3's 256-token T5 padding gives identical context tokens: identical
+    inputs stay identical through every block, and in attention `copies` equal keys and values act as one key whose
+    logit is raised by log(copies). Training on the collapsed context computes the same function as the stock
+    pipeline's full one (checked by `check_collapsed_context`) at a fifth of the cost.
+    """
+
+    def __init__(self, copies: int):
+        self.log_copies = math.log(copies)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+        batch, image_tokens = hidden_states.shape[:2]
+
+        def split_heads(x):
+            return x.view(batch, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
+
+        def joint(image_proj, context_proj):
+            return torch.cat(
+                [split_heads(image_proj(hidden_states)), split_heads(context_proj(encoder_hidden_states))], 2
+            )
+
+        query, key, value = (
+            joint(attn.to_q, attn.add_q_proj),
+            joint(attn.to_k, attn.add_k_proj),
+            joint(attn.to_v, attn.add_v_proj),
+        )
+        bias = torch.zeros(1, key.shape[2], dtype=query.dtype)
+        bias[0, -1] = self.log_copies
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+        out = out.transpose(1, 2).reshape(batch, -1, query.shape[1] * query.shape[3])
+        image, context = out[:, :image_tokens], out[:, image_tokens:]
+        image = attn.to_out[1](attn.to_out[0](image))
+        return image, (context if attn.context_pre_only else attn.to_add_out(context))
+
+
 def train_sd3(args) -> None:
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers.models.attention_processor import JointAttnProcessor2_0
     from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     torch.manual_seed(args.seed)
     vae, data = load_vae(shift_factor=data_shift())
-    tokenizer = build_tokenizer(WORK / "tokenizer")
+    tokenizer = build_tokenizer(WORK / "tokenizer_16", max_length=CLIP_LENGTH_SD3)
     text_encoder = CLIPTextModelWithProjection(text_encoder_config(tokenizer, projection=True))
     text_encoder_2 = CLIPTextModelWithProjection(text_encoder_config(tokenizer, projection=True))
     tokenizer_3 = build_t5_tokenizer()
@@ -301,56 +343,86 @@ def train_sd3(args) -> None:
             eos_token_id=tokenizer_3.eos_token_id,
         )
     )
+    # A T5 without position bias reads the prompt as a bag of words (the CLIP encoders keep the word order) and maps
+    # every padding token to the same output, which is what lets training collapse SD3's padding. It stays frozen.
+    text_encoder_3.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.data.zero_()
+    text_encoder_3.requires_grad_(False).eval()
     transformer = SD3Transformer2DModel(
         sample_size=16,
         patch_size=2,
         in_channels=4,
         out_channels=4,
-        num_layers=4,
+        num_layers=SD3_LAYERS,
         attention_head_dim=32,
-        num_attention_heads=2,
+        num_attention_heads=SD3_HEADS,
         joint_attention_dim=2 * TEXT_HIDDEN,
-        caption_projection_dim=64,
+        caption_projection_dim=32 * SD3_HEADS,
         pooled_projection_dim=2 * TEXT_HIDDEN,
         pos_embed_max_size=16,
     )
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)  # SD3's shipped config
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer,
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3,
+    )
 
-    def build_pipe(transformer, text_encoder, text_encoder_2, text_encoder_3):
-        return StableDiffusion3Pipeline(
-            transformer=transformer,
-            scheduler=scheduler,
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            text_encoder_2=text_encoder_2,
-            tokenizer_2=tokenizer,
-            text_encoder_3=text_encoder_3,
-            tokenizer_3=tokenizer_3,
-        )
+    # The frozen T5's output for every caption, cut after the longest caption's tokens plus one padding token that
+    # stands for the rest of SD3's `max_sequence_length` (256).
+    captions = sorted(set(data["prompts"]) | {""})
+    caption_index = {c: i for i, c in enumerate(captions)}
+    with torch.no_grad():
+        t5 = pipe._get_t5_prompt_embeds(captions, device="cpu")
+    kept = 1 + max(len(tokenizer_3(c).input_ids) for c in captions)
+    padding = t5[:, kept - 1 :]
+    if (padding - padding[:, :1]).abs().max() > 1e-5:
+        raise RuntimeError("T5's padding outputs differ: the collapsed context would not match the pipeline")
+    t5_table, copies = t5[:, :kept], t5.shape[1] - kept + 1
 
-    if args.stage == "sd3-continue":
-        # Start from the saved pipeline's weights (the `sd3` stage's output) and train on.
-        saved = StableDiffusion3Pipeline.from_pretrained(OUTPUT / "shapes-sd3")
-        transformer, text_encoder, text_encoder_2, text_encoder_3 = (
-            saved.transformer,
-            saved.text_encoder,
-            saved.text_encoder_2,
-            saved.text_encoder_3,
-        )
-    pipe = build_pipe(transformer, text_encoder, text_encoder_2, text_encoder_3)
+    def context(prompts: list[str]):
+        clip = [pipe._get_clip_prompt_embeds(prompts, device="cpu", clip_model_index=i) for i in (0, 1)]
+        embeds = torch.cat([torch.cat([clip[0][0], clip[1][0]], -1), t5_table[[caption_index[p] for p in prompts]]], 1)
+        return embeds, torch.cat([clip[0][1], clip[1][1]], -1)
+
+    def check_collapsed_context():
+        prompts = ["a red circle on a blue background", "a white square", ""]
+        x, sigma = torch.randn(3, 4, 16, 16), torch.tensor([900.0, 500.0, 100.0])
+        with torch.no_grad():
+            embeds, _, pooled, _ = pipe.encode_prompt(
+                prompts, None, None, device="cpu", do_classifier_free_guidance=False
+            )
+            full = transformer(x, embeds, pooled, sigma).sample
+            transformer.set_attn_processor(CollapsedPaddingAttention(copies))
+            collapsed = transformer(x, *context(prompts), sigma).sample
+        if (full - collapsed).abs().max() > 1e-4:
+            raise RuntimeError(
+                f"collapsed context differs from the pipeline's by {(full - collapsed).abs().max():.2e}"
+            )
+
+    check_collapsed_context()
+
+    def build_pipe(transformer, text_encoder, text_encoder_2):
+        transformer.set_attn_processor(JointAttnProcessor2_0())
+        pipe.register_modules(transformer=transformer, text_encoder=text_encoder, text_encoder_2=text_encoder_2)
+        return pipe
 
     def loss_fn(generator):
         idx = torch.randint(0, len(data["mean"]), (args.batch_size,), generator=generator)
         mean, std = data["mean"][idx], data["std"][idx]
         x0 = (mean + std * torch.randn(mean.shape, generator=generator) - data["shift"]) * data["scale"]
-        prompts = caption_batch(data["prompts"], idx, generator)
-        embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device="cpu", do_classifier_free_guidance=False)
-        # Logit-normal noise levels (Esser et al. 2024, SD3's training default), shifted by `--train-shift` as the
-        # scheduler's `shift` moves the sampling sigmas (SD3 trains its high-resolution stage with the same shift):
-        # more of the training goes to the high noise levels where the shape is decided.
+        embeds, pooled = context(caption_batch(data["prompts"], idx, generator))
+        # Logit-normal noise levels (Esser et al. 2024, SD3's training default), half of the batch shifted by 3.0 as
+        # the scheduler shifts its sampling sigmas (SD3 trains its high-resolution stage so): the high noise levels,
+        # where a shape is decided, get more of the training, the low ones still their share.
         sigma = torch.sigmoid(torch.randn(args.batch_size, generator=generator))
-        sigma = args.train_shift * sigma / (1 + (args.train_shift - 1) * sigma)
+        shift = torch.where(torch.arange(args.batch_size) % 2 == 0, 1.0, scheduler.config.shift)
+        sigma = shift * sigma / (1 + (shift - 1) * sigma)
         noise = torch.randn(x0.shape, generator=generator)
         s = sigma.view(-1, 1, 1, 1)
         prediction = transformer(
@@ -361,7 +433,7 @@ def train_sd3(args) -> None:
         ).sample
         return torch.nn.functional.mse_loss(prediction, noise - x0)
 
-    train_loop(args, "shapes-sd3", [transformer, text_encoder, text_encoder_2, text_encoder_3], loss_fn, build_pipe)
+    train_loop(args, "shapes-sd3", [transformer, text_encoder, text_encoder_2], loss_fn, build_pipe)
 
 
 def data_shift() -> float:
@@ -403,29 +475,21 @@ def report(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["vae", "sd", "sd3", "sd3-continue", "report"])
-    parser.add_argument(
-        "--steps", type=int, default=None, help="training steps (vae 800, sd 2500, sd3 2000, sd3-continue 2000)"
-    )
+    parser.add_argument("stage", choices=["vae", "sd", "sd3", "report"])
+    parser.add_argument("--steps", type=int, default=None, help="training steps (vae 800, sd 2500, sd3 6000)")
     parser.add_argument("--batch-size", type=int, default=None, help="vae 32, sd and sd3 32")
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (1e-3; sd3-continue 5e-4)")
-    parser.add_argument(
-        "--train-shift", type=float, default=None, help="shift of the flow training sigmas (sd3 1.0, sd3-continue 3.0)"
-    )
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--ema-decay", type=float, default=0.999)
-    parser.add_argument("--seed", type=int, default=None, help="0 (sd3-continue 1, so that it draws new batches)")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--report-images", type=int, default=200)
     parser.add_argument("--models", nargs="+", choices=["sd", "sd3"], default=["sd", "sd3"], help="models to report")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.steps = args.steps or {"vae": 800, "sd": 2500, "sd3": 2000, "sd3-continue": 2000, "report": 0}[args.stage]
+    args.steps = args.steps or {"vae": 800, "sd": 2500, "sd3": 6000, "report": 0}[args.stage]
     args.batch_size = args.batch_size or 32
-    args.seed = args.seed if args.seed is not None else int(args.stage == "sd3-continue")
-    args.lr = args.lr or (5e-4 if args.stage == "sd3-continue" else 1e-3)
-    args.train_shift = args.train_shift or (3.0 if args.stage == "sd3-continue" else 1.0)
-    stages = {"vae": train_vae, "sd": train_sd, "sd3": train_sd3, "sd3-continue": train_sd3, "report": report}
+    stages = {"vae": train_vae, "sd": train_sd, "sd3": train_sd3, "report": report}
     stages[args.stage](args)
 
 

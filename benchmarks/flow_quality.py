@@ -46,6 +46,10 @@ BASELINE_LABELS = {
     "uniform": "uniform sigma, no shift",
     "shifted": "uniform sigma with the model's shift (Flux's default)",
     "stock_default": "FlowMatchEulerDiscreteScheduler's own default (SD3's)",
+    "oss_flux": "the OSS Flux table, stretched log-linearly to N + 1 and pinned to 0 (as ComfyUI ships it)",
+    "beta": 'FlowMatchEuler with `use_beta_sigmas` ("Euler + beta"), as diffusers computes it for the model\'s config and mu',
+    "karras": "FlowMatchEuler with `use_karras_sigmas`, likewise",
+    "exponential": "FlowMatchEuler with `use_exponential_sigmas`, likewise",
 }
 
 
@@ -110,10 +114,14 @@ def run(mixture, real, mu, num_test, num_warmup, ref_steps, log) -> dict:
         "reference_rmse_to_2x_steps": reference_error,
         "reference_swd_to_real": swd_reference,
     }
+
+    def baselines(k):  # as the calibration sees them: the pipeline passes Flux's sigmas and `mu`
+        return flow_baseline_schedules(k, factor, sigma_min, dict(pipe.scheduler.config), mu, True)
+
     for solver in SOLVERS:
         schedules, costs = calibrate_variants(pipe, solver, num_warmup, log)
         table = score_schedules(
-            lambda k: {**flow_baseline_schedules(k, factor, sigma_min), **{n: s[k] for n, s in schedules.items()}},
+            lambda k: {**baselines(k), **{n: s[k] for n, s in schedules.items()}},
             lambda sigmas: solve(sigmas, solver),
             reference,
             real,

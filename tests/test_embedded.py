@@ -31,7 +31,9 @@ def test_the_embedded_models_fit_in_30_mb():
     from pathlib import Path
 
     package = Path(embedded_model_path("sd")).parent.parent
-    files = [f for folder in ("embedded_models", "default_model") for f in (package / folder).rglob("*") if f.is_file()]
+    files = [
+        f for folder in ("embedded_models", "default_model") for f in (package / folder).rglob("*") if f.is_file()
+    ]
     assert len(files) > 20 and sum(f.stat().st_size for f in files) <= 30_000_000
 
 

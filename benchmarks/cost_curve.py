@@ -1,0 +1,196 @@
+"""Benchmark: calibration quality against its cost, to choose the default `num_warmup` (the size of a calibration).
+
+For each model and solver: calibrate GITS at each `num_warmup` (every other option the package default), counting
+model calls per stage; then score every calibrated schedule and the model family's baselines on the same fresh noises
+(and prompts) with `compare_schedules` (pooled RMSE to a fine iPNDM reference, noises no calibration used). The
+curve is GITS's pooled RMSE over the best baseline's, per step count, against the calls the calibration made.
+
+    python benchmarks/cost_curve.py --model digits --solvers dpmpp_2m unipc ipndm   # results_cost_digits_SOLVER.json
+    python benchmarks/cost_curve.py --model flow_kde                                 # the exact flow KDE at mu 1.15
+    python benchmarks/cost_curve.py --model sd --solvers dpmpp_2m                    # the embedded SD model, guided
+    python benchmarks/cost_curve.py --report                                          # writes benchmarks/RESULTS_COST.md
+
+Models: `digits`, the embedded digits DDPM (unconditional, SD's noise schedule); `flow_kde`, the exact Gaussian KDE
+of 8x8 digits as a flow model driven like Flux at mu = 1.15; `sd` and `flow`, the embedded text-to-image models with
+prompts and classifier-free guidance, calibrated as the demo calibrates them.
+"""
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from diffusers_gits import GITSScheduler, compare_schedules
+from diffusers_gits.demo import BASELINES, CALIBRATION_PROMPT_SEED, TEST_PROMPT_SEED, load_demo_pipeline
+from diffusers_gits.embedded import load_embedded_pipeline
+from diffusers_gits.shapes import prompts_grid
+from diffusers_gits.testing.data import digits_images
+from diffusers_gits.testing.gaussian_mixture import GaussianMixture, MixtureFlowPipeline
+
+
+HERE = Path(__file__).resolve().parent
+STEPS = [4, 5, 6, 8, 10]
+WARMUPS = [16, 32, 64, 128, 256]
+#: How far (in ratio to the best baseline) a cheaper calibration may trail the best one measured and still be chosen.
+TOLERANCE = 0.03
+MODELS = {
+    "digits": "the embedded digits DDPM (16x16, unconditional, SD's noise schedule)",
+    "flow_kde": "the exact Gaussian KDE of 8x8 digits as a flow model, Flux's protocol at mu 1.15",
+    "sd": "the embedded StableDiffusionPipeline, prompts, guidance 5",
+    "flow": "the embedded StableDiffusion3Pipeline, prompts, guidance 5",
+}
+
+
+def load_model(model: str) -> tuple[object, dict, tuple[str, ...]]:
+    """The pipeline, the keyword arguments of its calibration and comparison calls (prompts, guidance), and its
+    baselines."""
+    if model == "digits":
+        return load_embedded_pipeline("digits"), {}, ("default", "uniform", "karras", "logsnr", "ays", "sd15")
+    if model == "flow_kde":
+        mixture = GaussianMixture.kde(digits_images("train", size=8), 0.25)
+        pipe = MixtureFlowPipeline(mixture, FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), mu=1.15)
+        return pipe, {}, ("default", "uniform", "beta", "karras", "exponential", "oss_flux")
+    pipe, guidance = load_demo_pipeline(model)
+    return pipe, {"guidance_scale": guidance}, BASELINES[model]
+
+
+def run(model: str, solvers: list[str], warmups: list[int], num_test: int) -> None:
+    pipe, kwargs, baselines = load_model(model)
+    calibration_prompts = prompts_grid(64, CALIBRATION_PROMPT_SEED) if kwargs else None
+    test_prompts = prompts_grid(num_test, TEST_PROMPT_SEED) if kwargs else None
+    for solver in solvers:
+        calibrations, names = {}, []
+        with tempfile.TemporaryDirectory() as tmp:
+            for num_warmup in warmups:
+                tic = time.perf_counter()
+                scheduler = GITSScheduler.from_calibration(
+                    pipe, STEPS, prompts=calibration_prompts, num_warmup=num_warmup, solver=solver,
+                    progress=False, cache=False, **kwargs,
+                )  # fmt: skip
+                record = scheduler.calibration_record
+                calibrations[num_warmup] = {
+                    "wall_s": time.perf_counter() - tic,
+                    "model_calls": record["model_calls"],
+                    "chosen": {str(k): record["report"][str(k)]["chosen"] for k in STEPS},
+                }
+                scheduler.save_pretrained(Path(tmp) / str(num_warmup))
+                names.append(f"gits:{Path(tmp) / str(num_warmup)}")
+                print(f"{model} {solver} num_warmup {num_warmup}: {record['model_calls']['total']} calls", flush=True)
+            table = compare_schedules(
+                pipe, STEPS, [*baselines, *names], prompts=test_prompts, solver=solver, num_noises=num_test, **kwargs
+            )
+        pooled = {name: {str(k): row[k]["pooled_rmse"] for k in STEPS} for name, row in table.items()}
+        results = {
+            "model": MODELS[model],
+            "solver": solver,
+            "steps": STEPS,
+            "num_test": num_test,
+            "torch_threads": torch.get_num_threads(),
+            "baselines": {name: pooled[name] for name in baselines},
+            "calibrations": {
+                str(w): {**calibrations[w], "pooled_rmse": pooled[name]} for w, name in zip(warmups, names)
+            },
+        }
+        (HERE / f"results_cost_{model}_{solver}.json").write_text(json.dumps(results, indent=1) + "\n")
+        print(f"{model} {solver}: done", flush=True)
+
+
+def ratios(results: dict) -> dict[str, dict[str, float]]:
+    """`{num_warmup: {N: GITS pooled RMSE / the best baseline's}}`."""
+    best = {str(k): min(row[str(k)] for row in results["baselines"].values()) for k in results["steps"]}
+    return {w: {k: c["pooled_rmse"][k] / best[k] for k in best} for w, c in results["calibrations"].items()}
+
+
+def cheapest_within_tolerance(results: dict) -> str:
+    """The smallest num_warmup whose ratio at every N is within `TOLERANCE` of the best ratio measured there, or
+    "none" where no calibration is."""
+    r = ratios(results)
+    best = {k: min(row[k] for row in r.values()) for k in next(iter(r.values()))}
+    within = [w for w, row in r.items() if all(row[k] <= best[k] + TOLERANCE for k in row)]
+    return min(within, key=int) if within else "none"
+
+
+def summary_lines(runs: list[dict]) -> list[str]:
+    """One row per model and solver: the mean ratio over the NFEs and the worst, per num_warmup."""
+    warmups = sorted({w for results in runs for w in results["calibrations"]}, key=int)
+    lines = [
+        "Summary: mean ratio over the NFEs (worst NFE in parentheses), per `num_warmup`:",
+        "",
+        "| model | solver | " + " | ".join(f"{w} warm-ups" for w in warmups) + " |",
+        "|---|---|" + "---|" * len(warmups),
+    ]
+    for results in runs:
+        r = ratios(results)
+        cells = [
+            f"{sum(r[w].values()) / len(r[w]):.2f} ({max(r[w].values()):.2f})" if w in r else "-" for w in warmups
+        ]
+        lines.append(f"| {results['model']} | {results['solver']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def report() -> None:
+    files = sorted(HERE.glob("results_cost_*.json"))
+    lines = [
+        "# Calibration quality against cost",
+        "",
+        "Made by `benchmarks/cost_curve.py` (see its docstring); raw numbers in `results_cost_MODEL_SOLVER.json`. Each "
+        "row is one calibration at that `num_warmup` (every other option the package default); the cells are GITS's "
+        "pooled RMSE over the best baseline's at that NFE, all scored on the same fresh noises (and prompts) against a "
+        "fine iPNDM reference. Calls: model calls of the whole calibration by stage (teacher, search, race) and "
+        "in all, and as a multiple of one teacher run over the same warm-ups. *Cheapest within "
+        f"{TOLERANCE}*: the smallest `num_warmup` whose ratio at every NFE is within {TOLERANCE} of the best ratio "
+        "measured at that NFE; *worst*: the highest ratio over the NFEs.",
+    ]
+    runs = [json.loads(path.read_text()) for path in files]
+    lines += ["", *summary_lines(runs)]
+    for results in runs:
+        r = ratios(results)
+        lines += [
+            "",
+            f"## {results['model']}: {results['solver']} ({results['num_test']} test noises)",
+            "",
+            "| num_warmup | teacher / search / race calls | total (x teacher run) | wall s | "
+            + " | ".join(f"NFE {k}" for k in results["steps"])
+            + " | worst |",
+            "|---|---|---|---|" + "---|" * (len(results["steps"]) + 1),
+        ]
+        for w, c in results["calibrations"].items():
+            cells = [f"{r[w][str(k)]:.2f}" + ("" if c["chosen"][str(k)] == "gits" else "*") for k in results["steps"]]
+            calls = c["model_calls"]
+            lines.append(
+                f"| {w} | {calls['teacher']} / {calls['search']} / {calls['selection']} | {calls['total']} "
+                f"({calls['teacher_equivalents']:.2f}x) | {c['wall_s']:.0f} | "
+                + " | ".join(cells)
+                + f" | {max(r[w].values()):.2f} |"
+            )
+        lines += [
+            "",
+            f"Cheapest within {TOLERANCE}: num_warmup {cheapest_within_tolerance(results)}. "
+            "(* the calibration returned a baseline there.)",
+        ]
+    (HERE / "RESULTS_COST.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=list(MODELS))
+    parser.add_argument("--solvers", nargs="+", default=["dpmpp_2m", "unipc", "ipndm"])
+    parser.add_argument("--warmups", nargs="+", type=int, default=WARMUPS)
+    parser.add_argument("--num-test", type=int, default=128)
+    parser.add_argument("--report", action="store_true", help="write RESULTS_COST.md from the JSON files")
+    args = parser.parse_args()
+    if args.report:
+        report()
+        return
+    if args.model is None:
+        parser.error("--model is required unless --report")
+    run(args.model, args.solvers, args.warmups, args.num_test)
+    report()
+
+
+if __name__ == "__main__":
+    main()

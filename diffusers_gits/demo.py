@@ -129,11 +129,19 @@ def run_demo(
     )
 
     test_prompts = prompts_grid(num_test, TEST_PROMPT_SEED)
+    echo(
+        f"Scoring GITS and {len(BASELINES[model])} baselines on {num_test} fresh noises and prompts against a fine "
+        "reference..."
+    )
     table = compare_with_baselines(pipe, model, steps, solver, output_dir / "scheduler", test_prompts, guidance)
     rmse = {name: {k: row[k]["pooled_rmse"] for k in steps} for name, row in table.items()}
     _print_rmse(rmse, steps, solver, echo)
 
     schedulers = schedulers_to_compare(pipe, stock, scheduler, BASELINES[model], steps, solver, guidance)
+    echo(
+        f"Generating {num_test} images per schedule and NFE through the pipeline, and {num_test} at "
+        f"{reference_steps} steps of {type(stock).__name__}, to read their shapes, colours and backgrounds..."
+    )
     adherence, distance, shown = generate_and_score(
         pipe, schedulers, steps, test_prompts, num_prompts, guidance, reference_steps
     )

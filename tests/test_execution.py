@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from diffusers_gits.calibration.checkpoint import CalibrationCheckpoint
-from diffusers_gits.calibration.execution import Executor, Job, _share, process_state
+from diffusers_gits.calibration.execution import Executor, Job, Progress, _share, process_state
 
 
 TESTS = Path(__file__).parent
@@ -128,3 +128,13 @@ def test_cli_under_accelerate_launch_on_cpus(tmp_path):
     record = json.loads((output / "calibration_report.json").read_text())
     assert record["num_warmup"] == 24 and sorted(config["gits_sigmas"]) == ["3"]
     assert (tmp_path / "checkpoint" / "manifest.json").is_file()
+
+
+def test_a_calibration_that_stops_under_its_budget_shows_a_full_bar_when_done(capsys):
+    bar = Progress(total_calls=100, enabled=True)
+    bar.update("teacher", 30, 3)
+    bar.update("search", 10, 1)
+    bar.finish()
+    bar.close()
+    assert bar.bar.n == bar.bar.total == 40
+    assert "GITS calibration done: 100%" in capsys.readouterr().err

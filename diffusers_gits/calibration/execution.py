@@ -78,6 +78,13 @@ class Progress:
         self.bar.set_postfix_str(f"{self.samples} samples", refresh=False)
         self.bar.update(calls)
 
+    def finish(self) -> None:
+        """Show the calibration as done: a calibration that stops under its budget fills the bar to its own calls."""
+        if not self.bar.disable:
+            self.bar.total = self.bar.n
+            self.bar.set_description("GITS calibration done", refresh=False)
+            self.bar.refresh()
+
     def close(self) -> None:
         self.bar.close()
 

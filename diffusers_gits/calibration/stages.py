@@ -205,6 +205,7 @@ def calibrate(
     try:
         executor = Executor(state, checkpoint, bar, CallBudget(settings.call_limit))
         schedules, metadata = _run_stages(executor, runner, family, settings)
+        bar.finish()
     finally:
         bar.close()
     # Every process computed the same schedules; the main process's timings and date make the configs equal too.

@@ -391,6 +391,7 @@ def train_sd3(args) -> None:
         return embeds, torch.cat([clip[0][1], clip[1][1]], -1)
 
     def check_collapsed_context():
+        """The transformer on the collapsed context computes what it computes on the pipeline's full one."""
         prompts = ["a red circle on a blue background", "a white square", ""]
         x, sigma = torch.randn(3, 4, 16, 16), torch.tensor([900.0, 500.0, 100.0])
         with torch.no_grad():
@@ -400,12 +401,14 @@ def train_sd3(args) -> None:
             full = transformer(x, embeds, pooled, sigma).sample
             transformer.set_attn_processor(CollapsedPaddingAttention(copies))
             collapsed = transformer(x, *context(prompts), sigma).sample
+            transformer.set_attn_processor(JointAttnProcessor2_0())
         if (full - collapsed).abs().max() > 1e-4:
             raise RuntimeError(
                 f"collapsed context differs from the pipeline's by {(full - collapsed).abs().max():.2e}"
             )
 
     check_collapsed_context()
+    transformer.set_attn_processor(CollapsedPaddingAttention(copies))  # what the training runs on
 
     def build_pipe(transformer, text_encoder, text_encoder_2):
         transformer.set_attn_processor(JointAttnProcessor2_0())

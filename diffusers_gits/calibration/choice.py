@@ -3,12 +3,11 @@
 Each held-out noise gets a teacher reference (the fine grid, as in the search); schedules are sampled through the
 pipeline with the target solver and scored by each sample's mean squared error to the reference, the loss whose mean
 is the pooled error users see and the search minimises. The baselines are screened first on the search noises, whose
-teacher samples are already paid for; there the searched schedule is scored too, and a baseline that beats it even on
-the noises it was fitted to becomes its challenger, which replaces it if it leads over those and the held-out noises
-together. A race (`PairedRace`) adds held-out noises a round at a time while the ranking is unclear and the budget
-allows; an optional refinement moves the chosen schedule's points while both halves of the noises agree that it
-helps. Every pipeline call goes through the `Executor`, so the stage is split over processes and resumes from a
-checkpoint like the others.
+teacher samples are already paid for; there the searched schedule is scored too. A race (`PairedRace`) adds held-out
+noises a round at a time while the ranking is unclear and the budget allows; where it confirms nothing, the pooled
+error over the held-out and the search noises together decides (`PairedRace.choice`). An optional refinement moves
+the chosen schedule's points while both halves of the noises agree that it helps. Every pipeline call goes through
+the `Executor`, so the stage is split over processes and resumes from a checkpoint like the others.
 """
 
 import hashlib
@@ -138,36 +137,30 @@ class Screening:
 
     Attributes:
         baselines: the baselines kept for the race.
-        challenger: the best baseline where it beat the searched schedule on the search's own noises (where the
-            search is favoured: it was fitted to them), else `None`.
-        challenger_lead: the searched schedule's loss minus the challenger's per search noise (`None` without one).
+        losses: per search noise, the loss of the searched schedule and of every baseline kept.
         pooled_rmse: every screened schedule's pooled RMSE on the search noises.
     """
 
     baselines: dict[str, np.ndarray]
-    challenger: str | None
-    challenger_lead: torch.Tensor | None
+    losses: dict[str, torch.Tensor]
     pooled_rmse: dict[str, float]
 
 
 def screened(
     screen: HeldOutScorer, searched: dict[int, dict[str, np.ndarray]], baselines: dict[int, dict], keep: int
 ) -> dict[int, Screening]:
-    """Per step count, the `keep` baselines with the lowest error on the screening noises, and the best of them as the
-    one searched schedule's challenger where its error there is lower still."""
+    """Per step count, the `keep` baselines with the lowest error on the screening noises, with their losses and the
+    searched schedule's there."""
     requests = [(k, name, sigmas) for k in baselines for name, sigmas in {**searched[k], **baselines[k]}.items()]
     losses = screen.score([sigmas for _, _, sigmas in requests], "screening")
     result = {}
     for k in baselines:
         losses_k = {name: loss for (kk, name, _), loss in zip(requests, losses) if kk == k}
         errors = {name: float(loss.mean()) for name, loss in losses_k.items()}
-        ranked = sorted(baselines[k], key=errors.get)
-        ((name, _),) = searched[k].items()
-        challenger = ranked[0] if errors[ranked[0]] < errors[name] else None
+        kept = sorted(baselines[k], key=errors.get)[:keep]
         result[k] = Screening(
-            baselines={b: baselines[k][b] for b in ranked[:keep]},
-            challenger=challenger,
-            challenger_lead=losses_k[name] - losses_k[challenger] if challenger else None,
+            baselines={b: baselines[k][b] for b in kept},
+            losses={name: losses_k[name] for name in [*searched[k], *kept]},
             pooled_rmse={n: e**0.5 for n, e in errors.items()},
         )
     return result
@@ -177,9 +170,8 @@ def run_race(
     scorer: HeldOutScorer, candidates, baselines, steps, confidence, screenings: dict[int, Screening] | None = None
 ) -> tuple[dict[int, PairedRace], dict]:
     """Race each step count's searched schedules against its baselines, a batch of held-out noises per round,
-    until every race is decided or the budget or the held-out noises run out. A lone searched schedule is the
-    incumbent (`PairedRace`), with the challenger that `screenings` found for it; among several the race's leader is
-    chosen. Returns the races and their entrants' schedules."""
+    until every race is decided or the budget or the held-out noises run out; each race knows its entrants' losses
+    on the search noises from `screenings` (`PairedRace`). Returns the races and their entrants' schedules."""
     races, entrants = {}, {}
     # Each look tests again: the confidence is split over the most rounds the budget and the pool could pay for.
     cheapest_round = RACE_ROUND * (scorer.fine_steps + min(steps))
@@ -188,9 +180,7 @@ def run_race(
         entrants[k] = {**candidates[k], **{name: s for name, s in baselines[k].items() if name not in candidates[k]}}
         races[k] = PairedRace(
             list(entrants[k]), set(baselines[k]), confidence, min_noises=2 * RACE_ROUND, looks=looks,
-            incumbent=next(iter(candidates[k])) if len(candidates[k]) == 1 else None,
-            challenger=screenings[k].challenger if screenings else None,
-            challenger_lead=screenings[k].challenger_lead if screenings else None,
+            search_losses=screenings[k].losses if screenings else None,
         )  # fmt: skip
     while len(scorer.used) < len(scorer.pool):
         open_races = [k for k in steps if not races[k].decided]
@@ -249,24 +239,24 @@ def decide(
     noises = f"{race.num_noises} held-out noises"
     if confident:
         entry["summary"] = f"{chosen} beats every baseline with {race.confidence:.0%} confidence on {noises}"
-    elif chosen in searched:
-        rival = min((name for name in race.alive if name != chosen), key=race.mean)
+        return np.asarray(entrants[chosen], dtype=np.float64), entry
+    best_searched = min(searched, key=race.mean)
+    if best_searched in race.eliminated_after:
         entry["summary"] = (
-            f"{chosen} kept: no baseline beat it with {race.confidence:.0%} confidence on {noises}, nor it every "
-            f"baseline (pooled RMSE {race.mean(chosen) ** 0.5:.4g} vs {rival} {race.mean(rival) ** 0.5:.4g})"
+            f"{chosen} is as good as this budget finds ({best_searched} was worse with confidence on {noises})"
         )
+        return np.asarray(entrants[chosen], dtype=np.float64), entry
+    rival = race.best_baseline if chosen in searched else best_searched
+    on_search = race.search_noises(chosen, rival)
+    over = f"{on_search} search noises and {noises} together" if on_search else noises
+    ours, theirs = race.pooled_mean(chosen, rival) ** 0.5, race.pooled_mean(rival, chosen) ** 0.5
+    errors = f"pooled RMSE {chosen} {ours:.4g} vs {rival} {theirs:.4g}"
+    if chosen in searched:
+        entry["summary"] = f"{chosen} leads over {over}, unconfirmed ({errors})"
     else:
-        best_searched = min(searched, key=race.mean)
-        if best_searched in race.eliminated_after:
-            how = f"was worse with confidence on {noises}"
-        elif chosen == race.challenger:
-            how = (
-                f"was worse on its own search noises (pooled RMSE {screening.pooled_rmse[best_searched]:.4g} vs "
-                f"{screening.pooled_rmse[chosen]:.4g}), and over them and {noises} together"
-            )
-        else:
-            how = f"did not beat it with confidence on {noises}"
-        entry["summary"] = f"{chosen} is as good as this budget finds ({best_searched} {how})"
+        entry["summary"] = (
+            f"{chosen} is as good as this budget finds ({rival} trailed it over {over}, unconfirmed: {errors})"
+        )
     return np.asarray(entrants[chosen], dtype=np.float64), entry
 
 

@@ -91,11 +91,13 @@ def calibrate(
     `diffusers_gits.calibration.search.student_path_dp`) on `num_search` warm-up noises, then races its schedule against the
     baseline schedules people use today on held-out warm-up noises, adding noises only while the ranking is unclear
     (`diffusers_gits.calibration.selection.PairedRace`). Schedules are compared by squared error to the teacher, whose mean is
-    the pooled error. The searched schedule is the incumbent, kept unless a baseline beats it with `confidence` (the
-    report says whether it beat every baseline with it), or unless the best baseline beat it on the search's own
-    noises (where the search is favoured) and over them and the held-out noises together. A baseline returned says so
-    in the report: nothing better was found (`require_confidence=True` keeps a searched schedule only where it is
-    confirmed; a teacher-priced coeff sweep returns the race's leader). Every stage stays within `budget`.
+    the pooled error. A searched schedule that beats every baseline with `confidence` is returned as confirmed;
+    otherwise the one of the searched schedule and the best baseline with the lower pooled error on the held-out
+    noises, unless that baseline beat the searched schedule even on the search's own noises (where the search is
+    favoured) and leads over them and the held-out noises together; baselines are ranked over both. A baseline
+    returned says so in the report: nothing better was found (`require_confidence=True` keeps a searched schedule
+    only where it is confirmed; a teacher-priced coeff sweep races all its schedules). Every stage stays within
+    `budget`.
 
     Args:
         pipe: a diffusers pipeline whose scheduler is VP / DDPM-style (SD 1.x/2.x, SDXL, PixArt, DDPMPipeline, ...)
@@ -131,10 +133,9 @@ def calibrate(
         confidence (`float`, defaults to 0.95): the race drops a schedule once it is worse than the leader with this
             confidence; the report says whether the choice beat every baseline with it.
         require_confidence (`bool`, defaults to `False`): keep a searched schedule only where it beats every baseline
-            with `confidence`, else return the best baseline. By default the incumbent is kept unless beaten with
-            `confidence`: at the default budget the held-out noises rarely confirm a 5-15% difference either way,
-            and the race's unconfirmed leader was a worse bet than the search on the embedded model
-            (benchmarks/RESULTS.md).
+            with `confidence`, else return the best baseline. By default an unconfirmed race is decided by the
+            held-out point estimate: at the default budget the held-out noises rarely confirm a 5-15% difference
+            either way.
         metric (`str`, defaults to `"l2"`): `jump_cost="euler"` only: `l2`, `l1` or `dev` (the authors' deviation).
         coeff (`float` or `"auto"`, *optional*): teacher-priced costs only: the DP's per-jump weight factor; `"auto"`
             (their default) puts the DP's schedules for every coeff in `AUTO_COEFFS` into the race.

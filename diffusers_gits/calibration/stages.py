@@ -92,9 +92,9 @@ def calibrate(
     baseline schedules people use today on held-out warm-up noises, adding noises only while the ranking is unclear
     (`diffusers_gits.calibration.selection.PairedRace`). Schedules are compared by squared error to the teacher, whose mean is
     the pooled error. A searched schedule that beats every baseline with `confidence` is returned as confirmed;
-    otherwise the one of the searched schedule and the best baseline with the lower pooled error on the held-out
-    noises, unless that baseline beat the searched schedule even on the search's own noises (where the search is
-    favoured) and leads over them and the held-out noises together; baselines are ranked over both. A baseline
+    otherwise the one of the searched schedule and the best baseline with the lower pooled error over the held-out
+    noises and the search's own noises together (where the search is favoured: its lead there stands unless the
+    held-out noises contradict it by more); baselines are ranked over both. A baseline
     returned says so in the report: nothing better was found (`require_confidence=True` keeps a searched schedule
     only where it is confirmed; a teacher-priced coeff sweep races all its schedules). Every stage stays within
     `budget`.
@@ -134,8 +134,8 @@ def calibrate(
             confidence; the report says whether the choice beat every baseline with it.
         require_confidence (`bool`, defaults to `False`): keep a searched schedule only where it beats every baseline
             with `confidence`, else return the best baseline. By default an unconfirmed race is decided by the
-            held-out point estimate: at the default budget the held-out noises rarely confirm a 5-15% difference
-            either way.
+            point estimate over the held-out and search noises: at the default budget the held-out noises rarely
+            confirm a 5-15% difference either way.
         metric (`str`, defaults to `"l2"`): `jump_cost="euler"` only: `l2`, `l1` or `dev` (the authors' deviation).
         coeff (`float` or `"auto"`, *optional*): teacher-priced costs only: the DP's per-jump weight factor; `"auto"`
             (their default) puts the DP's schedules for every coeff in `AUTO_COEFFS` into the race.

@@ -167,8 +167,9 @@ class PairedRace:
     def pooled_mean(self, name: str, *others: str) -> float:
         """`name`'s mean loss over the search noises and the held-out noises together, the search noises counted
         only where `name` and all of `others` have losses there (the same noises for every schedule compared)."""
-        on_search = all(other in self.search_losses for other in (name, *others))
-        earlier = self.search_losses[name] if on_search else torch.zeros(0, dtype=torch.float64)
+        earlier = (
+            self.search_losses[name] if self.search_noises(name, *others) else torch.zeros(0, dtype=torch.float64)
+        )
         values = torch.cat([earlier, self.losses[name]])
         return float(values.mean()) if len(values) else math.inf
 

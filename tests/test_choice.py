@@ -204,3 +204,22 @@ def test_the_default_is_scored_on_the_race_noises_only_where_the_budget_allows()
     default = np.array([10.0, 1.0, 0.0])
     assert default_error(scorer, default, 6) == pytest.approx(0.5) and scored == [6]  # 12 calls: affordable
     assert default_error(scorer, default, 7) is None and scored == [6]  # 14 calls: not scored at all
+
+
+def test_a_searched_schedule_chosen_after_another_left_the_race_is_reported_as_leading():
+    from diffusers_gits.calibration.choice import decide
+    from diffusers_gits.calibration.selection import PairedRace
+
+    searched = {f"gits_coeff_{c:g}": np.array([14.6, c, 0.0]) for c in (0.8, 1.2)}
+    race = PairedRace([*searched, "karras"], {"karras"}, min_noises=16)
+    spread, wide = (torch.rand(32, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in (0, 1))
+    race.add({"gits_coeff_0.8": spread[:16] + 1.0, "gits_coeff_1.2": spread[:16] + 2.0, "karras": 4 * wide[:16]})
+    assert set(race.alive) == {"gits_coeff_0.8", "karras"}  # 1.2 is out after 16 noises, with a mean of about 2.5
+    race.add({"gits_coeff_0.8": spread[16:] + 3.5, "karras": 4 * wide[16:] + 2.0})  # ... that the leader's now exceeds
+    assert race.mean("gits_coeff_0.8") > race.mean("gits_coeff_1.2") and set(race.alive) == {
+        "gits_coeff_0.8",
+        "karras",
+    }
+    chosen, entry = decide(race, {**searched, "karras": np.array([14.6, 1.0, 0.0])}, searched, False)
+    assert entry["chosen"] == "gits_coeff_0.8" and not entry["confident"]
+    assert entry["summary"].startswith("gits_coeff_0.8 leads over 32 held-out noises, unconfirmed")

@@ -241,7 +241,7 @@ def decide(
         entry["summary"] = f"{chosen} beats every baseline with {race.confidence:.0%} confidence on {noises}"
         return np.asarray(entrants[chosen], dtype=np.float64), entry
     best_searched = min(searched, key=race.mean)
-    if best_searched in race.eliminated_after:
+    if chosen not in searched and best_searched in race.eliminated_after:
         entry["summary"] = (
             f"{chosen} is as good as this budget finds ({best_searched} was worse with confidence on {noises})"
         )

@@ -29,3 +29,17 @@ def digits_images(split: str = "train", size: int = 16) -> torch.Tensor:
     if split == "test":
         return images[NUM_TRAIN_DIGITS:]
     return images
+
+
+def digits_labels(split: str = "train") -> torch.Tensor:
+    """The digit (0-9) of each image `digits_images(split)` returns, as an int64 tensor of shape `(n,)`."""
+    from sklearn.datasets import load_digits
+
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    labels = torch.from_numpy(load_digits().target).long()
+    if split == "train":
+        return labels[:NUM_TRAIN_DIGITS]
+    if split == "test":
+        return labels[NUM_TRAIN_DIGITS:]
+    return labels

@@ -18,6 +18,7 @@ CARD_FIELDS = (
     "solver",
     "teacher",
     "jump_cost",
+    "arrivals_per_node",
     "metric",
     "coeff",
     "num_warmup",

@@ -226,6 +226,21 @@ SOLVERS: dict[str, StepFunction] = {
 }
 
 
+#: Solvers that refine the state a step reached once the model has been evaluated there (at no extra call).
+CORRECTORS: dict[str, Callable[..., torch.Tensor]] = {"unipc": unipc_correct}
+
+
+def _no_correction(x, denoised, sigma, history, path: OdePath = SIGMA_PATH):
+    return x
+
+
+def get_corrector(name: str, path: OdePath = SIGMA_PATH) -> Callable[..., torch.Tensor]:
+    """`correct(x, denoised, sigma, history) -> state`: the state solver `name` steps from at `sigma`, given the state
+    `x` its previous step reached there and `denoised = D(x; sigma)` (UniPC's corrector; `x` itself for the others)."""
+    get_solver(name, path)  # the same check of the name
+    return functools.partial(CORRECTORS.get(name, _no_correction), path=path)
+
+
 def get_solver(name: str, path: OdePath = SIGMA_PATH) -> StepFunction:
     """The step function registered under `name`, stepping on `path`; raises `ValueError` naming the allowed solvers."""
     if name not in SOLVERS:

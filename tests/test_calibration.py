@@ -139,7 +139,7 @@ def test_a_search_result_no_better_than_the_baselines_falls_back_to_them(two_mod
 
     pipe, _ = two_mode_problem
 
-    def bunched(grid_sigmas, targets, num_steps, solver, evaluate, path):
+    def bunched(grid_sigmas, targets, num_steps, solver, evaluate, path, **options):
         size = len(grid_sigmas)  # every step crowded at the end: a poor schedule
         return StudentPathResult({k: [0, *range(size - k, size)] for k in num_steps}, {})
 
@@ -261,6 +261,32 @@ def test_fixed_coeff_without_holdout_is_the_pure_dp(mixture_problem):
         "budget": 2 * 32 * 61,
         "teacher_equivalents": 1.0,
     }
+
+
+def test_more_arrivals_per_node_cost_what_the_settings_price(mixture_problem):
+    from diffusers_gits.calibration.settings import student_search_calls
+
+    pipe, _ = mixture_problem
+    calls = {}
+    for arrivals in (1, 2):
+        scheduler = GITSScheduler.from_calibration(
+            pipe,
+            [3, 4],
+            num_warmup=32,
+            num_search=8,
+            num_holdout=0,
+            solver="unipc",
+            arrivals_per_node=arrivals,
+            progress=False,
+            cache=False,
+        )
+        meta = scheduler.calibration_record
+        assert meta["arrivals_per_node"] == arrivals and meta["num_search"] == 8
+        calls[arrivals] = meta["model_calls"]["search"]
+        assert calls[arrivals] == student_search_calls([3, 4], 61, 8, arrivals)
+    # Layers 1-3 are evaluated: a second pass over layers 2 and 3, each but its first node (one path into it), plus
+    # the pass's throw-away call; layer 1 has one path into each node.
+    assert calls[2] - calls[1] == 8 * ((61 - 2 - 1 + 1) + (61 - 3 - 1 + 1))
 
 
 def test_calibration_is_deterministic(mixture_problem):

@@ -227,6 +227,93 @@ def test_student_path_dp_matches_brute_force_on_a_small_grid(solver):
     assert calls[0] == [0] and all(nodes == list(range(k, size - 1)) for k, nodes in enumerate(calls[1:], start=1))
 
 
+@pytest.mark.parametrize("solver", ["dpmpp_2m", "unipc", "ipndm"])
+def test_student_path_dp_with_every_arrival_kept_finds_the_optimum_up_to_three_jumps(solver):
+    from diffusers_gits.calibration.search import student_path_dp
+
+    grid, targets, evaluate, final_error, calls = _student_problem(solver)
+    size = len(grid)
+    single = student_path_dp(grid, targets, range(1, 5), solver, evaluate)
+    single_calls = sum(map(len, calls))
+    calls.clear()
+    result = student_path_dp(grid, targets, range(1, 5), solver, evaluate, arrivals_per_node=size)
+    for k in range(1, 5):
+        assert result.errors[k] == pytest.approx(final_error(result.schedules[k]), rel=1e-4)
+        best = min(final_error([0, *inner, size - 1]) for inner in itertools.combinations(range(1, size - 1), k - 1))
+        if k <= 3:  # every path into a node is kept, and each offers its final sample: the optimum
+            assert result.errors[k] == pytest.approx(best, rel=1e-4)
+            assert result.errors[k] <= single.errors[k] * (1 + 1e-4)
+        else:
+            assert best * (1 - 1e-4) <= result.errors[k] <= 1.25 * best
+    # Each rank of arrival is evaluated in its own call, in descending sigma order: layer k holds the k-jump paths
+    # into node j, at most min(j, size) of them.
+    assert calls[0] == [0] and all(nodes == sorted(nodes) for nodes in calls)
+    evaluated = sum(map(len, calls))
+    assert single_calls < evaluated <= size * single_calls
+
+
+def _unipc_arrivals(grid, targets, evaluate, denoised_at_arrival):
+    """`{j: {i: (predicted, corrected)}}` for every two-jump path 0 -> i -> j, by sampling with UniPC: the state its
+    predictor reached at j, and the state it steps from there after its corrector with `denoised_at_arrival(j, x)`."""
+    from diffusers_gits.solvers import SolverHistory, unipc_step
+
+    arrivals = {}
+    for j in range(2, len(grid) - 1):
+        arrivals[j] = {}
+        for i in range(1, j):
+            x, history = targets[0], SolverHistory()
+            for a, b in ((0, i), (i, j)):
+                x, history = unipc_step(x, evaluate([a], [x])[0], float(grid[a]), float(grid[b]), history)
+            _, after = unipc_step(x, denoised_at_arrival(j, x), float(grid[j]), float(grid[j + 1]), history)
+            arrivals[j][i] = (x, after.states[-1])
+    return arrivals
+
+
+def _closest(arrivals, targets, which):
+    return {
+        j: min(paths, key=lambda i: float((paths[i][which] - targets[j]).pow(2).mean()))
+        for j, paths in arrivals.items()
+    }
+
+
+def test_student_path_dp_continues_from_the_arrival_closest_after_unipcs_corrector():
+    """Four jumps with every arrival kept, by brute force over sampling: the two-jump path into node j that continues
+    is the one whose state after UniPC's corrector (the state UniPC steps from) is closest to the target, and every
+    continuation is offered. Judged before the corrector, another path would continue from some node here."""
+    from diffusers_gits.calibration.search import student_path_dp
+
+    grid, targets, evaluate, final_error, _ = _student_problem("unipc")
+    size, last = len(grid), len(grid) - 1
+    arrivals = _unipc_arrivals(grid, targets, evaluate, lambda j, x: evaluate([j], [x])[0])
+    corrected, predicted = _closest(arrivals, targets, 1), _closest(arrivals, targets, 0)
+    assert corrected != predicted
+    result = student_path_dp(grid, targets, [4], "unipc", evaluate, arrivals_per_node=size)
+    best = min(
+        (final_error([0, corrected[j], j, node, last]), [0, corrected[j], j, node, last])
+        for j in range(2, last)
+        for node in range(j + 1, last)
+    )
+    assert result.errors[4] == pytest.approx(best[0], rel=1e-4) and result.schedules[4] == best[1]
+
+
+def test_student_path_dp_ranks_unipc_arrivals_after_its_corrector_with_the_teachers_denoised():
+    """With the teacher's denoised values along the grid, one arrival per node is kept, the one closest to the target
+    after UniPC's corrector fed the teacher's denoised value (no model call); without them, the one closest before it.
+    Three jumps by brute force: the best final sample of the kept two-jump paths continued into sigma = 0."""
+    from diffusers_gits.calibration.search import student_path_dp
+
+    grid, targets, evaluate, final_error, _ = _student_problem("unipc")
+    last = len(grid) - 1
+    teacher_denoised = torch.stack(evaluate(list(range(last)), list(targets[:-1])))
+    arrivals = _unipc_arrivals(grid, targets, evaluate, lambda j, x: teacher_denoised[j])
+    estimated, predicted = _closest(arrivals, targets, 1), _closest(arrivals, targets, 0)
+    assert estimated != predicted
+    for kept, denoised in ((estimated, teacher_denoised), (predicted, None)):
+        result = student_path_dp(grid, targets, [3], "unipc", evaluate, target_denoised=denoised)
+        best = min((final_error([0, kept[j], j, last]), [0, kept[j], j, last]) for j in range(2, last))
+        assert result.errors[3] == pytest.approx(best[0], rel=1e-4) and result.schedules[3] == best[1]
+
+
 def test_student_path_dp_rejects_bad_input():
     from diffusers_gits.calibration.search import student_path_dp
 
@@ -237,3 +324,7 @@ def test_student_path_dp_rejects_bad_input():
         student_path_dp(grid, targets[:-1], [2], "euler", evaluate)
     with pytest.raises(ValueError, match="'heun'"):
         student_path_dp(grid, targets, [2], "heun", evaluate)
+    with pytest.raises(ValueError, match="arrivals_per_node must be >= 1, got 0"):
+        student_path_dp(grid, targets, [2], "euler", evaluate, arrivals_per_node=0)
+    with pytest.raises(TypeError, match="arrivals_per_node must be an int"):
+        student_path_dp(grid, targets, [2], "euler", evaluate, arrivals_per_node=2.0)

@@ -85,6 +85,19 @@ def test_defaults_fill_in_from_the_budget():
     assert teacher_priced.coeff == "auto" and teacher_priced.num_search == 48 and teacher_priced.num_holdout == 16
 
 
+def test_arrivals_per_node_prices_the_search_and_is_checked():
+    # A second arrival per node adds a pass per layer after the first (one path into each node) over every node
+    # but the layer's first (one path into it), plus the pass's throw-away call.
+    assert student_search_calls([10], 61, 1, 2) == 513 + sum(61 - k for k in range(2, 10))
+    assert create([4, 5, 6, 8, 10], arrivals_per_node=2).num_search == 14  # 2 x 256 x 61 / 2 / (122 + 957)
+    with pytest.raises(ValueError, match="arrivals_per_node must be >= 1, got 0"):
+        create(4, arrivals_per_node=0)
+    with pytest.raises(TypeError, match="arrivals_per_node must be an int, got 1.5"):
+        create(4, arrivals_per_node=1.5)
+    with pytest.raises(ValueError, match="arrivals_per_node=3 is for the student search; jump_cost='euler'"):
+        create(4, arrivals_per_node=3, jump_cost="euler")
+
+
 def test_fields_for_the_key_the_checkpoint_and_the_metadata():
     settings = create(
         [6, 4, 6], prompts=["a fox"], batch_size=8, pipe_kwargs={"guidance_scale": 7.5, "latents": torch.zeros(1)}

@@ -40,10 +40,18 @@ PER_PROMPT_COUNTS = ("num_images_per_prompt", "num_videos_per_prompt")
 EXECUTION_FIELDS = ("batch_size",)
 
 
-def student_search_calls(steps: Sequence[int], grid_size: int, num_search: int) -> int:
-    """Model calls of `student_path_dp` through a pipeline: every node of layers 1..max(steps) - 1, plus the one
-    throw-away call per layer that moves the pipeline onto the injected states (layer 0 reuses the teacher's)."""
-    return sum(grid_size - k + 1 for k in range(1, max(steps))) * num_search
+def student_search_calls(steps: Sequence[int], grid_size: int, num_search: int, arrivals_per_node: int = 1) -> int:
+    """Model calls of `student_path_dp` through a pipeline: for each layer k = 1..max(steps) - 1 and rank r of arrival,
+    every node with r + 1 arrivals (layer 1 has one path into each node; in a later layer node j has j - k + 1),
+    plus the one throw-away call per pipeline pass that moves it onto the injected states (layer 0 reuses the
+    teacher's)."""
+    per_noise = sum(
+        grid_size - k - rank + 1
+        for k in range(1, max(steps))
+        for rank in range(arrivals_per_node if k > 1 else 1)
+        if grid_size - k - rank > 0
+    )
+    return per_noise * num_search
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,7 @@ class CalibrationSettings:
     teacher: TeacherName
     grid_size: int
     jump_cost: JumpCost
+    arrivals_per_node: int
     num_search: int
     num_holdout: int
     budget: float
@@ -116,6 +125,15 @@ class CalibrationSettings:
             raise ValueError(
                 f"metric={o.metric!r} needs jump_cost='euler'; jump_cost={o.jump_cost!r} measures l2 only"
             )
+        if isinstance(o.arrivals_per_node, bool) or not isinstance(o.arrivals_per_node, (int, np.integer)):
+            raise TypeError(f"arrivals_per_node must be an int, got {o.arrivals_per_node!r}")
+        if o.arrivals_per_node < 1:
+            raise ValueError(f"arrivals_per_node must be >= 1, got {o.arrivals_per_node}")
+        if o.arrivals_per_node != 1 and o.jump_cost != "student":
+            raise ValueError(
+                f"arrivals_per_node={o.arrivals_per_node} is for the student search; jump_cost={o.jump_cost!r} keeps "
+                "no arrivals (leave it at 1)"
+            )
         if o.jump_cost == "student":
             if o.coeff is not None:
                 raise ValueError(
@@ -136,7 +154,7 @@ class CalibrationSettings:
             if o.jump_cost == "student":
                 # The search costs about max(steps) x grid_size calls per noise: give it half the budget, so that the
                 # race keeps the other half, and never more noises than 32 or half the warm-ups.
-                per_noise = 2 * o.grid_size + student_search_calls(steps, o.grid_size, 1)
+                per_noise = 2 * o.grid_size + student_search_calls(steps, o.grid_size, 1, o.arrivals_per_node)
                 affordable = int(o.budget * o.num_warmup * o.grid_size / 2 / per_noise)
                 o.num_search = max(1, min(32, o.num_warmup // 2, affordable))
             elif o.num_holdout is not None:
@@ -161,7 +179,7 @@ class CalibrationSettings:
         limit = int(o.budget * o.num_warmup * o.grid_size)
         needed = o.num_search * (2 * o.grid_size if o.jump_cost == "student" else o.grid_size)
         if o.jump_cost == "student":
-            needed += student_search_calls(steps, o.grid_size, o.num_search)
+            needed += student_search_calls(steps, o.grid_size, o.num_search, o.arrivals_per_node)
         if needed > limit:
             raise ValueError(
                 f"budget={o.budget} allows {limit} model calls ({o.budget} x num_warmup {o.num_warmup} x grid_size "

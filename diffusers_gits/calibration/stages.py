@@ -67,6 +67,7 @@ def calibrate(
     teacher: TeacherName = "ipndm",
     grid_size: int = 61,
     jump_cost: JumpCost = "student",
+    arrivals_per_node: int = 1,
     num_search: int | None = None,
     budget: float = 2.0,
     confidence: float = 0.95,
@@ -124,6 +125,10 @@ def calibrate(
             from the student's own states (model calls: about max(steps) x grid_size x num_search); `"euler"` (the
             paper) and `"solver"` price it from the teacher's states with one Euler step or the solver's own step
             (no model calls beyond the teacher; `diffusers_gits.calibration.search`).
+        arrivals_per_node (`int`, defaults to 1): `"student"` only: how many paths into each grid node the search keeps
+            and evaluates the model at, each rank one more pass of model calls per layer. With more than one, the
+            state the solver steps from decides exactly (UniPC's corrector needs the model output at the node; with one
+            it is estimated from the teacher's) and every kept path offers its final sample.
         num_search (`int`, *optional*): warm-up noises the search runs on. For `"student"` it defaults to as many as
             half the budget pays for, at most 32 and half of `num_warmup` (24 at the defaults with steps up to 10);
             for the teacher-priced costs to `num_warmup - num_holdout`, or three quarters of `num_warmup`.
@@ -307,7 +312,9 @@ def _teacher_and_search(
         )
         timings["teacher_s"] = time.perf_counter() - tic
         tic = time.perf_counter()
-        candidates = student_candidates(executor, runner, family, grid, targets, grid_denoised, steps, solver)
+        candidates = student_candidates(
+            executor, runner, family, grid, targets, grid_denoised, steps, solver, settings.arrivals_per_node
+        )
         rotation = frame_rotation(targets, grid_denoised)
         zero_call = {k: {"tors": equal_rotation_sigmas(rotation, k, family, grid)} for k in steps}
         finals = targets[-1]
@@ -471,18 +478,26 @@ def teacher_jump_costs(executor: Executor, runner: PipelineRunner, teacher_sched
 
 
 def student_candidates(
-    executor: Executor, runner: PipelineRunner, family: ModelFamily, grid, targets, grid_denoised, steps, solver
+    executor: Executor,
+    runner: PipelineRunner,
+    family: ModelFamily,
+    grid,
+    targets,
+    grid_denoised,
+    steps,
+    solver,
+    arrivals_per_node: int = 1,
 ) -> dict:
     """`{N: {"gits": sigmas}}` from `student_path_dp`, evaluating each layer's nodes through the pipeline (the
     executor counts the calls as `"search"`). `grid_denoised` are the teacher's denoised values at the grid's points: the first is
     where every path starts, so the search needs no call there."""
     first_denoised = grid_denoised[0]
     indices = list(range(targets.shape[1]))
-    layers = 0
+    passes = 0
 
     def evaluate(nodes: list[int], states: list[torch.Tensor]) -> list[torch.Tensor]:
-        nonlocal layers
-        layers += 1
+        nonlocal passes
+        passes += 1
         if nodes == [0]:
             return [first_denoised]
         # One pipeline call visits every node: a first throw-away step from the pipeline's own start moves it onto
@@ -497,7 +512,7 @@ def student_candidates(
 
         jobs = [
             Job(
-                f"search/layer {layers}/{batch_key(batch)}",
+                f"search/pass {passes}/{batch_key(batch)}",
                 len(batch) * (len(nodes) + 1),
                 len(batch),
                 functools.partial(run, batch),
@@ -507,7 +522,16 @@ def student_candidates(
         results = executor.map("search", jobs)
         return [torch.cat([result[n] for result in results]) for n in range(len(nodes))]
 
-    result = student_path_dp(grid, targets, steps, solver, evaluate, family.scheduler_class.path)
+    result = student_path_dp(
+        grid,
+        targets,
+        steps,
+        solver,
+        evaluate,
+        family.scheduler_class.path,
+        arrivals_per_node=arrivals_per_node,
+        target_denoised=grid_denoised,
+    )
     return {k: {"gits": grid[result.schedules[k]]} for k in steps}
 
 

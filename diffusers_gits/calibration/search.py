@@ -279,6 +279,14 @@ class _Arrival:
     error: float
 
 
+def check_arrivals_per_node(arrivals_per_node: int) -> None:
+    """Raise `TypeError` / `ValueError` unless `arrivals_per_node` is an int >= 1."""
+    if isinstance(arrivals_per_node, bool) or not isinstance(arrivals_per_node, (int, np.integer)):
+        raise TypeError(f"arrivals_per_node must be an int, got {arrivals_per_node!r}")
+    if arrivals_per_node < 1:
+        raise ValueError(f"arrivals_per_node must be >= 1, got {arrivals_per_node}")
+
+
 def student_path_dp(
     grid_sigmas: np.ndarray,
     targets: torch.Tensor,
@@ -338,10 +346,7 @@ def student_path_dp(
             f"target_denoised must have shape {(size - 1, *targets.shape[1:])} (the grid points but the last), "
             f"got {tuple(target_denoised.shape)}"
         )
-    if isinstance(arrivals_per_node, bool) or not isinstance(arrivals_per_node, (int, np.integer)):
-        raise TypeError(f"arrivals_per_node must be an int, got {arrivals_per_node!r}")
-    if arrivals_per_node < 1:
-        raise ValueError(f"arrivals_per_node must be >= 1, got {arrivals_per_node}")
+    check_arrivals_per_node(arrivals_per_node)
     step, correct = get_solver(solver, path), get_corrector(solver, path)
     targets = targets.to(torch.float32)
     last = size - 1

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..schedules import check_step_count
 from ..solvers import SOLVERS, SolverName
-from .search import METRICS, Metric
+from .search import METRICS, Metric, check_arrivals_per_node
 
 
 TeacherName = Literal["dpmpp_2m", "ipndm"]
@@ -125,10 +125,7 @@ class CalibrationSettings:
             raise ValueError(
                 f"metric={o.metric!r} needs jump_cost='euler'; jump_cost={o.jump_cost!r} measures l2 only"
             )
-        if isinstance(o.arrivals_per_node, bool) or not isinstance(o.arrivals_per_node, (int, np.integer)):
-            raise TypeError(f"arrivals_per_node must be an int, got {o.arrivals_per_node!r}")
-        if o.arrivals_per_node < 1:
-            raise ValueError(f"arrivals_per_node must be >= 1, got {o.arrivals_per_node}")
+        check_arrivals_per_node(o.arrivals_per_node)
         if o.arrivals_per_node != 1 and o.jump_cost != "student":
             raise ValueError(
                 f"arrivals_per_node={o.arrivals_per_node} is for the student search; jump_cost={o.jump_cost!r} keeps "

@@ -19,27 +19,24 @@ def digits_images(split: str = "train", size: int = 16) -> torch.Tensor:
     """
     from sklearn.datasets import load_digits
 
-    if split not in ("train", "test", "all"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     images = torch.from_numpy(load_digits().images).float().unsqueeze(1) / 16.0
     images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-    images = images * 2 - 1
-    if split == "train":
-        return images[:NUM_TRAIN_DIGITS]
-    if split == "test":
-        return images[NUM_TRAIN_DIGITS:]
-    return images
+    return _split(images * 2 - 1, split)
 
 
 def digits_labels(split: str = "train") -> torch.Tensor:
     """The digit (0-9) of each image `digits_images(split)` returns, as an int64 tensor of shape `(n,)`."""
     from sklearn.datasets import load_digits
 
+    return _split(torch.from_numpy(load_digits().target).long(), split)
+
+
+def _split(digits: torch.Tensor, split: str) -> torch.Tensor:
+    """The rows of `digits` (all 1797, in scikit-learn's order) that make up `split`."""
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    labels = torch.from_numpy(load_digits().target).long()
     if split == "train":
-        return labels[:NUM_TRAIN_DIGITS]
+        return digits[:NUM_TRAIN_DIGITS]
     if split == "test":
-        return labels[NUM_TRAIN_DIGITS:]
-    return labels
+        return digits[NUM_TRAIN_DIGITS:]
+    return digits

@@ -13,7 +13,6 @@ sample to an accurate solution of the same ODE from the same noise, over test no
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -24,14 +23,14 @@ from quality import (
     DEFAULT,
     NFES,
     SOLVERS,
-    calibrate_variants,
+    benchmark_solvers,
     ratio_cells,
+    run_setup,
     schedule_table_lines,
-    score_schedules,
     step_overhead,
 )
 
-from diffusers_gits import GITSFlowMatchScheduler, __version__
+from diffusers_gits import GITSFlowMatchScheduler
 from diffusers_gits.evaluation import TEST_SEED, per_sample_rmse, sliced_wasserstein
 from diffusers_gits.noise import FLOW_PATH, shift_flow_sigmas
 from diffusers_gits.schedules import flow_baseline_schedules
@@ -74,17 +73,9 @@ def main() -> None:
     results["step_overhead_vs_flowmatch_euler"] = step_overhead(
         FlowMatchEulerDiscreteScheduler, GITSFlowMatchScheduler, {"shift": 3.0}
     )
-    results["setup"] = {
-        "package_version": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-        "num_test": num_test,
-        "num_warmup": num_warmup,
-        "bandwidth": BANDWIDTH,
-        "reference_steps": ref_steps,
-        "total_s": time.perf_counter() - start,
-    }
+    results["setup"] = run_setup(
+        start, num_test=num_test, num_warmup=num_warmup, bandwidth=BANDWIDTH, reference_steps=ref_steps
+    )
     (out_dir / "results_flow.json").write_text(json.dumps(results, indent=1))
     (out_dir / "RESULTS_FLOW.md").write_text(render(results))
     log(f"wrote {out_dir / 'RESULTS_FLOW.md'}")
@@ -118,17 +109,9 @@ def run(mixture, real, mu, num_test, num_warmup, ref_steps, log) -> dict:
     def baselines(k):  # as the calibration sees them: the pipeline passes Flux's sigmas and `mu`
         return flow_baseline_schedules(k, factor, sigma_min, dict(pipe.scheduler.config), mu, True)
 
-    for solver in SOLVERS:
-        schedules, costs = calibrate_variants(pipe, solver, num_warmup, log)
-        table = score_schedules(
-            lambda k: {**baselines(k), **{n: s[k] for n, s in schedules.items()}},
-            lambda sigmas: solve(sigmas, solver),
-            reference,
-            real,
-        )
-        results["solvers"][solver] = table
-        results["calibration_cost"][solver] = costs
-        log(f"  {solver}: " + ", ".join(f"NFE {k}: {DEFAULT} {table[DEFAULT][k]['pooled']:.4f}" for k in NFES))
+    results["solvers"], results["calibration_cost"] = benchmark_solvers(
+        pipe, baselines, solve, reference, real, num_warmup, log
+    )
     return results
 
 

@@ -16,7 +16,6 @@ calibration, prompts cycled over them), pooled RMSE, with the paired 95% CI agai
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -27,14 +26,13 @@ from quality import (
     DEFAULT,
     NFES,
     SD_BETAS,
-    SOLVERS,
-    calibrate_variants,
+    benchmark_solvers,
     ratio_cells,
+    run_setup,
     schedule_table_lines,
-    score_schedules,
 )
 
-from diffusers_gits import GITSFlowMatchScheduler, __version__
+from diffusers_gits import GITSFlowMatchScheduler
 from diffusers_gits.evaluation import TEST_SEED, per_sample_rmse
 from diffusers_gits.noise import FLOW_PATH, SIGMA_PATH, shift_flow_sigmas
 from diffusers_gits.schedules import baseline_schedules, flow_baseline_schedules
@@ -70,16 +68,7 @@ def main() -> None:
     for name, (guidance, mu) in MODELS.items():
         log(f"{name}: guidance {guidance}" + (f", mu {mu}" if mu is not None else ""))
         results["runs"][name] = run(model, real, name, guidance, mu, num_test, num_warmup, ref_steps, log)
-        results["setup"] = {
-            "package_version": __version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-            "num_test": num_test,
-            "num_warmup": num_warmup,
-            "reference_steps": ref_steps,
-            "total_s": time.perf_counter() - start,
-        }
+        results["setup"] = run_setup(start, num_test=num_test, num_warmup=num_warmup, reference_steps=ref_steps)
         (out_dir / "results_guided.json").write_text(json.dumps(results, indent=1))
         (out_dir / "RESULTS_GUIDED.md").write_text(render(results))
     log(f"wrote {out_dir / 'RESULTS_GUIDED.md'}")
@@ -127,21 +116,19 @@ def run(model, real, name, guidance, mu, num_test, num_warmup, ref_steps, log) -
     )
     reference_error = float(per_sample_rmse(reference[:64], check).mean())
     log(f"reference: {ref_steps} steps, RMSE to {2 * ref_steps} steps on 64 noises {reference_error:.1e}")
-    results = {"guidance_scale": guidance, "mu": mu, "solvers": {}, "calibration_cost": {}}
-    results["reference_rmse_to_2x_steps"] = reference_error
-    for solver in SOLVERS:
-        schedules, costs = calibrate_variants(
-            pipe, solver, num_warmup, log, {DEFAULT: {}}, prompts=PROMPTS, guidance_scale=guidance
-        )
-        table = score_schedules(
-            lambda k: {**baselines(k), **{n: s[k] for n, s in schedules.items()}},
-            lambda sigmas: solve(sigmas, solver),
-            reference,
-            real,
-        )
-        results["solvers"][solver] = table
-        results["calibration_cost"][solver] = costs
-        log(f"  {solver}: " + ", ".join(f"NFE {k}: {DEFAULT} {table[DEFAULT][k]['pooled']:.4f}" for k in NFES))
+    results = {"guidance_scale": guidance, "mu": mu, "reference_rmse_to_2x_steps": reference_error}
+    results["solvers"], results["calibration_cost"] = benchmark_solvers(
+        pipe,
+        baselines,
+        solve,
+        reference,
+        real,
+        num_warmup,
+        log,
+        {DEFAULT: {}},
+        prompts=PROMPTS,
+        guidance_scale=guidance,
+    )
     return results
 
 

@@ -91,6 +91,24 @@ def calibrate_variants(pipe, solver, num_warmup, log, variants=VARIANTS, **call_
     return schedules, costs
 
 
+def benchmark_solvers(pipe, baselines, solve, reference, real, num_warmup, log, variants=VARIANTS, **call_options):
+    """For every solver: calibrate `variants` on `pipe` (with `call_options`), then score them and `baselines(N)` by
+    `solve(sigmas, solver)` against `reference` (`score_schedules`). Returns `({solver: table}, {solver: costs})`."""
+    tables, costs = {}, {}
+    for solver in SOLVERS:
+        schedules, costs[solver] = calibrate_variants(pipe, solver, num_warmup, log, variants, **call_options)
+        tables[solver] = score_schedules(
+            lambda k: {**baselines(k), **{name: per_k[k] for name, per_k in schedules.items()}},
+            lambda sigmas: solve(sigmas, solver),  # noqa: B023 (called before the loop moves on)
+            reference,
+            real,
+        )
+        log(
+            f"  {solver}: " + ", ".join(f"NFE {k}: {DEFAULT} {tables[solver][DEFAULT][k]['pooled']:.4f}" for k in NFES)
+        )
+    return tables, costs
+
+
 def score_schedules(candidates_for, solve, reference: torch.Tensor, real: torch.Tensor) -> dict:
     """`{name: {N: scores}}` for every schedule `candidates_for(N)` gives, sampled by `solve(sigmas)`.
 
@@ -257,20 +275,29 @@ def kde_model(num_test: int) -> dict:
     }
 
 
-def write(results, out_dir, model, start, num_test, num_warmup) -> None:
-    """Write what is measured so far (after every solver: a long run that is stopped still leaves results)."""
-    results["step_overhead_vs_euler_discrete"] = results.get("step_overhead_vs_euler_discrete") or step_overhead()
-    results["dp_seconds_101_grid_k1_to_20"] = results.get("dp_seconds_101_grid_k1_to_20") or dp_timing()
-    results["setup"] = {
+def run_setup(start: float, **fields) -> dict:
+    """A results file's `setup`: package and library versions, the machine, `fields` (test and warm-up counts, ...)
+    and the wall time since `start`."""
+    return {
         "package_version": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-        "num_test": num_test,
-        "num_warmup": num_warmup,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **fields,
         "total_s": time.perf_counter() - start,
     }
+
+
+def write(results, out_dir, model, start, num_test, num_warmup) -> None:
+    """Write what is measured so far (after every solver: a long run that is stopped still leaves results)."""
+    results["step_overhead_vs_euler_discrete"] = results.get("step_overhead_vs_euler_discrete") or step_overhead()
+    results["dp_seconds_101_grid_k1_to_20"] = results.get("dp_seconds_101_grid_k1_to_20") or dp_timing()
+    results["setup"] = run_setup(
+        start,
+        num_test=num_test,
+        num_warmup=num_warmup,
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
     markdown, raw = RESULT_FILES[model]
     (out_dir / raw).write_text(json.dumps(results, indent=1))
     (out_dir / markdown).write_text(render(results, model))

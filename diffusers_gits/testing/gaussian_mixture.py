@@ -254,7 +254,23 @@ def _prompt_list(prompt: str | Sequence[str] | None, batch_size: int) -> list[st
     return prompts
 
 
-class GuidedMixturePipeline(GaussianMixturePipeline):
+class _Prompted:
+    """What both guided pipelines add to their mixture pipeline: the class-conditional model, keyed with the mixture
+    among the components, and a call's start noises with its prompts' guided denoiser."""
+
+    model: ClassConditionalMixture
+
+    @property
+    def components(self) -> dict:
+        return {"mixture": self.model.mixture, "classes": self.model, "scheduler": self.scheduler}
+
+    def _prompted(self, prompt, generator, guidance_scale: float, flow: bool) -> tuple[torch.Tensor, Callable]:
+        generators = generator if isinstance(generator, list) else [generator or torch.Generator()]
+        denoiser = self.model.guided(_prompt_list(prompt, len(generators)), guidance_scale, flow)
+        return self.start_noise(generators), denoiser
+
+
+class GuidedMixturePipeline(_Prompted, GaussianMixturePipeline):
     """A `ClassConditionalMixture` sampled as a VP text-to-image model with classifier-free guidance: like
     `GaussianMixturePipeline`, with `prompt` (class names, one per generator) and `guidance_scale`.
 
@@ -267,10 +283,6 @@ class GuidedMixturePipeline(GaussianMixturePipeline):
         super().__init__(model.mixture, scheduler)
         self.model = model
 
-    @property
-    def components(self) -> dict:
-        return {"mixture": self.mixture, "classes": self.model, "scheduler": self.scheduler}
-
     def __call__(
         self,
         prompt: str | Sequence[str] | None = None,
@@ -279,12 +291,10 @@ class GuidedMixturePipeline(GaussianMixturePipeline):
         guidance_scale: float = 5.0,
         output_type: str = "np",
     ):
-        generators = generator if isinstance(generator, list) else [generator or torch.Generator()]
-        denoiser = self.model.guided(_prompt_list(prompt, len(generators)), guidance_scale)
-        return self._sample(self.start_noise(generators), denoiser, num_inference_steps)
+        return self._sample(*self._prompted(prompt, generator, guidance_scale, flow=False), num_inference_steps)
 
 
-class GuidedMixtureFlowPipeline(MixtureFlowPipeline):
+class GuidedMixtureFlowPipeline(_Prompted, MixtureFlowPipeline):
     """A `ClassConditionalMixture` sampled as a flow-matching text-to-image model with classifier-free guidance, as
     Flux-style pipelines sample: like `MixtureFlowPipeline`, with `prompt` and `guidance_scale`.
 
@@ -298,10 +308,6 @@ class GuidedMixtureFlowPipeline(MixtureFlowPipeline):
         super().__init__(model.mixture, scheduler, mu)
         self.model = model
 
-    @property
-    def components(self) -> dict:
-        return {"mixture": self.mixture, "classes": self.model, "scheduler": self.scheduler}
-
     def __call__(
         self,
         prompt: str | Sequence[str] | None = None,
@@ -311,6 +317,4 @@ class GuidedMixtureFlowPipeline(MixtureFlowPipeline):
         sigmas: list[float] | None = None,
         output_type: str = "latent",
     ) -> MixtureOutput:
-        generators = generator if isinstance(generator, list) else [generator or torch.Generator()]
-        denoiser = self.model.guided(_prompt_list(prompt, len(generators)), guidance_scale, flow=True)
-        return self._sample(self.start_noise(generators), denoiser, num_inference_steps, sigmas)
+        return self._sample(*self._prompted(prompt, generator, guidance_scale, flow=True), num_inference_steps, sigmas)

@@ -341,12 +341,10 @@ def render(results: dict, model: str = "embedded") -> str:
         "## Headline: the package default vs the best baseline, pooled RMSE ratio",
         "",
         "Ratio < 1 means the default is closer to the reference. The baselines: uniform timesteps, Karras, log-SNR, "
-        "Align-Your-Steps SD1.5 and the GITS authors' published SD1.5 table. The default keeps the searched schedule "
-        "unless a baseline beat it on held-out noises with 95% confidence, or the best baseline beat it on the search "
-        "noises and over them and the held-out noises together (then that baseline; every comparison in squared "
-        "error); cells "
-        "marked * are where the searched schedule beat every baseline with that confidence, and the brackets name "
-        "what it chose. "
+        "Align-Your-Steps SD1.5 and the GITS authors' published SD1.5 table. The default returns the searched "
+        "schedule where it beat every baseline on held-out noises with 95% confidence (cells marked *), and "
+        "otherwise whichever of it and the best baseline has the lower pooled error over the held-out and search "
+        "noises together (every comparison in squared error); the brackets name what it chose. "
         "Targets: never > 1; <= 0.85 at NFE 5 and 6 (dpmpp_2m, unipc, ipndm).",
         "",
         header,

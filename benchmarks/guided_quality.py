@@ -99,21 +99,15 @@ def run(model, real, name, guidance, mu, num_test, num_warmup, ref_steps, log) -
             return baseline_schedules(noise, k)
 
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(num_test)]
-    denoiser = model.guided(prompts, guidance, flow=flow)
     z = pipe.start_noise([torch.Generator().manual_seed(TEST_SEED + i) for i in range(num_test)])
 
-    def solve(sigmas, solver):
-        x = z if flow else z * (1 + float(sigmas[0]) ** 2) ** 0.5  # VP noise, seen at the schedule's first sigma
+    def solve(sigmas, solver, rows=None):  # the first `rows` test noises (all by default) with their prompts
+        x = z[:rows] if flow else z[:rows] * (1 + float(sigmas[0]) ** 2) ** 0.5  # VP noise at the first sigma
+        denoiser = model.guided(prompts[:rows], guidance, flow=flow)
         return sample(denoiser, x, [float(s) for s in sigmas], solver, path=FLOW_PATH if flow else SIGMA_PATH)
 
     reference = solve(fine(ref_steps), "ipndm")
-    check = sample(
-        model.guided(prompts[:64], guidance, flow=flow),
-        (z if flow else z * (1 + float(fine(2)[0]) ** 2) ** 0.5)[:64],
-        [float(s) for s in fine(2 * ref_steps)],
-        "ipndm",
-        path=FLOW_PATH if flow else SIGMA_PATH,
-    )
+    check = solve(fine(2 * ref_steps), "ipndm", 64)
     reference_error = float(per_sample_rmse(reference[:64], check).mean())
     log(f"reference: {ref_steps} steps, RMSE to {2 * ref_steps} steps on 64 noises {reference_error:.1e}")
     results = {"guidance_scale": guidance, "mu": mu, "reference_rmse_to_2x_steps": reference_error}

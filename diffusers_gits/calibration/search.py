@@ -349,6 +349,8 @@ def student_path_dp(
     check_arrivals_per_node(arrivals_per_node)
     step, correct = get_solver(solver, path), get_corrector(solver, path)
     targets = targets.to(torch.float32)
+    if target_denoised is not None:
+        target_denoised = target_denoised.to(torch.float32)
     last = size - 1
 
     def squared_error(states: torch.Tensor, node: int) -> float:
@@ -380,7 +382,7 @@ def student_path_dp(
                 landed, history = step(arrival.states, d, sigma, float(grid_sigmas[j]), arrival.history)
                 rank_states = landed
                 if target_denoised is not None:
-                    rank_states = correct(landed, target_denoised[j].to(torch.float32), float(grid_sigmas[j]), history)
+                    rank_states = correct(landed, target_denoised[j], float(grid_sigmas[j]), history)
                 offers[j] = [_Arrival([*arrival.path, j], landed, history, squared_error(rank_states, j))]
             for j, entries in offers.items():
                 best[j] = sorted(best.get(j, []) + entries, key=lambda a: a.error)[:arrivals_per_node]

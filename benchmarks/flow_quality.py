@@ -83,19 +83,9 @@ def main() -> None:
 
 def run(mixture, real, mu, num_test, num_warmup, ref_steps, log) -> dict:
     """Reference, calibrations and the error table for one shift."""
-    pipe = MixtureFlowPipeline(mixture, FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), mu=mu)
-    factor = float(np.exp(mu))
-    sigma_min = GITSFlowMatchScheduler.from_config(pipe.scheduler.config).train_sigma_min
-    z = pipe.start_noise([torch.Generator().manual_seed(TEST_SEED + i) for i in range(num_test)])
-
-    def solve(sigmas, solver):
-        return sample(mixture.flow_denoiser, z, [float(s) for s in sigmas], solver, path=FLOW_PATH)
-
-    def fine(steps):  # the model's shifted uniform grid, down to 1e-4 before the last step
-        return np.append(shift_flow_sigmas(np.linspace(1.0, 1e-4, steps), factor), 0.0)
-
-    reference = solve(fine(ref_steps), "ipndm")
-    reference_error = float(per_sample_rmse(reference, solve(fine(2 * ref_steps), "ipndm")).mean())
+    model = flow_model(mixture, mu, [TEST_SEED + i for i in range(num_test)])
+    reference = model["solve"](model["fine"](ref_steps), "ipndm")
+    reference_error = float(per_sample_rmse(reference, model["solve"](model["fine"](2 * ref_steps), "ipndm")).mean())
     swd_reference = sliced_wasserstein(reference, real)
     log(f"reference: {ref_steps} steps, RMSE to {2 * ref_steps} steps {reference_error:.1e}, SWD {swd_reference:.4f}")
 
@@ -105,14 +95,31 @@ def run(mixture, real, mu, num_test, num_warmup, ref_steps, log) -> dict:
         "reference_rmse_to_2x_steps": reference_error,
         "reference_swd_to_real": swd_reference,
     }
-
-    def baselines(k):  # as the calibration sees them: the pipeline passes Flux's sigmas and `mu`
-        return flow_baseline_schedules(k, factor, sigma_min, dict(pipe.scheduler.config), mu, True)
-
     results["solvers"], results["calibration_cost"] = benchmark_solvers(
-        pipe, baselines, solve, reference, real, num_warmup, log
+        model["pipe"], model["baselines"], model["solve"], reference, real, num_warmup, log
     )
     return results
+
+
+def flow_model(mixture, mu: float, seeds: list[int]) -> dict:
+    """The exact mixture as a flow model driven like Flux at `mu`, on the noises of generator `seeds`: its pipeline,
+    `solve(sigmas, solver)` from those noises, the `fine(steps)` reference grid and the `baselines(N)` as the
+    calibration sees them (the pipeline passes Flux's sigmas and `mu`)."""
+    pipe = MixtureFlowPipeline(mixture, FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), mu=mu)
+    factor = float(np.exp(mu))
+    sigma_min = GITSFlowMatchScheduler.from_config(pipe.scheduler.config).train_sigma_min
+    z = pipe.start_noise([torch.Generator().manual_seed(seed) for seed in seeds])
+
+    def solve(sigmas, solver):
+        return sample(mixture.flow_denoiser, z, [float(s) for s in sigmas], solver, path=FLOW_PATH)
+
+    def fine(steps):  # the model's shifted uniform grid, down to 1e-4 before the last step
+        return np.append(shift_flow_sigmas(np.linspace(1.0, 1e-4, steps), factor), 0.0)
+
+    def baselines(k):
+        return flow_baseline_schedules(k, factor, sigma_min, dict(pipe.scheduler.config), mu, True)
+
+    return {"pipe": pipe, "solve": solve, "fine": fine, "baselines": baselines}
 
 
 MU_TABLE_HEADER = ["| mu | solver | " + " | ".join(f"NFE {k}" for k in NFES) + " |", "|---|---|" + "---|" * len(NFES)]

@@ -76,6 +76,33 @@ def main() -> None:
 
 def run(model, real, name, guidance, mu, num_test, num_warmup, ref_steps, log) -> dict:
     """Reference, calibrations and the error table for one model."""
+    setup = guided_model(model, guidance, mu, [TEST_SEED + i for i in range(num_test)])
+    solve, fine = setup["solve"], setup["fine"]
+    reference = solve(fine(ref_steps), "ipndm")
+    check = solve(fine(2 * ref_steps), "ipndm", 64)
+    reference_error = float(per_sample_rmse(reference[:64], check).mean())
+    log(f"reference: {ref_steps} steps, RMSE to {2 * ref_steps} steps on 64 noises {reference_error:.1e}")
+    results = {"guidance_scale": guidance, "mu": mu, "reference_rmse_to_2x_steps": reference_error}
+    results["solvers"], results["calibration_cost"] = benchmark_solvers(
+        setup["pipe"],
+        setup["baselines"],
+        solve,
+        reference,
+        real,
+        num_warmup,
+        log,
+        {DEFAULT: {}},
+        prompts=PROMPTS,
+        guidance_scale=guidance,
+    )
+    return results
+
+
+def guided_model(model: ClassConditionalMixture, guidance: float, mu: float | None, seeds: list[int]) -> dict:
+    """The class-conditional mixture guided by `guidance`, as a flow model driven like Flux at `mu` or (`mu=None`) a
+    VP model on SD's noise schedule, on the noises of generator `seeds` with the prompts cycled over them: its
+    pipeline, `solve(sigmas, solver, rows=None)` from the first `rows` noises, the `fine(steps)` reference grid and
+    the `baselines(N)` as the calibration sees them."""
     flow = mu is not None
     if flow:
         pipe = GuidedMixtureFlowPipeline(model, FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), mu=mu)
@@ -98,32 +125,15 @@ def run(model, real, name, guidance, mu, num_test, num_warmup, ref_steps, log) -
         def baselines(k):
             return baseline_schedules(noise, k)
 
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(num_test)]
-    z = pipe.start_noise([torch.Generator().manual_seed(TEST_SEED + i) for i in range(num_test)])
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(seeds))]
+    z = pipe.start_noise([torch.Generator().manual_seed(seed) for seed in seeds])
 
-    def solve(sigmas, solver, rows=None):  # the first `rows` test noises (all by default) with their prompts
+    def solve(sigmas, solver, rows=None):  # the first `rows` noises (all by default) with their prompts
         x = z[:rows] if flow else z[:rows] * (1 + float(sigmas[0]) ** 2) ** 0.5  # VP noise at the first sigma
         denoiser = model.guided(prompts[:rows], guidance, flow=flow)
         return sample(denoiser, x, [float(s) for s in sigmas], solver, path=FLOW_PATH if flow else SIGMA_PATH)
 
-    reference = solve(fine(ref_steps), "ipndm")
-    check = solve(fine(2 * ref_steps), "ipndm", 64)
-    reference_error = float(per_sample_rmse(reference[:64], check).mean())
-    log(f"reference: {ref_steps} steps, RMSE to {2 * ref_steps} steps on 64 noises {reference_error:.1e}")
-    results = {"guidance_scale": guidance, "mu": mu, "reference_rmse_to_2x_steps": reference_error}
-    results["solvers"], results["calibration_cost"] = benchmark_solvers(
-        pipe,
-        baselines,
-        solve,
-        reference,
-        real,
-        num_warmup,
-        log,
-        {DEFAULT: {}},
-        prompts=PROMPTS,
-        guidance_scale=guidance,
-    )
-    return results
+    return {"pipe": pipe, "solve": solve, "fine": fine, "baselines": baselines}
 
 
 HEADER = ["| model | solver | " + " | ".join(f"NFE {k}" for k in NFES) + " |", "|---|---|" + "---|" * len(NFES)]

@@ -4,7 +4,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+
+from diffusers_gits.noise import FLOW_PATH, SIGMA_PATH
+from diffusers_gits.solvers import sample
+from diffusers_gits.testing.gaussian_mixture import GaussianMixture
 
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -33,3 +39,38 @@ def test_every_row_but_the_calibrated_schedules_is_a_baseline(monkeypatch):
     }
     assert quality.best_baseline(table, 4) == "gits_sd15_published"
     assert quality.ratio_cells(table)[0] == "1.20 (vs gits_sd15_published)"
+
+
+@pytest.mark.parametrize("flow", [False, True])
+def test_the_headroom_fit_keeps_the_model_s_ends_and_lowers_the_error(monkeypatch, flow):
+    """`oracle.descend` moves only the interior sigmas, in log-SNR, and only where the pooled error falls; with no
+    step to take it returns the schedule it started from (its log-SNR coordinate round-trips on both paths)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import oracle
+
+    mixture = GaussianMixture.random(dim=4, num_components=3, seed=1)
+    path = FLOW_PATH if flow else SIGMA_PATH
+    denoiser = mixture.flow_denoiser if flow else mixture.denoiser
+    first = 1.0 if flow else 40.0
+    z = torch.randn(64, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * (1.0 if flow else first)
+    fine = np.append(np.linspace(1.0, 1e-3, 400) if flow else np.geomspace(first, 1e-3, 400), 0.0)
+    model = {
+        "solve": lambda sigmas, solver: sample(denoiser, z, [float(s) for s in sigmas], solver, path=path),
+        "path": path,
+    }
+    model["reference"] = model["solve"](fine, "ipndm")
+    bunched = np.array([first, *(np.linspace(0.9, 0.6, 4) * (1.0 if flow else 0.05)), 0.0])  # all steps late
+
+    monkeypatch.setattr(oracle, "STEPS", ())
+    same, error, evaluations = oracle.descend(model, "dpmpp_2m", bunched)
+    np.testing.assert_allclose(same, bunched, rtol=1e-12)
+    assert evaluations == 1
+
+    monkeypatch.setattr(oracle, "STEPS", (0.5, 0.1))
+    fitted, fitted_error, evaluations = oracle.descend(model, "dpmpp_2m", bunched)
+    assert fitted[0] == first and fitted[-1] == 0.0 and len(fitted) == len(bunched)
+    assert np.all(np.diff(fitted) < 0)
+    assert fitted_error < 0.5 * error
+    (check,) = oracle.pooled_errors(model, "dpmpp_2m", [fitted])
+    assert check == pytest.approx(fitted_error, rel=1e-12)
+    assert evaluations > 1

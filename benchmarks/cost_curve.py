@@ -37,6 +37,15 @@ STEPS = [4, 5, 6, 8, 10]
 WARMUPS = [16, 32, 64, 128, 256]
 #: How far (in ratio to the best baseline) a cheaper calibration may trail the best one measured and still be chosen.
 TOLERANCE = 0.03
+#: Published wall time of one sampling step of one 1024x1024 image at batch size 1 (the whole pipeline call over its
+#: steps, so text encoding and VAE decoding are spread over them), to turn call counts into expected GPU time. A model
+#: call of calibration is one sample at one noise level, classifier-free guidance included as in these steps.
+STEP_SECONDS = {
+    "SDXL, A100 (30 steps with guidance in 3.70 s, stabilityai/stable-diffusion-xl-1.0-tensorrt model card, "
+    "non-TensorRT baseline)": 3.704 / 30,
+    "SDXL, H100 (2.50 s, same source)": 2.496 / 30,
+    "Flux.1-dev, RTX 4090, fp16 (30 steps in 6.2 s, gigagpu.com's RTX 4090 FLUX.1-dev benchmark)": 6.2 / 30,
+}
 MODELS = {
     "digits": "the embedded digits DDPM (16x16, unconditional, SD's noise schedule)",
     "flow_kde": "the exact Gaussian KDE of 8x8 digits as a flow model, Flux's protocol at mu 1.15",
@@ -132,6 +141,26 @@ def summary_lines(runs: list[dict]) -> list[str]:
     return lines
 
 
+def wall_time_lines(runs: list[dict]) -> list[str]:
+    """Expected GPU time of a calibration per `num_warmup` (its most model calls over the runs) from `STEP_SECONDS`."""
+    calls = {}
+    for results in runs:
+        for w, c in results["calibrations"].items():
+            calls[w] = max(calls.get(w, 0), c["model_calls"]["total"])
+    warmups = sorted(calls, key=int)
+    lines = [
+        "Expected wall time of a calibration on a GPU, from its model calls (the most over the runs above; the count "
+        "depends on `num_warmup` and the step counts, not on the model) and published per-step times at batch size 1 "
+        "(no GPU was lent to measure them here; calibration batches noises, so these are upper bounds):",
+        "",
+        "| setup | " + " | ".join(f"{w} warm-ups ({calls[w]:,} calls)" for w in warmups) + " |",
+        "|---|" + "---|" * len(warmups),
+    ]
+    for setup, seconds in STEP_SECONDS.items():
+        lines.append(f"| {setup} | " + " | ".join(f"{calls[w] * seconds / 60:.0f} min" for w in warmups) + " |")
+    return lines
+
+
 def report() -> None:
     files = sorted(HERE.glob("results_cost_*.json"))
     lines = [
@@ -146,7 +175,7 @@ def report() -> None:
         "measured at that NFE; *worst*: the highest ratio over the NFEs.",
     ]
     runs = [json.loads(path.read_text()) for path in files]
-    lines += ["", *summary_lines(runs)]
+    lines += ["", *summary_lines(runs), "", *wall_time_lines(runs)]
     for results in runs:
         r = ratios(results)
         lines += [

@@ -21,9 +21,13 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from quality import (
     DEFAULT,
+    HEDGED,
+    HEDGED_VARIANT,
     NFES,
     SOLVERS,
+    VARIANTS,
     benchmark_solvers,
+    hedge_lines,
     ratio_cells,
     run_setup,
     schedule_table_lines,
@@ -96,8 +100,9 @@ def run(mixture, real, mu, num_test, num_warmup, ref_steps, log) -> dict:
         "reference_swd_to_real": swd_reference,
     }
     results["solvers"], results["calibration_cost"] = benchmark_solvers(
-        model["pipe"], model["baselines"], model["solve"], reference, real, num_warmup, log
-    )
+        model["pipe"], model["baselines"], model["solve"], reference, real, num_warmup, log,
+        {**VARIANTS, **HEDGED_VARIANT},
+    )  # fmt: skip
     return results
 
 
@@ -147,6 +152,13 @@ def render(results: dict) -> str:
     for mu, run_results in results["runs"].items():
         for solver, table in run_results["solvers"].items():
             lines.append(f"| {mu} | {solver} | " + " | ".join(ratio_cells(table)) + " |")
+    rows = [
+        (f"{mu} | {solver}", table, run_results["calibration_cost"][solver])
+        for mu, run_results in results["runs"].items()
+        for solver, table in run_results["solvers"].items()
+    ]
+    if all(HEDGED in table for _, table, _ in rows):
+        lines += hedge_lines(rows, MU_TABLE_HEADER)
     lines += [
         "",
         "The same, as a ratio to Flux's own default (`shifted`: uniform sigma with the model's shift):",

@@ -24,10 +24,13 @@ import torch
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from quality import (
     DEFAULT,
+    HEDGED,
+    HEDGED_VARIANT,
     NFES,
     SD_BETAS,
     benchmark_solvers,
-    ratio_cells,
+    hedge_lines,
+    marked_cells,
     run_setup,
     schedule_table_lines,
 )
@@ -91,7 +94,7 @@ def run(model, real, name, guidance, mu, num_test, num_warmup, ref_steps, log) -
         real,
         num_warmup,
         log,
-        {DEFAULT: {}},
+        {DEFAULT: {}, **HEDGED_VARIANT},
         prompts=PROMPTS,
         guidance_scale=guidance,
     )
@@ -166,21 +169,15 @@ def render(results: dict) -> str:
     ]
     for name, run_results in results["runs"].items():
         for solver, table in run_results["solvers"].items():
-            chosen = run_results["calibration_cost"][solver][DEFAULT]["chosen"]
-            cells = []
-            for cell, k in zip(ratio_cells(table), NFES):
-                versus = table[DEFAULT][k]["vs_best"]
-                mark = (
-                    "!"
-                    if versus["mse_difference"] > versus["ci"]
-                    else "+"
-                    if -versus["mse_difference"] > versus["ci"]
-                    else ""
-                )
-                if chosen[str(k)] == versus["name"]:  # the best baseline itself, as stored (sigmas rounded to 1e-5)
-                    mark = ""
-                cells.append(f"{cell}{mark} [{chosen[str(k)]}]")
+            cells = marked_cells(table, run_results["calibration_cost"][solver][DEFAULT]["chosen"])
             lines.append(f"| {name} | {solver} | " + " | ".join(cells) + " |")
+    rows = [
+        (f"{name} | {solver}", table, run_results["calibration_cost"][solver])
+        for name, run_results in results["runs"].items()
+        for solver, table in run_results["solvers"].items()
+    ]
+    if all(HEDGED in table for _, table, _ in rows):
+        lines += hedge_lines(rows, HEADER)
     for name, run_results in results["runs"].items():
         lines += [
             "",

@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from oracle import COMMITTED, LABELS, exact_model, interior_log_snr, pooled_errors, with_interior
+from oracle import COMMITTED, LABELS, exact_model, pooled_errors
 from quality import CALIBRATED, NFES, SOLVERS, run_setup
 
 from diffusers_gits.evaluation import TEST_SEED
+from diffusers_gits.schedules import log_snr_blend
 
 
 #: How far each blend moves from the best baseline (0) to the searched schedule (1).
@@ -61,8 +62,7 @@ def run(name: str) -> dict:
             best = min((n for n in table if n not in CALIBRATED), key=lambda n: table[n][str(k)]["pooled"])
             searched = np.asarray(table["gits_search"][str(k)]["sigmas"], dtype=np.float64)
             baseline = np.asarray(table[best][str(k)]["sigmas"], dtype=np.float64)
-            ours, theirs = interior_log_snr(path, searched), interior_log_snr(path, baseline)
-            blends = [with_interior(path, baseline[0], (1 - a) * theirs + a * ours, 0.0) for a in WEIGHTS]
+            blends = [log_snr_blend(baseline, searched, a, path) for a in WEIGHTS]
             errors = pooled_errors(model, solver, blends)
             rows[solver][str(k)] = {"best_baseline": best, "ratios": [(e / errors[0]) ** 0.5 for e in errors]}
     return {"label": LABELS[name], "num_test": num_test, "solvers": rows}

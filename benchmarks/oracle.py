@@ -171,11 +171,11 @@ def descend(model: dict, solver: str, sigmas: np.ndarray) -> tuple[np.ndarray, f
     path = model["path"]
     sigmas = np.asarray(sigmas, dtype=np.float64)
     first, last = sigmas[0], sigmas[-1]
-    snr = interior_log_snr(path, sigmas)
+    snr = np.array([path.log_snr(float(s)) for s in sigmas[1:-1]])
     top = path.log_snr(first) if first < 1 else -math.inf  # the flow path's first sigma 1 has log-SNR -inf
 
     def schedule(values):
-        return with_interior(path, first, values, last)
+        return np.concatenate([[first], path.from_log_snr(values), [last]])
 
     (error,) = pooled_errors(model, solver, [sigmas])
     evaluations = 1
@@ -199,17 +199,6 @@ def descend(model: dict, solver: str, sigmas: np.ndarray) -> tuple[np.ndarray, f
             if not moved:
                 break
     return schedule(snr), error, evaluations
-
-
-def interior_log_snr(path, sigmas: np.ndarray) -> np.ndarray:
-    """The log-SNR of a schedule's interior points (all but the first and the last)."""
-    return np.array([path.log_snr(float(s)) for s in sigmas[1:-1]])
-
-
-def with_interior(path, first: float, log_snr: np.ndarray, last: float) -> np.ndarray:
-    """The schedule from `first` through the points of `log_snr` to `last`: t = 1 / (exp(lambda) + slope) inverts
-    lambda = log((1 - slope t) / t)."""
-    return np.concatenate([[first], 1.0 / (np.exp(log_snr) + path.slope), [last]])
 
 
 def score(model: dict, solver: str, baselines: dict, fitted: np.ndarray, default: np.ndarray) -> dict:

@@ -53,8 +53,12 @@ VARIANTS = {
     DEFAULT: {},
 }
 
+#: The `hedge` option measured on the exact models (`calibrate(hedge=...)`), as the variant "gits_hedged".
+HEDGED = "gits_hedged"
+HEDGED_VARIANT = {HEDGED: {"hedge": 0.5}}
+
 #: The calibrated schedules of a score table; every other row is a baseline (the published GITS SD1.5 table too).
-CALIBRATED = (*VARIANTS, "gits_search")
+CALIBRATED = (*VARIANTS, HEDGED, "gits_search")
 
 KDE_BANDWIDTH = 0.25
 # clip_sample=False: DDPMScheduler clips x0 to [-1, 1] by default, and the exact mixture lives outside it.
@@ -112,8 +116,9 @@ def benchmark_solvers(pipe, baselines, solve, reference, real, num_warmup, log, 
 def score_schedules(candidates_for, solve, reference: torch.Tensor, real: torch.Tensor) -> dict:
     """`{name: {N: scores}}` for every schedule `candidates_for(N)` gives, sampled by `solve(sigmas)`.
 
-    Scores: mean per-sample RMSE and its 95% CI, pooled RMSE, SWD to `real`, the sigmas, and for the default the
-    paired per-noise difference in squared error to the best baseline (by pooled RMSE) with its 95% CI.
+    Scores: mean per-sample RMSE and its 95% CI, pooled RMSE, SWD to `real`, the sigmas, and for the default (and the
+    hedged variant) the paired per-noise difference in squared error to the best baseline (by pooled RMSE) with its
+    95% CI.
     """
     table, squared = {}, {}
     for k in NFES:
@@ -128,14 +133,15 @@ def score_schedules(candidates_for, solve, reference: torch.Tensor, real: torch.
                 "swd": sliced_wasserstein(out, real),
                 "sigmas": [round(float(s), 5) for s in sigmas],
             }
-        if DEFAULT in table:
-            best = best_baseline(table, k)
-            difference = paired_difference(squared[DEFAULT, k], squared[best, k])
-            table[DEFAULT][k]["vs_best"] = {
-                "name": best,
-                "mse_difference": difference.mean,
-                "ci": difference.half_width,
-            }
+        for name in (DEFAULT, HEDGED):
+            if name in table:
+                best = best_baseline(table, k)
+                difference = paired_difference(squared[name, k], squared[best, k])
+                table[name][k]["vs_best"] = {
+                    "name": best,
+                    "mse_difference": difference.mean,
+                    "ci": difference.half_width,
+                }
     return table
 
 
@@ -207,7 +213,8 @@ def main() -> None:
     results = {"model": {key: value for key, value in model.items() if isinstance(value, (str, float))}}
     results["solvers"], results["calibration_cost"] = {}, {}
     for solver in SOLVERS:
-        schedules, costs = calibrate_variants(model["pipe"], solver, num_warmup, log)
+        variants = {**VARIANTS, **HEDGED_VARIANT} if args.model == "kde" else VARIANTS
+        schedules, costs = calibrate_variants(model["pipe"], solver, num_warmup, log, variants)
         results["calibration_cost"][solver] = costs
         table = score_schedules(
             lambda k: {
@@ -304,13 +311,66 @@ def write(results, out_dir, model, start, num_test, num_warmup) -> None:
     (out_dir / markdown).write_text(render(results, model))
 
 
-def ratio_cells(table: dict, key: str = "pooled") -> list[str]:
-    """Per NFE, the default's error over the best baseline's (`key`: `"pooled"` or `"rmse"`), naming that baseline."""
+def ratio_cells(table: dict, key: str = "pooled", name: str = DEFAULT) -> list[str]:
+    """Per NFE, `name`'s error over the best baseline's (`key`: `"pooled"` or `"rmse"`), naming that baseline."""
     cells = []
     for k in NFES:
-        best = min((n for n in table if n not in CALIBRATED), key=lambda name: table[name][k][key])
-        cells.append(f"{table[DEFAULT][k][key] / table[best][k][key]:.2f} (vs {best})")
+        best = min((n for n in table if n not in CALIBRATED), key=lambda row: table[row][k][key])
+        cells.append(f"{table[name][k][key] / table[best][k][key]:.2f} (vs {best})")
     return cells
+
+
+def ci_mark(versus: dict) -> str:
+    """ "!" where a calibrated schedule is worse than the best baseline beyond the paired 95% CI, "+" where better."""
+    if versus["mse_difference"] > versus["ci"]:
+        return "!"
+    return "+" if -versus["mse_difference"] > versus["ci"] else ""
+
+
+def marked_cells(table: dict, chosen: dict, name: str = DEFAULT) -> list[str]:
+    """Per NFE: `name`'s ratio to the best baseline (`ratio_cells`) with its `ci_mark` and what the calibration chose
+    in brackets; no mark where it returned that baseline (whose stored sigmas differ from the benchmark's by
+    rounding)."""
+    cells = []
+    for cell, k in zip(ratio_cells(table, name=name), NFES):
+        versus = table[name][k]["vs_best"]
+        mark = "" if chosen[str(k)] == versus["name"] else ci_mark(versus)
+        cells.append(f"{cell}{mark} [{chosen[str(k)]}]")
+    return cells
+
+
+def hedge_lines(rows: list[tuple[str, dict, dict]], header: list[str]) -> list[str]:
+    """The hedged variant's section of a report: per row (label, score table, calibration costs) its marked ratios,
+    then the default's and its summaries over all rows."""
+    lines = [
+        "",
+        f"## With `hedge={HEDGED_VARIANT[HEDGED]['hedge']}`",
+        "",
+        "`calibrate(hedge=0.5)` also races each searched schedule moved halfway toward the best baseline of the "
+        "screening, point by point in log-SNR (`gits_hedged`); otherwise the default. Its ratio to the best baseline, "
+        "marked ! (worse beyond the paired 95% CI) or + (better beyond it), what it returned in brackets:",
+        "",
+        *header,
+    ]
+    for label, table, costs in rows:
+        lines.append(f"| {label} | " + " | ".join(marked_cells(table, costs[HEDGED]["chosen"], HEDGED)) + " |")
+    tables = [table for _, table, _ in rows]
+    lines += ["", f"- {variant_summary(tables, DEFAULT)}.", f"- {variant_summary(tables, HEDGED)}."]
+    return lines
+
+
+def variant_summary(tables: list[dict], name: str) -> str:
+    """`name` over every table's NFEs: mean and worst pooled-RMSE ratio to the best baseline, cells beyond the CI."""
+    ratios, marks = [], []
+    for table in tables:
+        for k in NFES:
+            best = best_baseline(table, k)
+            ratios.append(table[name][k]["pooled"] / table[best][k]["pooled"])
+            marks.append(ci_mark(table[name][k]["vs_best"]))
+    return (
+        f"`{name}` over {len(ratios)} cells: mean ratio {sum(ratios) / len(ratios):.3f}, worst {max(ratios):.2f}, "
+        f"{marks.count('!')} worse than the best baseline beyond the 95% CI, {marks.count('+')} better beyond it"
+    )
 
 
 def schedule_table_lines(table: dict, metric: str) -> list[str]:
@@ -358,6 +418,9 @@ def render(results: dict, model: str = "embedded") -> str:
             for cell, k in zip(ratio_cells(table), NFES)
         ]
         lines.append(f"| {solver} | " + " | ".join(cells) + " |")
+    if HEDGED in next(iter(results["solvers"].values())):
+        rows = [(solver, table, results["calibration_cost"][solver]) for solver, table in results["solvers"].items()]
+        lines += hedge_lines(rows, [header, rule])
     lines += [
         "",
         "Paired difference in per-noise squared error, default minus best baseline (mean ± 95% CI, x1e-4; negative "

@@ -28,6 +28,7 @@ CARD_FIELDS = (
     "confidence",
     "require_confidence",
     "refine",
+    "hedge",
     "seed",
 )
 

@@ -43,6 +43,10 @@ class OdePath:
         signal = self.signal(t)
         return math.log(signal / t) if signal > 0 else -math.inf
 
+    def from_log_snr(self, log_snr: np.ndarray) -> np.ndarray:
+        """The `t` whose `log_snr(t)` is each value of `log_snr` (its inverse: `(1 - slope t) / t = exp(lambda)`)."""
+        return 1.0 / (np.exp(np.asarray(log_snr, dtype=np.float64)) + self.slope)
+
 
 #: VP models, in sigma space: `x = x0 + sigma * noise`.
 SIGMA_PATH = OdePath("sigma", 0.0)

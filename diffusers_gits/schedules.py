@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from .noise import VPNoiseSchedule, shift_flow_sigmas
+from .noise import OdePath, VPNoiseSchedule, shift_flow_sigmas
 
 
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
@@ -65,6 +65,25 @@ def validate_schedule_table(table: dict[str, list[float]]) -> dict[int, np.ndarr
 
 def append_zero(sigmas: np.ndarray) -> np.ndarray:
     return np.append(np.asarray(sigmas, dtype=np.float64), 0.0)
+
+
+def log_snr_blend(start: np.ndarray, end: np.ndarray, weight: float, path: OdePath) -> np.ndarray:
+    """The schedule `weight` of the way from `start` to `end`, each interior point in log-SNR (`path.log_snr`), from
+    `start`'s first sigma to 0: 0 gives `start`, 1 gives `end`'s interior. Both need the same number of points (their
+    first sigmas may differ slightly, as a published table's rounded one does).
+
+    Raises:
+        ValueError: `weight` outside [0, 1], schedules of different lengths, or a blend that does not descend from
+            `start`'s first sigma (`end`'s interior above it).
+    """
+    start, end = validate_sigmas(start, "start"), validate_sigmas(end, "end")
+    if not 0 <= weight <= 1:
+        raise ValueError(f"weight must be in [0, 1], got {weight}")
+    if len(start) != len(end):
+        raise ValueError(f"schedules to blend need the same length, got {start.tolist()} and {end.tolist()}")
+    ours, theirs = ([path.log_snr(float(s)) for s in sigmas[1:-1]] for sigmas in (start, end))
+    interior = path.from_log_snr((1 - weight) * np.asarray(ours) + weight * np.asarray(theirs))
+    return validate_sigmas(np.concatenate([start[:1], interior, [0.0]]), "the blend")
 
 
 def timestep_spacing_sigmas(

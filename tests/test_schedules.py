@@ -126,3 +126,25 @@ def test_flow_baselines_include_what_flux_users_run():
     for sigmas in schedules.values():
         assert len(sigmas) == 7 and sigmas[-1] == 0 and np.all(np.diff(sigmas) < 0)
     assert set(flow_baseline_schedules(6, 3.0, 1e-3)) == {"uniform", "shifted", "stock_default", "oss_flux"}
+
+
+def test_log_snr_blend_moves_each_point_along_the_log_snr_and_keeps_the_ends():
+    from diffusers_gits.noise import FLOW_PATH, SIGMA_PATH
+    from diffusers_gits.schedules import log_snr_blend
+
+    start, end = np.array([14.6, 1.0, 0.04, 0.0]), np.array([14.6, 4.0, 0.01, 0.0])
+    np.testing.assert_allclose(log_snr_blend(start, end, 0.5, SIGMA_PATH), [14.6, 2.0, 0.02, 0.0], rtol=1e-12)
+    np.testing.assert_allclose(log_snr_blend(start, end, 0.0, SIGMA_PATH), start, rtol=1e-12)
+    np.testing.assert_allclose(log_snr_blend(start, end, 1.0, SIGMA_PATH), end, rtol=1e-12)
+    # Flow path: log-SNR log((1 - s) / s); halfway between 0.5 (0) and 0.8 (log 1/4) is log 1/2, sigma 2/3.
+    flow = log_snr_blend(np.array([1.0, 0.5, 0.0]), np.array([1.0, 0.8, 0.0]), 0.5, FLOW_PATH)
+    np.testing.assert_allclose(flow, [1.0, 2 / 3, 0.0], rtol=1e-12)
+    with pytest.raises(ValueError, match="weight must be in"):
+        log_snr_blend(start, end, 1.5, SIGMA_PATH)
+    with pytest.raises(ValueError, match="same length"):
+        log_snr_blend(start, np.array([14.6, 1.0, 0.0]), 0.5, SIGMA_PATH)
+    # `start`'s first sigma stays (a published table's is rounded); an interior above it is refused.
+    rounded = log_snr_blend(start, np.array([14.615, 4.0, 0.01, 0.0]), 0.5, SIGMA_PATH)
+    np.testing.assert_allclose(rounded, [14.6, 2.0, 0.02, 0.0], rtol=1e-12)
+    with pytest.raises(ValueError, match="the blend must be strictly decreasing"):
+        log_snr_blend(start, np.array([400.0, 300.0, 0.01, 0.0]), 0.5, SIGMA_PATH)

@@ -98,6 +98,28 @@ def test_arrivals_per_node_prices_the_search_and_is_checked():
         create(4, arrivals_per_node=3, jump_cost="euler")
 
 
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        ({"hedge": 1.0}, r"hedge must be a number in \[0, 1\) \(0: off\), got 1.0"),
+        ({"hedge": -0.1}, r"got -0.1"),
+        ({"hedge": True}, r"got True"),
+        ({"hedge": "half"}, r"got 'half'"),
+        ({"hedge": 0.5, "jump_cost": "euler"}, "needs jump_cost='student' and num_holdout > 0"),
+        ({"hedge": 0.5, "num_holdout": 0}, "needs jump_cost='student' and num_holdout > 0"),
+    ],
+)
+def test_hedge_is_checked(options, match):
+    with pytest.raises(ValueError, match=match):
+        create(4, **options)
+
+
+def test_hedge_is_a_plain_float_and_off_by_default():
+    assert create(4).hedge == 0.0
+    hedge = create(4, hedge=1 / 2).hedge
+    assert hedge == 0.5 and type(hedge) is float
+
+
 def test_fields_for_the_key_the_checkpoint_and_the_metadata():
     settings = create(
         [6, 4, 6], prompts=["a fox"], batch_size=8, pipe_kwargs={"guidance_scale": 7.5, "latents": torch.zeros(1)}

@@ -10,6 +10,7 @@ the chosen schedule's points while both halves of the noises agree that it helps
 the `Executor`, so the stage is split over processes and resumes from a checkpoint like the others.
 """
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Sequence
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..noise import OdePath
+from ..schedules import log_snr_blend
 from .execution import Executor
 from .recorder import PipelineRunner
 from .selection import PairedRace
@@ -164,6 +167,38 @@ def screened(
             pooled_rmse={n: e**0.5 for n, e in errors.items()},
         )
     return result
+
+
+def hedged(
+    screen: HeldOutScorer,
+    candidates: dict[int, dict[str, np.ndarray]],
+    screenings: dict[int, Screening],
+    weight: float,
+    path: OdePath,
+) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, Screening], dict[int, dict]]:
+    """Each searched schedule `weight` of the way toward its step count's best screened baseline, point by point in
+    log-SNR (`log_snr_blend`), as one more candidate `NAME_hedged`, screened on the search noises like the others.
+    Returns the candidates and the screenings with them added, and per step count the baseline blended toward (its
+    name and sigmas, for the report)."""
+    added, toward = {}, {}
+    for k, screening in screenings.items():
+        best = min(screening.baselines, key=screening.pooled_rmse.get)
+        target = screening.baselines[best]
+        toward[k] = {"name": best, "sigmas": [float(s) for s in target], "weight": weight}
+        added[k] = {
+            f"{name}_hedged": log_snr_blend(sigmas, target, weight, path) for name, sigmas in candidates[k].items()
+        }
+    requests = [(k, name, sigmas) for k in added for name, sigmas in added[k].items()]
+    losses = screen.score([sigmas for _, _, sigmas in requests], "screening")
+    result = {}
+    for k, screening in screenings.items():
+        new = {name: loss for (kk, name, _), loss in zip(requests, losses) if kk == k}
+        result[k] = dataclasses.replace(
+            screening,
+            losses={**screening.losses, **new},
+            pooled_rmse={**screening.pooled_rmse, **{name: float(loss.mean()) ** 0.5 for name, loss in new.items()}},
+        )
+    return {k: {**candidates[k], **added.get(k, {})} for k in candidates}, result, toward
 
 
 def run_race(

@@ -79,6 +79,7 @@ class CalibrationSettings:
     metric: Metric
     coeff: float | str | None
     refine: bool
+    hedge: float
     seed: int
     pipe_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -170,6 +171,13 @@ class CalibrationSettings:
         if o.num_holdout == 0 and (o.refine or o.coeff == "auto"):
             raise ValueError(
                 "refine=True and coeff='auto' choose on held-out noises; leave num_holdout > 0 (num_search < num_warmup)"
+            )
+        if isinstance(o.hedge, bool) or not isinstance(o.hedge, (int, float)) or not 0 <= o.hedge < 1:
+            raise ValueError(f"hedge must be a number in [0, 1) (0: off), got {o.hedge!r}")
+        if o.hedge and (o.jump_cost != "student" or o.num_holdout == 0):
+            raise ValueError(
+                f"hedge={o.hedge} blends toward the best baseline screened on the search noises and races the blend "
+                "on held-out noises: it needs jump_cost='student' and num_holdout > 0"
             )
         if not o.budget > 0:
             raise ValueError(f"budget must be > 0, got {o.budget}")

@@ -40,6 +40,7 @@ from .choice import (
     coeff_of,
     decide,
     default_error,
+    hedged,
     refine_schedule,
     run_race,
     screened,
@@ -75,6 +76,7 @@ def calibrate(
     metric: Metric = "l2",
     coeff: float | str | None = None,
     refine: bool = False,
+    hedge: float = 0.0,
     num_holdout: int | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -146,6 +148,11 @@ def calibrate(
             (their default) puts the DP's schedules for every coeff in `AUTO_COEFFS` into the race.
         refine (`bool`, defaults to `False`): after the race, move each point of the chosen schedule while the
             held-out error falls on both halves of the race's noises, within the budget.
+        hedge (`float`, defaults to 0.0): also race each searched schedule moved this fraction of the way toward the
+            best baseline of the screening on the search noises, point by point in log-SNR
+            (`diffusers_gits.schedules.log_snr_blend`), named `gits_hedged`: a schedule between the search's fit to
+            its few noises and the baseline's robustness to the rest. No model call but its screening and race
+            samples; 0 (off) or in (0, 1); `jump_cost="student"` with held-out noises only.
         num_holdout (`int`, *optional*): held-out warm-up noises available to the race; defaults to all warm-ups the
             search does not use (`num_warmup - num_search`). 0 returns the search's schedules unchecked.
         seed (`int`, defaults to 0): seeds the per-sample noises.
@@ -362,7 +369,7 @@ def _choose(
     scorer = HeldOutScorer(executor, runner, family, solver, reference_scheduler, pool)
     # TORS (equal frame rotation on the teacher's trajectories) costs no model call: it races as a baseline.
     baselines = {k: {**family.baselines(k), **searched.zero_call[k]} for k in steps}
-    screenings = {}
+    screenings, hedged_toward = {}, {}
     if searched.teacher_finals is not None:
         # The search noises already have the teacher's final samples: screening there costs the sampling only,
         # leaves the race (which pays for references too) two baselines to beat, not five, and shows where the
@@ -373,11 +380,16 @@ def _choose(
         )
         screenings = screened(screen, candidates, baselines, SCREENED_BASELINES)
         baselines = {k: screenings[k].baselines for k in steps}
+        if settings.hedge:
+            path = family.scheduler_class.path
+            candidates, screenings, hedged_toward = hedged(screen, candidates, screenings, settings.hedge, path)
     races, entrants = run_race(scorer, candidates, baselines, steps, settings.confidence, screenings)
     for k in steps:
         schedules[k], report[str(k)] = decide(
             races[k], entrants[k], candidates[k], settings.require_confidence, screenings.get(k)
         )
+        if k in hedged_toward:
+            report[str(k)]["hedged_toward"] = hedged_toward[k]
         if races[k].num_noises:
             report[str(k)]["default_error"] = default_error(scorer, family.default(k, solver), races[k].num_noises)
     timings["selection_s"] = time.perf_counter() - tic

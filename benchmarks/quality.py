@@ -327,16 +327,21 @@ def ci_mark(versus: dict) -> str:
     return "+" if -versus["mse_difference"] > versus["ci"] else ""
 
 
+def cell_marks(table: dict, chosen: dict, name: str = DEFAULT) -> list[str]:
+    """Per NFE, `name`'s `ci_mark`; none where it returned the best baseline itself (its stored sigmas differ from
+    the benchmark's by rounding, which a paired CI on one schedule can resolve)."""
+    return [
+        "" if chosen[str(k)] == table[name][k]["vs_best"]["name"] else ci_mark(table[name][k]["vs_best"]) for k in NFES
+    ]
+
+
 def marked_cells(table: dict, chosen: dict, name: str = DEFAULT) -> list[str]:
-    """Per NFE: `name`'s ratio to the best baseline (`ratio_cells`) with its `ci_mark` and what the calibration chose
-    in brackets; no mark where it returned that baseline (whose stored sigmas differ from the benchmark's by
-    rounding)."""
-    cells = []
-    for cell, k in zip(ratio_cells(table, name=name), NFES):
-        versus = table[name][k]["vs_best"]
-        mark = "" if chosen[str(k)] == versus["name"] else ci_mark(versus)
-        cells.append(f"{cell}{mark} [{chosen[str(k)]}]")
-    return cells
+    """Per NFE: `name`'s ratio to the best baseline (`ratio_cells`) with its `cell_marks` and what the calibration
+    chose in brackets."""
+    return [
+        f"{cell}{mark} [{chosen[str(k)]}]"
+        for cell, mark, k in zip(ratio_cells(table, name=name), cell_marks(table, chosen, name), NFES)
+    ]
 
 
 def hedge_lines(rows: list[tuple[str, dict, dict]], header: list[str]) -> list[str]:
@@ -354,19 +359,18 @@ def hedge_lines(rows: list[tuple[str, dict, dict]], header: list[str]) -> list[s
     ]
     for label, table, costs in rows:
         lines.append(f"| {label} | " + " | ".join(marked_cells(table, costs[HEDGED]["chosen"], HEDGED)) + " |")
-    tables = [table for _, table, _ in rows]
-    lines += ["", f"- {variant_summary(tables, DEFAULT)}.", f"- {variant_summary(tables, HEDGED)}."]
+    lines += ["", f"- {variant_summary(rows, DEFAULT)}.", f"- {variant_summary(rows, HEDGED)}."]
     return lines
 
 
-def variant_summary(tables: list[dict], name: str) -> str:
-    """`name` over every table's NFEs: mean and worst pooled-RMSE ratio to the best baseline, cells beyond the CI."""
+def variant_summary(rows: list[tuple[str, dict, dict]], name: str) -> str:
+    """`name` over every row's (label, score table, calibration costs) NFEs: mean and worst pooled-RMSE ratio to the
+    best baseline, and cells beyond the paired CI (`cell_marks`)."""
     ratios, marks = [], []
-    for table in tables:
+    for _, table, costs in rows:
         for k in NFES:
-            best = best_baseline(table, k)
-            ratios.append(table[name][k]["pooled"] / table[best][k]["pooled"])
-            marks.append(ci_mark(table[name][k]["vs_best"]))
+            ratios.append(table[name][k]["pooled"] / table[best_baseline(table, k)][k]["pooled"])
+        marks += cell_marks(table, costs[name]["chosen"], name)
     return (
         f"`{name}` over {len(ratios)} cells: mean ratio {sum(ratios) / len(ratios):.3f}, worst {max(ratios):.2f}, "
         f"{marks.count('!')} worse than the best baseline beyond the 95% CI, {marks.count('+')} better beyond it"

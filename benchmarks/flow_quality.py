@@ -21,15 +21,14 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from quality import (
     DEFAULT,
-    HEDGED,
     HEDGED_VARIANT,
     NFES,
     SOLVERS,
     VARIANTS,
     benchmark_solvers,
-    hedge_lines,
     ratio_cells,
     run_setup,
+    runs_hedge_lines,
     schedule_table_lines,
     step_overhead,
 )
@@ -152,13 +151,7 @@ def render(results: dict) -> str:
     for mu, run_results in results["runs"].items():
         for solver, table in run_results["solvers"].items():
             lines.append(f"| {mu} | {solver} | " + " | ".join(ratio_cells(table)) + " |")
-    rows = [
-        (f"{mu} | {solver}", table, run_results["calibration_cost"][solver])
-        for mu, run_results in results["runs"].items()
-        for solver, table in run_results["solvers"].items()
-    ]
-    if all(HEDGED in table for _, table, _ in rows):
-        lines += hedge_lines(rows, MU_TABLE_HEADER)
+    lines += runs_hedge_lines(results, MU_TABLE_HEADER)
     lines += [
         "",
         "The same, as a ratio to Flux's own default (`shifted`: uniform sigma with the model's shift):",

@@ -24,14 +24,13 @@ import torch
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from quality import (
     DEFAULT,
-    HEDGED,
     HEDGED_VARIANT,
     NFES,
     SD_BETAS,
     benchmark_solvers,
-    hedge_lines,
     marked_cells,
     run_setup,
+    runs_hedge_lines,
     schedule_table_lines,
 )
 
@@ -171,13 +170,7 @@ def render(results: dict) -> str:
         for solver, table in run_results["solvers"].items():
             cells = marked_cells(table, run_results["calibration_cost"][solver][DEFAULT]["chosen"])
             lines.append(f"| {name} | {solver} | " + " | ".join(cells) + " |")
-    rows = [
-        (f"{name} | {solver}", table, run_results["calibration_cost"][solver])
-        for name, run_results in results["runs"].items()
-        for solver, table in run_results["solvers"].items()
-    ]
-    if all(HEDGED in table for _, table, _ in rows):
-        lines += hedge_lines(rows, HEADER)
+    lines += runs_hedge_lines(results, HEADER)
     for name, run_results in results["runs"].items():
         lines += [
             "",

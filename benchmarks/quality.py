@@ -363,6 +363,17 @@ def hedge_lines(rows: list[tuple[str, dict, dict]], header: list[str]) -> list[s
     return lines
 
 
+def runs_hedge_lines(results: dict, header: list[str]) -> list[str]:
+    """`hedge_lines` for a results file of several `runs` (a row per run and solver); nothing where the hedged
+    variant was not measured."""
+    rows = [
+        (f"{run} | {solver}", table, run_results["calibration_cost"][solver])
+        for run, run_results in results["runs"].items()
+        for solver, table in run_results["solvers"].items()
+    ]
+    return hedge_lines(rows, header) if all(HEDGED in table for _, table, _ in rows) else []
+
+
 def variant_summary(rows: list[tuple[str, dict, dict]], name: str) -> str:
     """`name` over every row's (label, score table, calibration costs) NFEs: mean and worst pooled-RMSE ratio to the
     best baseline, and cells beyond the paired CI (`cell_marks`)."""

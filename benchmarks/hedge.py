@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from oracle import COMMITTED, LABELS, exact_model, pooled_errors
-from quality import CALIBRATED, NFES, SOLVERS, run_setup
+from quality import NFES, SOLVERS, best_baseline, run_setup
 
 from diffusers_gits.evaluation import TEST_SEED
 from diffusers_gits.schedules import log_snr_blend
@@ -59,7 +59,7 @@ def run(name: str) -> dict:
         table = committed[solver]
         rows[solver] = {}
         for k in NFES:
-            best = min((n for n in table if n not in CALIBRATED), key=lambda n: table[n][str(k)]["pooled"])
+            best = best_baseline(table, str(k))  # the committed table, keyed by str(N)
             searched = np.asarray(table["gits_search"][str(k)]["sigmas"], dtype=np.float64)
             baseline = np.asarray(table[best][str(k)]["sigmas"], dtype=np.float64)
             blends = [log_snr_blend(baseline, searched, a, path) for a in WEIGHTS]

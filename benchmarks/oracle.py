@@ -28,7 +28,7 @@ import numpy as np
 from flow_quality import BANDWIDTH, flow_model
 from guided_quality import MODELS as GUIDED_MODELS
 from guided_quality import guided_model
-from quality import CALIBRATED, DEFAULT, NFES, SOLVERS, kde_model, run_setup
+from quality import DEFAULT, NFES, SOLVERS, best_baseline, kde_model, run_setup
 
 from diffusers_gits.evaluation import TEST_SEED
 from diffusers_gits.noise import FLOW_PATH, SIGMA_PATH
@@ -130,7 +130,7 @@ def run(name: str, num_fit: int, num_test: int | None, log) -> dict:
             baselines = fit["baselines"](k)
             fitted, fit_ratio, evaluations = fit_schedule(fit, solver, baselines, default)
             row = score(test, solver, baselines, fitted, default)
-            best = min((n for n in table if n not in CALIBRATED), key=lambda n: table[n][str(k)]["pooled"])
+            best = best_baseline(table, str(k))  # the committed table, keyed by str(N)
             row.update(
                 fit_ratio=fit_ratio,
                 evaluations=evaluations,
@@ -177,7 +177,7 @@ def descend(model: dict, solver: str, sigmas: np.ndarray) -> tuple[np.ndarray, f
     sigmas = np.asarray(sigmas, dtype=np.float64)
     first, last = sigmas[0], sigmas[-1]
     snr = np.array([path.log_snr(float(s)) for s in sigmas[1:-1]])
-    top = path.log_snr(first) if first < 1 else -math.inf  # the flow path's first sigma 1 has log-SNR -inf
+    top = path.log_snr(float(first))  # -inf at the flow path's sigma 1
 
     def schedule(values):
         return np.concatenate([[first], path.from_log_snr(values), [last]])

@@ -133,9 +133,9 @@ def score_schedules(candidates_for, solve, reference: torch.Tensor, real: torch.
                 "swd": sliced_wasserstein(out, real),
                 "sigmas": [round(float(s), 5) for s in sigmas],
             }
+        best = best_baseline(table, k)
         for name in (DEFAULT, HEDGED):
             if name in table:
-                best = best_baseline(table, k)
                 difference = paired_difference(squared[name, k], squared[best, k])
                 table[name][k]["vs_best"] = {
                     "name": best,
@@ -346,7 +346,9 @@ def marked_cells(table: dict, chosen: dict, name: str = DEFAULT) -> list[str]:
 
 def hedge_lines(rows: list[tuple[str, dict, dict]], header: list[str]) -> list[str]:
     """The hedged variant's section of a report: per row (label, score table, calibration costs) its marked ratios,
-    then the default's and its summaries over all rows."""
+    then the default's and its summaries over all rows; nothing where the variant was not measured."""
+    if not all(HEDGED in table for _, table, _ in rows):
+        return []
     lines = [
         "",
         f"## With `hedge={HEDGED_VARIANT[HEDGED]['hedge']}`",
@@ -364,14 +366,13 @@ def hedge_lines(rows: list[tuple[str, dict, dict]], header: list[str]) -> list[s
 
 
 def runs_hedge_lines(results: dict, header: list[str]) -> list[str]:
-    """`hedge_lines` for a results file of several `runs` (a row per run and solver); nothing where the hedged
-    variant was not measured."""
+    """`hedge_lines` for a results file of several `runs` (a row per run and solver)."""
     rows = [
         (f"{run} | {solver}", table, run_results["calibration_cost"][solver])
         for run, run_results in results["runs"].items()
         for solver, table in run_results["solvers"].items()
     ]
-    return hedge_lines(rows, header) if all(HEDGED in table for _, table, _ in rows) else []
+    return hedge_lines(rows, header)
 
 
 def variant_summary(rows: list[tuple[str, dict, dict]], name: str) -> str:
@@ -433,9 +434,8 @@ def render(results: dict, model: str = "embedded") -> str:
             for cell, k in zip(ratio_cells(table), NFES)
         ]
         lines.append(f"| {solver} | " + " | ".join(cells) + " |")
-    if HEDGED in next(iter(results["solvers"].values())):
-        rows = [(solver, table, results["calibration_cost"][solver]) for solver, table in results["solvers"].items()]
-        lines += hedge_lines(rows, [header, rule])
+    rows = [(solver, table, results["calibration_cost"][solver]) for solver, table in results["solvers"].items()]
+    lines += hedge_lines(rows, [header, rule])
     lines += [
         "",
         "Paired difference in per-noise squared error, default minus best baseline (mean ± 95% CI, x1e-4; negative "

@@ -66,6 +66,18 @@ def test_the_headroom_fit_keeps_the_model_s_ends_and_lowers_the_error(monkeypatc
     np.testing.assert_allclose(same, bunched, rtol=1e-12)
     assert evaluations == 1
 
+    # Every schedule the descent tries descends from the model's first sigma: from a second point close below it, a
+    # step up in sigma would pass it and is not tried.
+    tried, pooled_errors = [], oracle.pooled_errors
+    monkeypatch.setattr(
+        oracle, "pooled_errors", lambda m, s, schedules: tried.extend(schedules) or pooled_errors(m, s, schedules)
+    )
+    monkeypatch.setattr(oracle, "STEPS", (0.5,))
+    near_top = np.array([first, first * 0.9, *bunched[2:]])
+    oracle.descend(model, "dpmpp_2m", near_top)
+    assert len(tried) > 1 and all(np.all(np.diff(s) < 0) for s in tried)
+    monkeypatch.setattr(oracle, "pooled_errors", pooled_errors)
+
     monkeypatch.setattr(oracle, "STEPS", (0.5, 0.1))
     fitted, fitted_error, evaluations = oracle.descend(model, "dpmpp_2m", bunched)
     assert fitted[0] == first and fitted[-1] == 0.0 and len(fitted) == len(bunched)

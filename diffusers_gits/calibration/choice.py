@@ -198,7 +198,7 @@ def hedged(
             losses={**screening.losses, **new},
             pooled_rmse={**screening.pooled_rmse, **{name: float(loss.mean()) ** 0.5 for name, loss in new.items()}},
         )
-    return {k: {**candidates[k], **added.get(k, {})} for k in candidates}, result, toward
+    return {k: {**candidates[k], **added[k]} for k in candidates}, result, toward
 
 
 def run_race(

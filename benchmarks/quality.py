@@ -353,9 +353,10 @@ def hedge_lines(rows: list[tuple[str, dict, dict]], header: list[str]) -> list[s
         "",
         f"## With `hedge={HEDGED_VARIANT[HEDGED]['hedge']}`",
         "",
-        "`calibrate(hedge=0.5)` also races each searched schedule moved halfway toward the best baseline of the "
-        "screening, point by point in log-SNR (`gits_hedged`); otherwise the default. Its ratio to the best baseline, "
-        "marked ! (worse beyond the paired 95% CI) or + (better beyond it), what it returned in brackets:",
+        "`calibrate(hedge=0.5)`: where the race keeps the searched schedule without confirming it, that schedule moved "
+        "halfway toward the race's best baseline, point by point in log-SNR (`gits_hedged`, no model call); "
+        "otherwise the default. Its ratio to the best baseline, marked ! (worse beyond the paired 95% CI) or + (better "
+        "beyond it), what it returned in brackets:",
         "",
         *header,
     ]

@@ -36,16 +36,17 @@ HERE = Path(__file__).resolve().parent
 STEPS = [4, 5, 6, 8, 10]
 
 
-def run(model: str, solvers: list[str], num_warmup: int, num_test: int, num_images: int) -> None:
-    """Benchmark each solver on `model`; each solver's results go to `results_t2i_{model}_{solver}.json`, so solvers
-    can run in parallel processes."""
+def run(model: str, solvers: list[str], num_warmup: int, num_test: int, num_images: int, hedge: float = 0.0) -> None:
+    """Benchmark each solver on `model`; each solver's results go to `results_t2i_{model}_{solver}.json` (with
+    `hedge`: `..._hedge.json`), so solvers can run in parallel processes."""
     pipe, guidance = load_demo_pipeline(model)
     stock = pipe.scheduler
     for solver in solvers:
         tic = time.perf_counter()
-        scheduler = calibrate_with_prompts(pipe, STEPS, solver, num_warmup, guidance)
+        scheduler = calibrate_with_prompts(pipe, STEPS, solver, num_warmup, guidance, hedge=hedge)
         seconds = time.perf_counter() - tic
-        folder = HERE / "build" / f"t2i_{model}_{solver}"
+        name = f"{model}_{solver}" + ("_hedge" if hedge else "")
+        folder = HERE / "build" / f"t2i_{name}"
         scheduler.save_pretrained(folder)
         print(f"{model} {solver}: calibrated in {seconds:.0f} s", flush=True)
 
@@ -65,6 +66,7 @@ def run(model: str, solvers: list[str], num_warmup: int, num_test: int, num_imag
             "solver": solver,
             "torch_threads": torch.get_num_threads(),
             "num_warmup": num_warmup,
+            "hedge": hedge,
             "num_test": num_test,
             "num_images": num_images,
             "calibration_seconds": seconds,
@@ -83,7 +85,7 @@ def run(model: str, solvers: list[str], num_warmup: int, num_test: int, num_imag
             "adherence": {name: {str(k): v for k, v in row.items()} for name, row in adherence.items()},
             "distance_to_real": {name: {str(k): v for k, v in row.items()} for name, row in distance.items()},
         }
-        (HERE / f"results_t2i_{model}_{solver}.json").write_text(json.dumps(results, indent=1) + "\n")
+        (HERE / f"results_t2i_{name}.json").write_text(json.dumps(results, indent=1) + "\n")
         print(f"{model} {solver}: done", flush=True)
 
 
@@ -120,8 +122,9 @@ def report() -> None:
         for r in runs:
             solver, results = r["solver"], r
             calls = r["model_calls"]
+            title = f"{solver} with hedge={r['hedge']}" if r.get("hedge") else solver
             lines += [
-                f"### {solver}: calibration {calls['total']} model calls ({calls['teacher_equivalents']}x one "
+                f"### {title}: calibration {calls['total']} model calls ({calls['teacher_equivalents']}x one "
                 f"teacher run, num_warmup {r['num_warmup']}), {r['calibration_seconds']:.0f} s on {r['torch_threads']} CPU "
                 f"thread(s) of a shared 2-core machine; "
                 f"{r['num_test']} test noises, {r['num_images']} images for adherence and SW",
@@ -179,6 +182,9 @@ def main() -> None:
     parser.add_argument("--num-warmup", type=int, default=256)
     parser.add_argument("--num-test", type=int, default=64)
     parser.add_argument("--num-images", type=int, default=64)
+    parser.add_argument(
+        "--hedge", type=float, default=0.0, help="calibrate with this `hedge` (results_..._hedge.json)"
+    )
     parser.add_argument("--report", action="store_true", help="write RESULTS_T2I.md from the JSON files")
     args = parser.parse_args()
     if args.report:
@@ -186,7 +192,7 @@ def main() -> None:
         return
     if args.model is None:
         parser.error("--model is required unless --report")
-    run(args.model, args.solvers, args.num_warmup, args.num_test, args.num_images)
+    run(args.model, args.solvers, args.num_warmup, args.num_test, args.num_images, args.hedge)
     report()
 
 

@@ -33,7 +33,7 @@ DemoModel = Literal["sd", "flow"]
 #: The baselines shown for each model: what users of that family pick today.
 BASELINES: dict[str, tuple[str, ...]] = {
     "sd": ("default", "karras", "ays", "sd15"),
-    "flow": ("default", "uniform", "beta", "karras", "exponential", "oss_flux"),
+    "flow": ("default", "uniform", "shifted", "beta", "karras", "exponential", "oss_flux"),
 }
 #: Seeds of the calibration prompts, the scored prompts and the generated images (generator seeds of their own, apart
 #: from each other).
@@ -48,9 +48,11 @@ def load_demo_pipeline(model: DemoModel):
     return load_embedded_pipeline(EMBEDDED_MODEL[model]), GUIDANCE_SCALE[EMBEDDED_MODEL[model]]
 
 
-def calibrate_with_prompts(pipe, steps, solver: str, num_warmup: int, guidance: float, progress: bool = False):
+def calibrate_with_prompts(
+    pipe, steps, solver: str, num_warmup: int, guidance: float, progress: bool = False, hedge: float = 0.0
+):
     """GITS calibrated on a shapes pipeline with prompts drawn like its captions and classifier-free guidance (a
-    `GITSFlowMatchScheduler` for the flow model)."""
+    `GITSFlowMatchScheduler` for the flow model); `hedge` as in `calibrate`."""
     return GITSScheduler.from_calibration(
         pipe,
         steps,
@@ -61,6 +63,7 @@ def calibrate_with_prompts(pipe, steps, solver: str, num_warmup: int, guidance: 
         solver=solver,
         progress=progress,
         cache=False,
+        hedge=hedge,
     )
 
 

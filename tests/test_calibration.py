@@ -431,26 +431,32 @@ def test_refine_without_a_held_out_race_leaves_the_search_unchecked(mixture_prob
         assert entry["held_out_noises"] == 0 and "unchecked" in entry["summary"] and entry["chosen"] == "gits"
 
 
-def test_hedge_races_the_searched_schedule_blended_toward_the_best_screened_baseline(mixture_problem):
+def test_hedge_moves_each_unconfirmed_searched_choice_toward_the_race_best_baseline(mixture_problem):
     from diffusers_gits.noise import SIGMA_PATH
     from diffusers_gits.schedules import log_snr_blend
 
     pipe, _ = mixture_problem
     options = {"num_warmup": 96, "batch_size": 32, "progress": False, "cache": False}
-    plain = GITSScheduler.from_calibration(pipe, [3, 5], **options)
-    scheduler = GITSScheduler.from_calibration(pipe, [3, 5], hedge=0.5, **options)
+    plain = GITSScheduler.from_calibration(pipe, [4, 6], **options)
+    scheduler = GITSScheduler.from_calibration(pipe, [4, 6], hedge=0.5, **options)
     assert scheduler.calibration_record["hedge"] == 0.5 and plain.calibration_record["hedge"] == 0.0
-    for k in ("3", "5"):
+    assert scheduler.calibration_record["model_calls"] == plain.calibration_record["model_calls"]  # no call more
+    hedged = 0
+    for k in ("4", "6"):
         entry, before = scheduler.calibration_report[k], plain.calibration_report[k]
-        assert "gits_hedged" in entry["candidates"] and "gits_hedged" not in before["candidates"]
-        screened, toward = entry["search_noise_pooled_rmse"], entry["hedged_toward"]
-        best = min((name for name in screened if name not in ("gits", "gits_hedged")), key=screened.get)
-        assert toward["name"] == best and toward["weight"] == 0.5 and "hedged_toward" not in before
+        assert entry["candidates"] == before["candidates"]  # the same race
+        ours, theirs = np.asarray(scheduler.sigmas_for(int(k))), np.asarray(plain.sigmas_for(int(k)))
+        if before["chosen"] not in before["searched_sigmas"] or before["confident"]:
+            np.testing.assert_array_equal(ours, theirs)
+            assert entry == before
+            continue
+        hedged += 1
+        toward = entry["hedged_toward"]
+        assert entry["chosen"] == before["chosen"] + "_hedged" and toward["weight"] == 0.5
+        assert toward["name"] in entry["candidates"] and toward["name"] not in entry["searched_sigmas"]
         family_baselines = baseline_schedules(scheduler.noise_schedule, int(k))
-        if best in family_baselines:  # else TORS, from the teacher's trajectories
-            np.testing.assert_allclose(toward["sigmas"], family_baselines[best], rtol=1e-12)
-        searched = np.asarray(entry["searched_sigmas"]["gits"])
-        np.testing.assert_array_equal(searched, before["searched_sigmas"]["gits"])  # the same search
-        expected = log_snr_blend(searched, np.asarray(toward["sigmas"]), 0.5, SIGMA_PATH)
-        np.testing.assert_allclose(entry["searched_sigmas"]["gits_hedged"], expected, rtol=1e-9)
-        assert screened["gits_hedged"] > 0 and entry["chosen"] in entry["candidates"]
+        if toward["name"] in family_baselines:  # else TORS, from the teacher's trajectories
+            np.testing.assert_allclose(toward["sigmas"], family_baselines[toward["name"]], rtol=1e-12)
+        expected = log_snr_blend(theirs, np.asarray(toward["sigmas"]), 0.5, SIGMA_PATH)
+        np.testing.assert_allclose(ours, expected, rtol=1e-6)
+    assert hedged  # the set-up has an unconfirmed lead to move

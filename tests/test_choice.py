@@ -225,37 +225,46 @@ def test_a_searched_schedule_chosen_after_another_left_the_race_is_reported_as_l
     assert entry["summary"].startswith("gits_coeff_0.8 leads over 32 held-out noises, unconfirmed")
 
 
-class FormulaScreen:
-    """A screening scorer whose per-noise losses are a function of each schedule's second point."""
-
-    def __init__(self):
-        self.stages = []
-
-    def score(self, schedules, stage):
-        self.stages.append(stage)
-        return [torch.tensor([s[1], s[1] ** 2], dtype=torch.float64) for s in schedules]
-
-
-def test_hedged_candidates_blend_toward_the_best_screened_baseline_and_are_screened_with_the_others():
-    from diffusers_gits.calibration.choice import hedged, screened
+def test_hedge_moves_only_an_unconfirmed_searched_choice_toward_the_best_baseline():
+    from diffusers_gits.calibration.choice import Screening, hedge_unconfirmed
+    from diffusers_gits.calibration.selection import PairedRace
     from diffusers_gits.noise import SIGMA_PATH
 
-    schedules = {
-        name: np.array([10.0, value, 0.0]) for name, value in {"gits": 1.0, "karras": 4.0, "ays": 9.0}.items()
-    }
-    baselines = {name: schedules[name] for name in ("karras", "ays")}
-    screen = FormulaScreen()
-    screenings = screened(screen, {2: {"gits": schedules["gits"]}}, {2: baselines}, keep=2)
-    candidates, screenings, toward = hedged(screen, {2: {"gits": schedules["gits"]}}, screenings, 0.5, SIGMA_PATH)
-    assert toward == {2: {"name": "karras", "sigmas": [10.0, 4.0, 0.0], "weight": 0.5}}
-    assert screen.stages == ["screening", "screening"]
-    # Halfway in log-SNR (-log sigma on the sigma path) from 1 to karras's 4 (the best screened: the lowest losses)
-    # is their geometric mean, 2.
-    assert list(candidates[2]) == ["gits", "gits_hedged"]
-    np.testing.assert_allclose(candidates[2]["gits_hedged"], [10.0, 2.0, 0.0], rtol=1e-12)
-    np.testing.assert_array_equal(candidates[2]["gits"], schedules["gits"])
-    screening = screenings[2]
-    assert list(screening.baselines) == ["karras", "ays"]
-    torch.testing.assert_close(screening.losses["gits_hedged"], torch.tensor([2.0, 4.0], dtype=torch.float64))
-    assert screening.pooled_rmse["gits_hedged"] == pytest.approx(3.0**0.5)
-    assert screening.pooled_rmse["gits"] == pytest.approx(1.0)
+    entrants = {name: np.array([10.0, value, 0.0]) for name, value in {"gits": 1.0, "karras": 4.0, "ays": 9.0}.items()}
+    searched = {"gits": entrants["gits"]}
+    race = PairedRace(list(entrants), {"karras", "ays"}, min_noises=100)  # nothing eliminated: unconfirmed
+    race.add({name: torch.tensor(losses, dtype=torch.float64) for name, losses in
+              {"gits": [1.0, 2.0], "karras": [2.0, 2.5], "ays": [3.0, 3.0]}.items()})  # fmt: skip
+    lead = {"chosen": "gits", "confident": False, "summary": "gits leads over 2 held-out noises, unconfirmed"}
+    sigmas, entry = hedge_unconfirmed(entrants["gits"], lead, race, entrants, searched, None, 0.5, SIGMA_PATH)
+    # Halfway in log-SNR (-log sigma on the sigma path) from 1 to karras's 4 (the race's best baseline) is their
+    # geometric mean, 2.
+    np.testing.assert_allclose(sigmas, [10.0, 2.0, 0.0], rtol=1e-12)
+    assert entry["chosen"] == "gits_hedged" and lead["chosen"] == "gits"
+    assert entry["hedged_toward"] == {"name": "karras", "sigmas": [10.0, 4.0, 0.0], "weight": 0.5}
+    assert (
+        entry["summary"] == lead["summary"] + "; returned moved 0.5 of the way toward karras in log-SNR (not scored)"
+    )
+
+    # A confirmed searched choice and a baseline stay as they are.
+    for kept in ({**lead, "confident": True}, {**lead, "chosen": "karras"}):
+        sigmas, entry = hedge_unconfirmed(
+            entrants[kept["chosen"]], kept, race, entrants, searched, None, 0.5, SIGMA_PATH
+        )
+        assert entry is kept and sigmas is entrants[kept["chosen"]]
+
+    # No race noise (the budget ran out): toward the screening's best baseline on the search noises; without a
+    # screening there is nothing to move toward.
+    unchecked = {**lead, "confident": None, "summary": "gits unchecked"}
+    empty = PairedRace(list(entrants), {"karras", "ays"})
+    screening = Screening(
+        baselines={"karras": entrants["karras"], "ays": entrants["ays"]}, losses={},
+        pooled_rmse={"gits": 1.0, "karras": 3.0, "ays": 2.0},
+    )  # fmt: skip
+    sigmas, entry = hedge_unconfirmed(
+        entrants["gits"], unchecked, empty, entrants, searched, screening, 0.5, SIGMA_PATH
+    )
+    np.testing.assert_allclose(sigmas, [10.0, 3.0, 0.0], rtol=1e-12)
+    assert entry["hedged_toward"]["name"] == "ays"
+    sigmas, entry = hedge_unconfirmed(entrants["gits"], unchecked, empty, entrants, searched, None, 0.5, SIGMA_PATH)
+    assert entry is unchecked and sigmas is entrants["gits"]

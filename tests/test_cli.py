@@ -55,7 +55,11 @@ def test_demo_turns_prompts_into_labelled_images(model, tmp_path, capsys):
     assert (tmp_path / "error_vs_nfe.png").stat().st_size > 0 and (tmp_path / "samples_nfe2.png").stat().st_size > 0
     assert (tmp_path / "scheduler" / "scheduler_config.json").exists()
     results = json.loads((tmp_path / "results.json").read_text())
-    baselines = ["default", "karras", "ays", "sd15"] if model == "sd" else ["default", "uniform", "beta", "oss_flux"]
+    baselines = (
+        ["default", "karras", "ays", "sd15"]
+        if model == "sd"
+        else ["default", "uniform", "shifted", "beta", "oss_flux"]
+    )
     assert all(name in results["rmse"] for name in baselines + ["gits (calibrated)"])
     assert all(0 <= rate <= 1 for row in results["adherence"].values() for rate in row.values())
 

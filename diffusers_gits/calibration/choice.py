@@ -5,12 +5,12 @@ pipeline with the target solver and scored by each sample's mean squared error t
 is the pooled error users see and the search minimises. The baselines are screened first on the search noises, whose
 teacher samples are already paid for; there the searched schedule is scored too. A race (`PairedRace`) adds held-out
 noises a round at a time while the ranking is unclear and the budget allows; where it confirms nothing, the pooled
-error over the held-out and the search noises together decides (`PairedRace.choice`). An optional refinement moves
-the chosen schedule's points while both halves of the noises agree that it helps. Every pipeline call goes through
+error over the held-out and the search noises together decides (`PairedRace.choice`), and an optional hedge moves a
+searched schedule kept that way part of the way toward the best baseline. An optional refinement moves the chosen
+schedule's points while both halves of the noises agree that it helps. Every pipeline call goes through
 the `Executor`, so the stage is split over processes and resumes from a checkpoint like the others.
 """
 
-import dataclasses
 import hashlib
 import math
 from collections.abc import Sequence
@@ -169,36 +169,39 @@ def screened(
     return result
 
 
-def hedged(
-    screen: HeldOutScorer,
-    candidates: dict[int, dict[str, np.ndarray]],
-    screenings: dict[int, Screening],
+def hedge_unconfirmed(
+    sigmas: np.ndarray,
+    entry: dict,
+    race: PairedRace,
+    entrants: dict,
+    searched: dict,
+    screening: Screening | None,
     weight: float,
     path: OdePath,
-) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, Screening], dict[int, dict]]:
-    """Each searched schedule `weight` of the way toward its step count's best screened baseline, point by point in
-    log-SNR (`log_snr_blend`), as one more candidate `NAME_hedged`, screened on the search noises like the others.
-    Returns the candidates and the screenings with them added, and per step count the baseline blended toward (its
-    name and sigmas, for the report)."""
-    added, toward = {}, {}
-    for k, screening in screenings.items():
-        best = min(screening.baselines, key=screening.pooled_rmse.get)
-        target = screening.baselines[best]
-        toward[k] = {"name": best, "sigmas": [float(s) for s in target], "weight": weight}
-        added[k] = {
-            f"{name}_hedged": log_snr_blend(sigmas, target, weight, path) for name, sigmas in candidates[k].items()
-        }
-    requests = [(k, name, sigmas) for k in added for name, sigmas in added[k].items()]
-    losses = screen.score([sigmas for _, _, sigmas in requests], "screening")
-    result = {}
-    for k, screening in screenings.items():
-        new = {name: loss for (kk, name, _), loss in zip(requests, losses) if kk == k}
-        result[k] = dataclasses.replace(
-            screening,
-            losses={**screening.losses, **new},
-            pooled_rmse={**screening.pooled_rmse, **{name: float(loss.mean()) ** 0.5 for name, loss in new.items()}},
-        )
-    return {k: {**candidates[k], **added[k]} for k in candidates}, result, toward
+) -> tuple[np.ndarray, dict]:
+    """Where the choice is a searched schedule that did not beat every baseline with confidence (its lead is a point
+    estimate, or no race ran), that schedule moved `weight` of the way toward the best baseline, point by point in
+    log-SNR (`log_snr_blend`): the race's best baseline, or the screening's where the race got no noise. A confirmed
+    choice, a baseline, or no baseline to move toward leave `sigmas` as they are. No model call: the blend is not
+    scored (the entry's errors stay the searched schedule's; `hedged_toward` names the baseline and its sigmas)."""
+    if entry["chosen"] not in searched or entry["confident"]:
+        return sigmas, entry
+    if race.num_noises:
+        name = race.best_baseline
+        target = entrants[name]
+    elif screening is not None and screening.baselines:
+        name = min(screening.baselines, key=screening.pooled_rmse.get)
+        target = screening.baselines[name]
+    else:
+        return sigmas, entry
+    blend = log_snr_blend(sigmas, target, weight, path)
+    entry = {
+        **entry,
+        "chosen": f"{entry['chosen']}_hedged",
+        "hedged_toward": {"name": name, "sigmas": [float(s) for s in target], "weight": weight},
+        "summary": f"{entry['summary']}; returned moved {weight:g} of the way toward {name} in log-SNR (not scored)",
+    }
+    return blend, entry
 
 
 def run_race(

@@ -174,10 +174,10 @@ class CalibrationSettings:
             )
         if isinstance(o.hedge, bool) or not isinstance(o.hedge, (int, float)) or not 0 <= o.hedge < 1:
             raise ValueError(f"hedge must be a number in [0, 1) (0: off), got {o.hedge!r}")
-        if o.hedge and (o.jump_cost != "student" or o.num_holdout == 0):
+        if o.hedge and o.num_holdout == 0:
             raise ValueError(
-                f"hedge={o.hedge} blends toward the best baseline screened on the search noises and races the blend "
-                "on held-out noises: it needs jump_cost='student' and num_holdout > 0"
+                f"hedge={o.hedge} moves a searched schedule that the held-out race did not confirm toward the race's "
+                "best baseline: it needs num_holdout > 0"
             )
         if not o.budget > 0:
             raise ValueError(f"budget must be > 0, got {o.budget}")

@@ -40,7 +40,7 @@ from .choice import (
     coeff_of,
     decide,
     default_error,
-    hedged,
+    hedge_unconfirmed,
     refine_schedule,
     run_race,
     screened,
@@ -148,11 +148,12 @@ def calibrate(
             (their default) puts the DP's schedules for every coeff in `AUTO_COEFFS` into the race.
         refine (`bool`, defaults to `False`): after the race, move each point of the chosen schedule while the
             held-out error falls on both halves of the race's noises, within the budget.
-        hedge (`float`, defaults to 0.0): also race each searched schedule moved this fraction of the way toward the
-            best baseline of the screening on the search noises, point by point in log-SNR
-            (`diffusers_gits.schedules.log_snr_blend`), named `gits_hedged`: a schedule between the search's fit to
-            its few noises and the baseline's robustness to the rest. No model call but its screening and race
-            samples; 0 (off) or in (0, 1); `jump_cost="student"` with held-out noises only.
+        hedge (`float`, defaults to 0.0): where the race keeps a searched schedule without confirming it (its lead
+            over the best baseline is a point estimate, or no race ran), return it moved this fraction of the way
+            toward that baseline, point by point in log-SNR (`diffusers_gits.schedules.log_snr_blend`; the report
+            names it `gits_hedged` and the baseline in `hedged_toward`): a schedule between the search's fit to its
+            few noises and the baseline's robustness to the rest. No model call; confirmed choices and baselines are
+            returned as they are. 0 (off) or in (0, 1); with held-out noises only.
         num_holdout (`int`, *optional*): held-out warm-up noises available to the race; defaults to all warm-ups the
             search does not use (`num_warmup - num_search`). 0 returns the search's schedules unchecked.
         seed (`int`, defaults to 0): seeds the per-sample noises.
@@ -369,7 +370,7 @@ def _choose(
     scorer = HeldOutScorer(executor, runner, family, solver, reference_scheduler, pool)
     # TORS (equal frame rotation on the teacher's trajectories) costs no model call: it races as a baseline.
     baselines = {k: {**family.baselines(k), **searched.zero_call[k]} for k in steps}
-    screenings, hedged_toward = {}, {}
+    screenings = {}
     if searched.teacher_finals is not None:
         # The search noises already have the teacher's final samples: screening there costs the sampling only,
         # leaves the race (which pays for references too) two baselines to beat, not five, and shows where the
@@ -380,18 +381,18 @@ def _choose(
         )
         screenings = screened(screen, candidates, baselines, SCREENED_BASELINES)
         baselines = {k: screenings[k].baselines for k in steps}
-        if settings.hedge:
-            path = family.scheduler_class.path
-            candidates, screenings, hedged_toward = hedged(screen, candidates, screenings, settings.hedge, path)
     races, entrants = run_race(scorer, candidates, baselines, steps, settings.confidence, screenings)
     for k in steps:
         schedules[k], report[str(k)] = decide(
             races[k], entrants[k], candidates[k], settings.require_confidence, screenings.get(k)
         )
-        if k in hedged_toward:
-            report[str(k)]["hedged_toward"] = hedged_toward[k]
         if races[k].num_noises:
             report[str(k)]["default_error"] = default_error(scorer, family.default(k, solver), races[k].num_noises)
+        if settings.hedge:
+            schedules[k], report[str(k)] = hedge_unconfirmed(
+                schedules[k], report[str(k)], races[k], entrants[k], candidates[k], screenings.get(k),
+                settings.hedge, family.scheduler_class.path,
+            )  # fmt: skip
     timings["selection_s"] = time.perf_counter() - tic
     if settings.refine:
         tic = time.perf_counter()

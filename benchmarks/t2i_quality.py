@@ -138,10 +138,12 @@ def report() -> None:
             for k in map(str, results["steps"]):
                 best, ratio, diff, ci = gits_versus_best(r["rmse"], k)
                 a, d = r["adherence"], r["distance_to_real"]
-                ratio_cell = f"**{ratio:.2f}**" if abs(diff) > ci else f"{ratio:.2f}"
+                # No CI where the comparison's best row was a schedule not shown here (every difference is to it).
+                ratio_cell = f"**{ratio:.2f}**" if ci is not None and abs(diff) > ci else f"{ratio:.2f}"
+                interval = "n/a" if ci is None else f"{ci * 1e4:.1f}"
                 lines.append(
                     f"| {k} | {best} | {r['rmse'][best][k]['pooled_rmse']:.4f} | {r['rmse'][GITS][k]['pooled_rmse']:.4f}"
-                    f" | {ratio_cell} | {diff * 1e4:+.1f} ± {ci * 1e4:.1f} | {a[GITS][k]:.2f} / {a[best][k]:.2f} / "
+                    f" | {ratio_cell} | {diff * 1e4:+.1f} ± {interval} | {a[GITS][k]:.2f} / {a[best][k]:.2f} / "
                     f"{a[stock][k]:.2f} / {a[reference][k]:.2f} | {d[GITS][k]:.3f} / {d[best][k]:.3f} / "
                     f"{d[stock][k]:.3f} |"
                 )
@@ -151,9 +153,35 @@ def report() -> None:
             for k in map(str, results["steps"]):
                 lines.append(f"| {k} | " + " | ".join(f"{r['rmse'][n][k]['pooled_rmse']:.4f}" for n in names) + " |")
             lines.append("")
+            if "hedged" in r:
+                lines += hedged_lines(r)
             if "calibration_report" in r:
                 lines += calibration_view_lines(r)
     (HERE / "RESULTS_T2I.md").write_text("\n".join(lines))
+
+
+def hedged_lines(r: dict) -> list[str]:
+    """What `calibrate(hedge=...)` returns from this calibration's own race (`r["hedged"]`: its unconfirmed cells'
+    searched schedule moved toward the race's best baseline), scored in the same comparison as the rows above."""
+    hedged = r["hedged"]
+    toward = ", ".join(
+        f"NFE {k} toward {name}" for k, name in sorted(hedged["toward"].items(), key=lambda i: int(i[0]))
+    )
+    cells = []
+    for k in map(str, r["steps"]):
+        best, *_ = gits_versus_best(r["rmse"], k)
+        cells.append(f"{hedged['rmse'][k]['pooled_rmse'] / r['rmse'][best][k]['pooled_rmse']:.2f}")
+    return [
+        f"With `hedge={hedged['weight']}` (no model call: the same race, its unconfirmed cells moved part of the way "
+        f"toward the race's best baseline: {toward}), scored in the same comparison: pooled RMSE "
+        + " / ".join(f"{hedged['rmse'][k]['pooled_rmse']:.4f}" for k in map(str, r["steps"]))
+        + ", ratio to the best baseline "
+        + " / ".join(cells)
+        + " at NFE "
+        + " / ".join(map(str, r["steps"]))
+        + ".",
+        "",
+    ]
 
 
 def calibration_view_lines(r: dict) -> list[str]:

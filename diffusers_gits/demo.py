@@ -130,6 +130,11 @@ def run_demo(
         f"Calibrated in {calibration_s:.0f} s ({calls['total']} model calls, {calls['teacher_equivalents']}x one "
         f"teacher run over the warm-ups); saved to {output_dir / 'scheduler'}."
     )
+    # The calibration's own verdict per N, to read the scores below by: an unconfirmed lead can come out behind.
+    verdicts = {k: scheduler.calibration_report[str(k)]["summary"] for k in steps}
+    echo("What the calibration's held-out race found:")
+    for k, verdict in verdicts.items():
+        echo(f"  NFE {k}: {verdict}")
 
     test_prompts = prompts_grid(num_test, TEST_PROMPT_SEED)
     echo(
@@ -172,7 +177,7 @@ def run_demo(
         "rmse": rmse,
         "adherence": adherence,
         "distance_to_real": distance,
-        "calibration": {"seconds": calibration_s, "model_calls": calls},
+        "calibration": {"seconds": calibration_s, "model_calls": calls, "verdicts": verdicts},
     }
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     echo("")

@@ -48,6 +48,9 @@ def test_demo_turns_prompts_into_labelled_images(model, tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "Pooled RMSE to the reference" in out and "gits / best" in out and "Prompt adherence" in out
+    verdict = json.loads((tmp_path / "results.json").read_text())["calibration"]["verdicts"]["2"]
+    saved = json.loads((tmp_path / "scheduler" / "calibration_report.json").read_text())
+    assert f"NFE 2: {verdict}" in out and verdict == saved["report"]["2"]["summary"]
     assert (
         "reference (50 steps)" in out
         and ("PNDMScheduler" if model == "sd" else "FlowMatchEulerDiscreteScheduler") in out

@@ -8,7 +8,13 @@ curve is GITS's pooled RMSE over the best baseline's, per step count, against th
     python benchmarks/cost_curve.py --model digits --solvers dpmpp_2m unipc ipndm   # results_cost_digits_SOLVER.json
     python benchmarks/cost_curve.py --model flow_kde                                 # the exact flow KDE at mu 1.15
     python benchmarks/cost_curve.py --model sd --solvers dpmpp_2m                    # the embedded SD model, guided
+    python benchmarks/cost_curve.py --model flow --solvers dpmpp_2m --warmups 16 32 64 128 --num-test 64
+    python benchmarks/cost_curve.py --model flow --solvers dpmpp_2m --add-t2i  # + t2i_quality.py's run (256)
     python benchmarks/cost_curve.py --report                                          # writes benchmarks/RESULTS_COST.md
+
+`--add-t2i` takes the point at the package default from `t2i_quality.py`'s calibration of the same model and solver
+instead of calibrating again: both score on the same 64 test noises and prompts (checked: every baseline's RMSE must
+agree; on the SD-style model the two runs' 256-warm-up calibrations and scores are identical).
 
 Models: `digits`, the embedded digits DDPM (unconditional, SD's noise schedule); `flow_kde`, the exact Gaussian KDE
 of 8x8 digits as a flow model driven like Flux at mu = 1.15; `sd` and `flow`, the embedded text-to-image models with
@@ -25,7 +31,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from diffusers_gits import GITSScheduler, compare_schedules
-from diffusers_gits.demo import BASELINES, CALIBRATION_PROMPT_SEED, TEST_PROMPT_SEED, load_demo_pipeline
+from diffusers_gits.demo import BASELINES, CALIBRATION_PROMPT_SEED, GITS, TEST_PROMPT_SEED, load_demo_pipeline
 from diffusers_gits.embedded import load_embedded_pipeline
 from diffusers_gits.shapes import prompts_grid
 from diffusers_gits.testing.data import digits_images
@@ -106,6 +112,35 @@ def run(model: str, solvers: list[str], warmups: list[int], num_test: int) -> No
         }
         (HERE / f"results_cost_{model}_{solver}.json").write_text(json.dumps(results, indent=1) + "\n")
         print(f"{model} {solver}: done", flush=True)
+
+
+def add_t2i_point(model: str, solver: str) -> None:
+    """Add the calibration `t2i_quality.py` made of `model` with `solver` (at the package default `num_warmup`) to
+    this curve as one more point, without calibrating again: both score on the same test noises and prompts, which is
+    checked (every baseline's pooled RMSE must agree to 1e-4 relative) before the point is added."""
+    path = HERE / f"results_cost_{model}_{solver}.json"
+    results = json.loads(path.read_text())
+    source = f"results_t2i_{model}_{solver}.json"
+    t2i = json.loads((HERE / source).read_text())
+    if t2i["num_test"] != results["num_test"]:
+        raise ValueError(f"{source} scored {t2i['num_test']} test noises, this curve {results['num_test']}")
+    for name, row in results["baselines"].items():
+        for k, value in row.items():
+            theirs = t2i["rmse"][name][k]["pooled_rmse"]
+            if abs(theirs - value) > 1e-4 * value:
+                raise ValueError(f"{name} at NFE {k}: {theirs} in {source}, {value} here; not the same test noises")
+    calibrations = {
+        **results["calibrations"],
+        str(t2i["num_warmup"]): {
+            "wall_s": t2i["calibration_seconds"],
+            "model_calls": t2i["model_calls"],
+            "chosen": t2i["chosen"],
+            "pooled_rmse": {k: t2i["rmse"][GITS][k]["pooled_rmse"] for k in map(str, results["steps"])},
+            "from": source,
+        },
+    }
+    results["calibrations"] = dict(sorted(calibrations.items(), key=lambda item: int(item[0])))
+    path.write_text(json.dumps(results, indent=1) + "\n")
 
 
 def ratios(results: dict) -> dict[str, dict[str, float]]:
@@ -190,8 +225,9 @@ def report() -> None:
         for w, c in results["calibrations"].items():
             cells = [f"{r[w][str(k)]:.2f}" + ("" if c["chosen"][str(k)] == "gits" else "*") for k in results["steps"]]
             calls = c["model_calls"]
+            source = f" (from `{c['from']}`)" if "from" in c else ""
             lines.append(
-                f"| {w} | {calls['teacher']} / {calls['search']} / {calls['selection']} | {calls['total']} "
+                f"| {w}{source} | {calls['teacher']} / {calls['search']} / {calls['selection']} | {calls['total']} "
                 f"({calls['teacher_equivalents']:.2f}x) | {c['wall_s']:.0f} | "
                 + " | ".join(cells)
                 + f" | {max(r[w].values()):.2f} |"
@@ -210,9 +246,19 @@ def main() -> None:
     parser.add_argument("--solvers", nargs="+", default=["dpmpp_2m", "unipc", "ipndm"])
     parser.add_argument("--warmups", nargs="+", type=int, default=WARMUPS)
     parser.add_argument("--num-test", type=int, default=128)
+    parser.add_argument(
+        "--add-t2i",
+        action="store_true",
+        help="add t2i_quality.py's calibration of --model with each solver to its curve (same test noises)",
+    )
     parser.add_argument("--report", action="store_true", help="write RESULTS_COST.md from the JSON files")
     args = parser.parse_args()
     if args.report:
+        report()
+        return
+    if args.add_t2i:
+        for solver in args.solvers:
+            add_t2i_point(args.model, solver)
         report()
         return
     if args.model is None:

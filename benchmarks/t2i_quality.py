@@ -101,6 +101,31 @@ def gits_versus_best(rmse: dict, k: str) -> tuple[str, float, float, float]:
     return best, ratio, gits["minus_best"] - baselines[best]["minus_best"], gits["minus_best_ci"]
 
 
+def ratio_cell(ratio: float, diff: float, ci: float | None) -> str:
+    """The ratio, in bold where the paired CI excludes zero; no CI where the comparison's best row was a schedule
+    not shown (every difference is to it)."""
+    return f"**{ratio:.2f}**" if ci is not None and abs(diff) > ci else f"{ratio:.2f}"
+
+
+def summary_lines(runs: list[dict]) -> list[str]:
+    """One row per model and solver: GITS's ratio to the best baseline at each NFE, and which baseline that was."""
+    steps = runs[0]["steps"]
+    lines = [
+        "## Summary: GITS over the best baseline (pooled RMSE; bold where the paired 95% CI excludes zero)",
+        "",
+        "| model | solver | " + " | ".join(f"NFE {k}" for k in steps) + " |",
+        "|---|---|" + "---|" * len(steps),
+    ]
+    for r in runs:
+        cells = []
+        for k in map(str, steps):
+            best, ratio, diff, ci = gits_versus_best(r["rmse"], k)
+            cells.append(f"{ratio_cell(ratio, diff, ci)} (vs {best})")
+        solver = f"{r['solver']} with hedge={r['hedge']}" if r.get("hedge") else r["solver"]
+        lines.append(f"| {r['model']} | {solver} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def report() -> None:
     lines = ["# Text-to-image benchmark: the embedded shapes models with guidance", ""]
     lines += [
@@ -114,8 +139,12 @@ def report() -> None:
         "prompts (pixels in [0, 1]; lower is better).",
         "",
     ]
-    for model in ("sd", "flow"):
-        runs = [json.loads(path.read_text()) for path in sorted(HERE.glob(f"results_t2i_{model}_*.json"))]
+    by_model = {
+        model: [json.loads(path.read_text()) for path in sorted(HERE.glob(f"results_t2i_{model}_*.json"))]
+        for model in ("sd", "flow")
+    }
+    lines += summary_lines([r for runs in by_model.values() for r in runs])
+    for runs in by_model.values():
         if not runs:
             continue
         lines += [f"## {runs[0]['model']} (guidance {runs[0]['guidance_scale']})", ""]
@@ -138,12 +167,10 @@ def report() -> None:
             for k in map(str, results["steps"]):
                 best, ratio, diff, ci = gits_versus_best(r["rmse"], k)
                 a, d = r["adherence"], r["distance_to_real"]
-                # No CI where the comparison's best row was a schedule not shown here (every difference is to it).
-                ratio_cell = f"**{ratio:.2f}**" if ci is not None and abs(diff) > ci else f"{ratio:.2f}"
                 interval = "n/a" if ci is None else f"{ci * 1e4:.1f}"
                 lines.append(
                     f"| {k} | {best} | {r['rmse'][best][k]['pooled_rmse']:.4f} | {r['rmse'][GITS][k]['pooled_rmse']:.4f}"
-                    f" | {ratio_cell} | {diff * 1e4:+.1f} ± {interval} | {a[GITS][k]:.2f} / {a[best][k]:.2f} / "
+                    f" | {ratio_cell(ratio, diff, ci)} | {diff * 1e4:+.1f} ± {interval} | {a[GITS][k]:.2f} / {a[best][k]:.2f} / "
                     f"{a[stock][k]:.2f} / {a[reference][k]:.2f} | {d[GITS][k]:.3f} / {d[best][k]:.3f} / "
                     f"{d[stock][k]:.3f} |"
                 )

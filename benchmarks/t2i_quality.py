@@ -107,6 +107,11 @@ def ratio_cell(ratio: float, diff: float, ci: float | None) -> str:
     return f"**{ratio:.2f}**" if ci is not None and abs(diff) > ci else f"{ratio:.2f}"
 
 
+def run_title(r: dict) -> str:
+    """The solver of a run, and its `hedge` where it calibrated with one."""
+    return f"{r['solver']} with hedge={r['hedge']}" if r.get("hedge") else r["solver"]
+
+
 def summary_lines(runs: list[dict]) -> list[str]:
     """One row per model and solver: GITS's ratio to the best baseline at each NFE, and which baseline that was."""
     steps = runs[0]["steps"]
@@ -121,8 +126,7 @@ def summary_lines(runs: list[dict]) -> list[str]:
         for k in map(str, steps):
             best, ratio, diff, ci = gits_versus_best(r["rmse"], k)
             cells.append(f"{ratio_cell(ratio, diff, ci)} (vs {best})")
-        solver = f"{r['solver']} with hedge={r['hedge']}" if r.get("hedge") else r["solver"]
-        lines.append(f"| {r['model']} | {solver} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['model']} | {run_title(r)} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
@@ -151,9 +155,8 @@ def report() -> None:
         for r in runs:
             solver, results = r["solver"], r
             calls = r["model_calls"]
-            title = f"{solver} with hedge={r['hedge']}" if r.get("hedge") else solver
             lines += [
-                f"### {title}: calibration {calls['total']} model calls ({calls['teacher_equivalents']}x one "
+                f"### {run_title(r)}: calibration {calls['total']} model calls ({calls['teacher_equivalents']}x one "
                 f"teacher run, num_warmup {r['num_warmup']}), {r['calibration_seconds']:.0f} s on {r['torch_threads']} CPU "
                 f"thread(s) of a shared 2-core machine; "
                 f"{r['num_test']} test noises, {r['num_images']} images for adherence and SW",

@@ -153,7 +153,6 @@ def report() -> None:
             continue
         lines += [f"## {runs[0]['model']} (guidance {runs[0]['guidance_scale']})", ""]
         for r in runs:
-            solver, results = r["solver"], r
             calls = r["model_calls"]
             lines += [
                 f"### {run_title(r)}: calibration {calls['total']} model calls ({calls['teacher_equivalents']}x one "
@@ -167,7 +166,7 @@ def report() -> None:
             ]
             stock = next(name for name in r["adherence"] if name.startswith("stock"))
             reference = next(name for name in r["adherence"] if name.startswith("reference"))
-            for k in map(str, results["steps"]):
+            for k in map(str, r["steps"]):
                 best, ratio, diff, ci = gits_versus_best(r["rmse"], k)
                 a, d = r["adherence"], r["distance_to_real"]
                 interval = "n/a" if ci is None else f"{ci * 1e4:.1f}"
@@ -180,7 +179,7 @@ def report() -> None:
             lines += ["", "Pooled RMSE of every schedule:", ""]
             names = list(r["rmse"])
             lines += ["| NFE | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-            for k in map(str, results["steps"]):
+            for k in map(str, r["steps"]):
                 lines.append(f"| {k} | " + " | ".join(f"{r['rmse'][n][k]['pooled_rmse']:.4f}" for n in names) + " |")
             lines.append("")
             if "hedged" in r:

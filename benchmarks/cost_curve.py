@@ -256,13 +256,13 @@ def main() -> None:
     if args.report:
         report()
         return
+    if args.model is None:
+        parser.error("--model is required unless --report")
     if args.add_t2i:
         for solver in args.solvers:
             add_t2i_point(args.model, solver)
         report()
         return
-    if args.model is None:
-        parser.error("--model is required unless --report")
     run(args.model, args.solvers, args.warmups, args.num_test)
     report()
 

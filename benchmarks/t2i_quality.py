@@ -89,9 +89,10 @@ def run(model: str, solvers: list[str], num_warmup: int, num_test: int, num_imag
         print(f"{model} {solver}: done", flush=True)
 
 
-def gits_versus_best(rmse: dict, k: str) -> tuple[str, float, float, float]:
+def gits_versus_best(rmse: dict, k: str) -> tuple[str, float, float, float | None]:
     """(best baseline, GITS pooled RMSE / best baseline's, paired mean difference in squared error GITS - best,
-    its 95% half-width), from `compare_schedules`' table, whose differences are to the overall best."""
+    its 95% half-width), from `compare_schedules`' table, whose differences are to the overall best (the half-width
+    is `None` where a file records none: the overall best was a row it does not keep)."""
     baselines = {name: row[k] for name, row in rmse.items() if name != GITS}
     best = min(baselines, key=lambda name: baselines[name]["pooled_rmse"])
     gits = rmse[GITS][k]

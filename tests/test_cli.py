@@ -48,7 +48,8 @@ def test_demo_turns_prompts_into_labelled_images(model, tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "Pooled RMSE to the reference" in out and "gits / best" in out and "Prompt adherence" in out
-    verdict = json.loads((tmp_path / "results.json").read_text())["calibration"]["verdicts"]["2"]
+    results = json.loads((tmp_path / "results.json").read_text())
+    verdict = results["calibration"]["verdicts"]["2"]
     saved = json.loads((tmp_path / "scheduler" / "calibration_report.json").read_text())
     assert f"NFE 2: {verdict}" in out and verdict == saved["report"]["2"]["summary"]
     assert (
@@ -57,7 +58,6 @@ def test_demo_turns_prompts_into_labelled_images(model, tmp_path, capsys):
     )
     assert (tmp_path / "error_vs_nfe.png").stat().st_size > 0 and (tmp_path / "samples_nfe2.png").stat().st_size > 0
     assert (tmp_path / "scheduler" / "scheduler_config.json").exists()
-    results = json.loads((tmp_path / "results.json").read_text())
     baselines = (
         ["default", "karras", "ays", "sd15"]
         if model == "sd"

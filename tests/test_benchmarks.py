@@ -86,3 +86,39 @@ def test_the_headroom_fit_keeps_the_model_s_ends_and_lowers_the_error(monkeypatc
     (check,) = oracle.pooled_errors(model, "dpmpp_2m", [fitted])
     assert check == pytest.approx(fitted_error, rel=1e-12)
     assert evaluations > 1
+
+
+def test_the_headroom_fit_of_a_pipeline_scored_model_starts_from_its_two_best_baselines(monkeypatch):
+    """Where the model scores schedules itself (`errors`, as the text-to-image models do through the pipeline) and
+    no default schedule is given, `oracle.fit_schedule` descends from the two best baselines only and returns a
+    schedule no worse than the best of them, with its ratio to that baseline as the model scores it."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import oracle
+
+    mixture = GaussianMixture.random(dim=4, num_components=3, seed=2)
+    z = torch.randn(64, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    solve = lambda sigmas: sample(mixture.flow_denoiser, z, [float(s) for s in sigmas], "euler", path=FLOW_PATH)  # noqa: E731
+    reference = solve(np.append(np.linspace(1.0, 1e-3, 400), 0.0))
+    scored = []
+
+    def errors(solver, schedules):
+        scored.extend(schedules)
+        return [float((solve(s) - reference).pow(2).mean()) for s in schedules]
+
+    model = {"errors": errors, "path": FLOW_PATH}
+    baselines = {
+        "uniform": np.linspace(1.0, 0.0, 6),
+        "late": np.array([1.0, 0.5, 0.3, 0.2, 0.1, 0.0]),
+        "early": np.array([1.0, 0.95, 0.9, 0.85, 0.8, 0.0]),
+    }
+    first = dict(zip(baselines, errors("euler", list(baselines.values()))))
+    worst = max(first, key=first.get)
+    monkeypatch.setattr(oracle, "STEPS", (0.3,))
+    starts = []
+    descend = oracle.descend
+    monkeypatch.setattr(oracle, "descend", lambda m, s, sigmas: starts.append(sigmas) or descend(m, s, sigmas))
+    fitted, ratio, evaluations = oracle.fit_schedule(model, "euler", baselines, None)
+    assert len(starts) == 2 and not any(np.array_equal(s, baselines[worst]) for s in starts)
+    assert ratio <= 1.0 and evaluations >= 3
+    (error,) = errors("euler", [fitted])
+    assert ratio == pytest.approx((error / min(first.values())) ** 0.5, rel=1e-12)

@@ -391,8 +391,10 @@ def t2i_lines(t2i: dict) -> list[str]:
         "the fine reference on the very test noises and prompts of `t2i_quality.py` (the same reference and "
         "baselines; the best baseline's RMSE reproduces RESULTS_T2I's): *fitted* is the lowest ratio to the best "
         "baseline it found on them, an optimistic figure (fitted in-sample, where a calibration never sees its "
-        "test noises); *default* is the package default's ratio in RESULTS_T2I. Where *fitted* is above 0.85, no "
-        "schedule found reaches the goal of 0.85 at that NFE even on the noises it is scored on.",
+        "test noises); *default* is the package default's ratio in RESULTS_T2I (its schedule is not among the "
+        "starts). The descent is local and can stop above the default (the two found different optima); the lower "
+        "of the two is the best schedule known on these noises. Where both are above 0.85, no schedule known "
+        "reaches the goal of 0.85 at that NFE, even fitted to the noises it is scored on.",
         "",
     ]
     for model in t2i.values():

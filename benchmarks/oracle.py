@@ -85,7 +85,12 @@ T2I_LABELS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", choices=(*COMMITTED, *T2I), default=tuple(COMMITTED))
-    parser.add_argument("--solvers", nargs="+", choices=SOLVERS, help="text-to-image models: these solvers only")
+    parser.add_argument(
+        "--solvers",
+        nargs="+",
+        choices=SOLVERS,
+        help="text-to-image models: these solvers (default: dpmpp_2m unipc euler)",
+    )
     parser.add_argument("--nfes", nargs="+", type=int, default=[5, 6], help="text-to-image models: these NFEs")
     parser.add_argument("--quick", action="store_true", help="small run for checking the script; writes to /tmp")
     parser.add_argument("--report", action="store_true", help="write RESULTS_ORACLE.md from results_oracle*.json")
@@ -204,7 +209,9 @@ def t2i_model(demo_model: str, num_test: int, solver: str) -> dict:
     scorer = HeldOutScorer(Executor(process_state(runner.device)), runner, family, solver, reference, noises)
     scorer.score([], "reference", add_noises=num_test)
 
-    def errors(solver_: str, schedules: list[np.ndarray]) -> list[float]:
+    def errors(scored_with: str, schedules: list[np.ndarray]) -> list[float]:
+        if scored_with != solver:
+            raise ValueError(f"this model scores schedules with {solver!r}, not {scored_with!r}")
         return [float(loss.mean()) for loss in scorer.score(schedules, "oracle")]
 
     def baselines(k: int) -> dict[str, np.ndarray]:

@@ -39,10 +39,9 @@ from guided_quality import guided_model
 from quality import DEFAULT, NFES, SOLVERS, best_baseline, kde_model, run_setup
 from t2i_quality import gits_versus_best
 
-from diffusers_gits.calibration.choice import HeldOutScorer
 from diffusers_gits.calibration.execution import Executor, process_state
 from diffusers_gits.calibration.recorder import open_pipeline
-from diffusers_gits.compare import FRESH_NOISES_START, resolve_schedules
+from diffusers_gits.compare import fresh_noise_scorer, resolve_schedules
 from diffusers_gits.demo import BASELINES, TEST_PROMPT_SEED, load_demo_pipeline
 from diffusers_gits.evaluation import TEST_SEED
 from diffusers_gits.noise import FLOW_PATH, SIGMA_PATH
@@ -203,10 +202,8 @@ def t2i_model(demo_model: str, num_test: int, solver: str) -> dict:
     pipe, guidance = load_demo_pipeline(demo_model)
     prompts = prompts_grid(num_test, TEST_PROMPT_SEED)
     runner, family, mu = open_pipeline(pipe, prompts, 0, 16, {"guidance_scale": guidance}, NFES)
-    fine, _ = family.fine_grid(61)
-    reference = family.scheduler("ipndm", {len(fine) - 1: fine})
-    noises = list(range(FRESH_NOISES_START, FRESH_NOISES_START + num_test))
-    scorer = HeldOutScorer(Executor(process_state(runner.device)), runner, family, solver, reference, noises)
+    executor = Executor(process_state(runner.device))
+    scorer = fresh_noise_scorer(executor, runner, family, solver, "ipndm", 61, num_test)  # compare's defaults
     scorer.score([], "reference", add_noises=num_test)
 
     def errors(scored_with: str, schedules: list[np.ndarray]) -> list[float]:

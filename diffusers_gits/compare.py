@@ -116,17 +116,17 @@ def compare_schedules(
         raise ImportError("output_dir= writes plots, which need matplotlib: pip install 'diffusers-gits[plots]'")
     runner, family, mu = open_pipeline(pipe, prompts, seed, batch_size, pipe_kwargs, steps)
     resolved = resolve_schedules([name for name in schedules if name != "tors"], family, steps, mu, solver)
-    fine, on_grid = family.fine_grid(grid_size)
-    reference_scheduler = family.scheduler(teacher, {len(fine) - 1: fine})
-    noises = list(range(FRESH_NOISES_START, FRESH_NOISES_START + num_noises))
     executor = Executor(process_state(runner.device))
+    scorer = fresh_noise_scorer(executor, runner, family, solver, teacher, grid_size, num_noises)
     if "tors" in schedules:
-        targets, denoised, _ = teacher_targets(executor, runner, reference_scheduler, on_grid, list(TORS_NOISES))
+        _, on_grid = family.fine_grid(grid_size)
+        targets, denoised, _ = teacher_targets(
+            executor, runner, scorer.reference_scheduler, on_grid, list(TORS_NOISES)
+        )
         rotation = frame_rotation(targets, denoised)
         grid = family.grid(grid_size)
         tors = {k: equal_rotation_sigmas(rotation, k, family, grid) for k in steps}
         resolved = {name: tors if name == "tors" else resolved[name] for name in schedules}
-    scorer = HeldOutScorer(executor, runner, family, solver, reference_scheduler, noises)
     requests = [(name, k) for name in resolved for k in steps]
     scored = scorer.score([resolved[name][k] for name, k in requests], "compare", add_noises=num_noises)
     losses = {name: {} for name in resolved}
@@ -148,6 +148,18 @@ def compare_schedules(
     if output_dir is not None:
         _write_pngs(Path(output_dir), table, resolved, scorer, steps, solver)
     return table
+
+
+def fresh_noise_scorer(
+    executor: Executor, runner, family, solver: str, teacher: str, grid_size: int, num_noises: int
+) -> HeldOutScorer:
+    """How `compare_schedules` scores: `solver`'s schedules on the first `num_noises` fresh noises (indices from
+    `FRESH_NOISES_START`) against `teacher` on `grid_size`'s grid with every interval halved, the references solved
+    as the noises are added (`HeldOutScorer.score(..., add_noises=...)`)."""
+    fine, _ = family.fine_grid(grid_size)
+    reference_scheduler = family.scheduler(teacher, {len(fine) - 1: fine})
+    noises = list(range(FRESH_NOISES_START, FRESH_NOISES_START + num_noises))
+    return HeldOutScorer(executor, runner, family, solver, reference_scheduler, noises)
 
 
 def _write_pngs(output_dir: Path, table, resolved, scorer, steps, solver) -> None:

@@ -99,10 +99,8 @@ def test_the_headroom_fit_of_a_pipeline_scored_model_starts_from_its_two_best_ba
     z = torch.randn(64, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     solve = lambda sigmas: sample(mixture.flow_denoiser, z, [float(s) for s in sigmas], "euler", path=FLOW_PATH)  # noqa: E731
     reference = solve(np.append(np.linspace(1.0, 1e-3, 400), 0.0))
-    scored = []
 
     def errors(solver, schedules):
-        scored.extend(schedules)
         return [float((solve(s) - reference).pow(2).mean()) for s in schedules]
 
     model = {"errors": errors, "path": FLOW_PATH}

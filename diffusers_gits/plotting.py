@@ -1,6 +1,7 @@
 """PNG output: sample grids and error plots. Imports matplotlib lazily so the core package does not need it."""
 
 import importlib.util
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,6 +39,10 @@ def save_image_grid(images: torch.Tensor | Sequence[Image.Image], path: str | Pa
     return path
 
 
+#: Characters per line of a plot's title: what fits the 6-inch-wide figure at the default font size.
+TITLE_WIDTH = 60
+
+
 def _save_log_plot(
     lines: dict[str, tuple[list, list]], path: str | Path, xlabel: str, ylabel: str, title: str
 ) -> Path:
@@ -51,7 +56,7 @@ def _save_log_plot(
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, TITLE_WIDTH))  # a long title on one line runs off the figure
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

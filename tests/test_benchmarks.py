@@ -120,3 +120,75 @@ def test_the_headroom_fit_of_a_pipeline_scored_model_starts_from_its_two_best_ba
     assert ratio <= 1.0 and evaluations >= 3
     (error,) = errors("euler", [fitted])
     assert ratio == pytest.approx((error / min(first.values())) ** 0.5, rel=1e-12)
+
+
+def test_the_race_power_arithmetic_matches_simulated_paired_races(monkeypatch):
+    """`race_power.power` reads a committed paired difference (mean, 95% CI on the test noises) into the chance that
+    a race on fewer noises ranks the pair the right way round and the noises it needs for 95%: both as simulated
+    paired races of normal per-noise differences find them."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import race_power
+
+    generator = torch.Generator().manual_seed(0)
+    mean, spread, num_test = 2.0, 10.0, 512
+    test = mean + spread * torch.randn(num_test, generator=generator, dtype=torch.float64)
+    ci = 1.959963984540054 * float(test.std()) / num_test**0.5
+    estimated_spread, right, needed = race_power.power(float(test.mean()), ci, num_test, 40)
+    assert estimated_spread == pytest.approx(float(test.std()), rel=1e-9)
+
+    def simulated(noises: int) -> float:  # how often a race on `noises` noises ranks the pair right
+        races = mean + spread * torch.randn(20_000, noises, generator=generator, dtype=torch.float64)
+        return float((races.mean(1) > 0).double().mean())
+
+    _, right_true, needed_true = race_power.power(mean, 1.959963984540054 * spread / num_test**0.5, num_test, 40)
+    assert right_true == pytest.approx(simulated(40), abs=0.01)
+    assert needed_true == 68  # (1.645 * 10 / 2) ** 2 = 67.6
+    assert simulated(needed_true) == pytest.approx(race_power.POWER, abs=0.01)
+    assert simulated(needed_true // 3) < race_power.POWER - 0.1
+    # From the test noises' estimate: as uncertain as their mean, the truth inside the range its 95% CI spans.
+    estimate = float(test.mean())
+    fewest, most = (race_power.power(estimate + sign * ci, ci, num_test, 40)[2] for sign in (1, -1))
+    assert fewest <= needed_true <= most and fewest <= needed <= most
+
+
+def test_the_race_power_table_counts_only_cells_worse_beyond_the_ci(monkeypatch):
+    """A cell where the calibration returned the test's best baseline is neither flagged nor contested, one within
+    the CI is contested only, one beyond it is flagged with its race's noises (held-out plus search)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import race_power
+    from quality import NFES
+
+    from diffusers_gits.calibration.settings import student_search_calls
+
+    grid, num_warmup, num_search = 61, 256, 24
+    search = num_search * student_search_calls(NFES, grid, 1)
+    calls = {"teacher": 56 * 2 * grid, "search": search, "total": 30_000, "teacher_equivalents": 30_000 / (256 * 61)}
+    versus = {4: ("uniform", 1e-3, 1e-4), 5: ("uniform", 1e-4, 1e-3), 6: ("uniform", 1e-3, 1e-4)}
+    chosen = {4: "gits", 5: "gits", 6: "uniform", 8: "uniform", 10: "uniform"}
+    table = {
+        "gits_default": {
+            str(k): (
+                {"pooled": 1.1, "vs_best": dict(zip(("name", "mse_difference", "ci"), versus[k]))}
+                if k in versus
+                else {}
+            )
+            for k in NFES
+        },
+        "uniform": {str(k): {"pooled": 1.0} for k in NFES},
+    }
+    cost = {
+        "model_calls": calls,
+        "chosen": {str(k): v for k, v in chosen.items()},
+        "held_out_noises": {str(k): 32 for k in NFES},
+    }
+    run = {
+        "solvers": dict.fromkeys(race_power.SOLVERS, table),
+        "calibration_cost": {s: {"gits_default": cost} for s in race_power.SOLVERS},
+    }
+    monkeypatch.setattr(race_power, "ROWS", {"gits_default": "default"})
+    contested = {}
+    found = race_power.worse_cells("flow_0.5", run, "solvers", {"num_test": 512, "num_warmup": num_warmup}, contested)
+    assert contested == {"default": 2 * len(race_power.SOLVERS)}
+    assert [(c["k"], c["race_noises"], c["search"]) for c in found] == [(4, 56, 24)] * len(race_power.SOLVERS)
+    assert found[0]["ratio"] == pytest.approx(1.1)
+    assert "| 4 | gits | uniform | 1.10 |" in race_power.render(found, contested)

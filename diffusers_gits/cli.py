@@ -100,7 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for PNGs, results.json and the scheduler (default: demo_output)",
     )
     demo.add_argument("--steps", type=_positive_int, nargs="+", default=[4, 5, 6, 8, 10], help="NFEs to compare")
-    demo.add_argument("--num-warmup", type=_positive_int, default=32, help="calibration samples (default: 32)")
+    demo.add_argument(
+        "--num-warmup",
+        type=_positive_int,
+        default=None,
+        help="calibration samples (default: 64 for --model sd, 32 for the slower flow model)",
+    )
     demo.add_argument(
         "--num-test", type=_positive_int, default=32, help="fresh noises and prompts to score (default: 32)"
     )

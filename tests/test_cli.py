@@ -139,3 +139,20 @@ def test_dtype_is_a_choice(capsys):
     with pytest.raises(SystemExit):
         main(["calibrate", "m", "--steps", "4", "--output", "o", "--dtype", "half"])
     assert "invalid choice: 'half'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["sd", "flow"])
+def test_demo_calibrates_on_its_model_s_warm_up_count_unless_told(model, tmp_path, monkeypatch):
+    import diffusers_gits.demo as demo
+
+    seen = []
+
+    def stop(pipe, steps, solver, num_warmup, *args, **kwargs):
+        seen.append(num_warmup)
+        raise KeyboardInterrupt  # nothing after the calibration is under test
+
+    monkeypatch.setattr(demo, "calibrate_with_prompts", stop)
+    for argv in (["demo", "--model", model], ["demo", "--model", model, "--num-warmup", "7"]):
+        with pytest.raises(KeyboardInterrupt):
+            main([*argv, "--output", str(tmp_path)])
+    assert seen == [demo.DEMO_WARMUP[model], 7] and demo.DEMO_WARMUP == {"sd": 64, "flow": 32}

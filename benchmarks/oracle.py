@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from flow_quality import BANDWIDTH, flow_model
 from guided_quality import MODELS as GUIDED_MODELS
+from guided_quality import PROMPTS as GUIDED_PROMPTS
 from guided_quality import guided_model
 from quality import DEFAULT, NFES, SOLVERS, best_baseline, kde_model, run_setup
 from t2i_quality import gits_versus_best
@@ -145,24 +146,31 @@ def load_results(folder: Path) -> dict:
 
 def exact_model(name: str, seeds: list[int]) -> dict:
     """`solve(sigmas, solver)` on the noises of `seeds`, their `reference` and `baselines(N)`, each as the benchmark
-    that committed the model's results computes them."""
+    that committed the model's results computes them, and the `pipe` and `call_options` it calibrates with."""
     if name.startswith("flow_"):
         mixture = GaussianMixture.kde(digits_images("train", size=8), BANDWIDTH)
         model = flow_model(mixture, float(name.removeprefix("flow_")), seeds)
         reference = model["solve"](model["fine"](2000), "ipndm")
-        return {**model, "reference": reference, "path": FLOW_PATH}
+        return {**model, "reference": reference, "path": FLOW_PATH, "call_options": {}}
     if name == "kde_vp":
         model = kde_model(len(seeds), seeds[0])
         return {
+            "pipe": model["pipe"],
             "solve": model["solve"],
             "reference": model["reference_samples"],
             "baselines": lambda k: baseline_schedules(model["noise"], k),
             "path": SIGMA_PATH,
+            "call_options": {},
         }
     guidance, mu = GUIDED_MODELS[name.removeprefix("guided_")]
     model = guided_model(ClassConditionalMixture.digits(), guidance, mu, seeds)
     reference = model["solve"](model["fine"](1000), "ipndm")
-    return {**model, "reference": reference, "path": SIGMA_PATH if mu is None else FLOW_PATH}
+    return {
+        **model,
+        "reference": reference,
+        "path": SIGMA_PATH if mu is None else FLOW_PATH,
+        "call_options": {"prompts": GUIDED_PROMPTS, "guidance_scale": guidance},
+    }
 
 
 def run(name: str, num_fit: int, num_test: int | None, log) -> dict:

@@ -192,3 +192,20 @@ def test_the_race_power_table_counts_only_cells_worse_beyond_the_ci(monkeypatch)
     assert [(c["k"], c["race_noises"], c["search"]) for c in found] == [(4, 56, 24)] * len(race_power.SOLVERS)
     assert found[0]["ratio"] == pytest.approx(1.1)
     assert "| 4 | gits | uniform | 1.10 |" in race_power.render(found, contested)
+
+
+def test_the_budget_table_marks_a_cell_by_its_paired_ci_unless_it_returned_the_best_baseline(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import budget
+
+    generator = torch.Generator().manual_seed(0)
+    theirs = torch.rand(512, generator=generator, dtype=torch.float64)
+    worse = budget.versus(theirs + 0.1 + 0.01 * torch.randn(512, generator=generator, dtype=torch.float64), theirs)
+    assert worse["ratio"] == pytest.approx(((theirs.mean() + 0.1) / theirs.mean()).sqrt().item(), rel=0.01)
+    assert worse["mse_difference"] == pytest.approx(0.1, abs=0.003) and 0 < worse["ci"] < 0.01
+    tied = budget.versus(theirs + 0.1 * torch.randn(512, generator=generator, dtype=torch.float64), theirs)
+    assert budget.mark({**worse, "chosen": "gits", "best": "uniform"}) == "!"
+    assert budget.mark({**worse, "chosen": "uniform", "best": "uniform"}) == ""
+    assert budget.mark({**tied, "chosen": "gits", "best": "uniform"}) == ""
+    better = {**worse, "mse_difference": -worse["mse_difference"]}
+    assert budget.mark({**better, "chosen": "gits", "best": "uniform"}) == "+"

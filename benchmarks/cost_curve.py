@@ -10,7 +10,11 @@ curve is GITS's pooled RMSE over the best baseline's, per step count, against th
     python benchmarks/cost_curve.py --model sd --solvers dpmpp_2m                    # the embedded SD model, guided
     python benchmarks/cost_curve.py --model flow --solvers dpmpp_2m --warmups 16 32 64 128 --num-test 64
     python benchmarks/cost_curve.py --model flow --solvers dpmpp_2m --add-t2i  # + t2i_quality.py's run (256)
+    python benchmarks/cost_curve.py --model sd --solvers unipc --warmups 512 1024 --num-test 64   # adds two sizes
     python benchmarks/cost_curve.py --report                                          # writes benchmarks/RESULTS_COST.md
+
+A run adds its sizes to the curve already in `results_cost_MODEL_SOLVER.json` when that was scored on as many test
+noises (checked: every baseline's RMSE must agree), and replaces the file otherwise.
 
 `--add-t2i` takes the point at the package default from `t2i_quality.py`'s calibration of the same model and solver
 instead of calibrating again: both score on the same 64 test noises and prompts (checked: every baseline's RMSE must
@@ -110,8 +114,30 @@ def run(model: str, solvers: list[str], warmups: list[int], num_test: int) -> No
                 str(w): {**calibrations[w], "pooled_rmse": pooled[name]} for w, name in zip(warmups, names)
             },
         }
-        (HERE / f"results_cost_{model}_{solver}.json").write_text(json.dumps(results, indent=1) + "\n")
+        path = HERE / f"results_cost_{model}_{solver}.json"
+        if path.exists():  # the other sizes of the curve, scored on the same noises, stay
+            earlier = json.loads(path.read_text())
+            if earlier["num_test"] == num_test:
+                same_test_noises(earlier, pooled, "this run")
+                results = with_points(earlier, results["calibrations"])
+        path.write_text(json.dumps(results, indent=1) + "\n")
         print(f"{model} {solver}: done", flush=True)
+
+
+def same_test_noises(results: dict, pooled: dict[str, dict[str, float]], source: str) -> None:
+    """Refuse `pooled` (`{schedule: {N: pooled RMSE}}`, from `source`) unless every baseline of the curve `results`
+    scores the same there (to 1e-4 relative): the two were scored on the same test noises and prompts."""
+    for name, row in results["baselines"].items():
+        for k, value in row.items():
+            theirs = pooled[name][k]
+            if abs(theirs - value) > 1e-4 * value:
+                raise ValueError(f"{name} at NFE {k}: {theirs} in {source}, {value} here; not the same test noises")
+
+
+def with_points(results: dict, calibrations: dict) -> dict:
+    """The curve `results` with the points `calibrations` (`{num_warmup: ...}`) added, in order of size."""
+    merged = {**results["calibrations"], **calibrations}
+    return {**results, "calibrations": dict(sorted(merged.items(), key=lambda item: int(item[0])))}
 
 
 def add_t2i_point(model: str, solver: str) -> None:
@@ -124,23 +150,16 @@ def add_t2i_point(model: str, solver: str) -> None:
     t2i = json.loads((HERE / source).read_text())
     if t2i["num_test"] != results["num_test"]:
         raise ValueError(f"{source} scored {t2i['num_test']} test noises, this curve {results['num_test']}")
-    for name, row in results["baselines"].items():
-        for k, value in row.items():
-            theirs = t2i["rmse"][name][k]["pooled_rmse"]
-            if abs(theirs - value) > 1e-4 * value:
-                raise ValueError(f"{name} at NFE {k}: {theirs} in {source}, {value} here; not the same test noises")
-    calibrations = {
-        **results["calibrations"],
-        str(t2i["num_warmup"]): {
-            "wall_s": t2i["calibration_seconds"],
-            "model_calls": t2i["model_calls"],
-            "chosen": t2i["chosen"],
-            "pooled_rmse": {k: t2i["rmse"][GITS][k]["pooled_rmse"] for k in map(str, results["steps"])},
-            "from": source,
-        },
+    pooled = {name: {k: cell["pooled_rmse"] for k, cell in row.items()} for name, row in t2i["rmse"].items()}
+    same_test_noises(results, pooled, source)
+    point = {
+        "wall_s": t2i["calibration_seconds"],
+        "model_calls": t2i["model_calls"],
+        "chosen": t2i["chosen"],
+        "pooled_rmse": {k: pooled[GITS][k] for k in map(str, results["steps"])},
+        "from": source,
     }
-    results["calibrations"] = dict(sorted(calibrations.items(), key=lambda item: int(item[0])))
-    path.write_text(json.dumps(results, indent=1) + "\n")
+    path.write_text(json.dumps(with_points(results, {str(t2i["num_warmup"]): point}), indent=1) + "\n")
 
 
 def ratios(results: dict) -> dict[str, dict[str, float]]:

@@ -209,3 +209,16 @@ def test_the_budget_table_marks_a_cell_by_its_paired_ci_unless_it_returned_the_b
     assert budget.mark({**tied, "chosen": "gits", "best": "uniform"}) == ""
     better = {**worse, "mse_difference": -worse["mse_difference"]}
     assert budget.mark({**better, "chosen": "gits", "best": "uniform"}) == "+"
+
+
+def test_a_cost_curve_run_adds_its_sizes_only_to_a_curve_of_the_same_test_noises(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import cost_curve
+
+    curve = {"baselines": {"karras": {"4": 0.5}}, "calibrations": {"16": {"n": 16}, "256": {"n": 256}}}
+    cost_curve.same_test_noises(curve, {"karras": {"4": 0.5 * (1 + 1e-6)}, "gits": {"4": 0.1}}, "run")
+    with pytest.raises(ValueError, match="karras at NFE 4: 0.51 in run"):
+        cost_curve.same_test_noises(curve, {"karras": {"4": 0.51}}, "run")
+    merged = cost_curve.with_points(curve, {"1024": {"n": 1024}, "32": {"n": 32}})
+    assert list(merged["calibrations"]) == ["16", "32", "256", "1024"] and merged["baselines"] == curve["baselines"]
+    assert list(curve["calibrations"]) == ["16", "256"]

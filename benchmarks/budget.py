@@ -8,9 +8,9 @@ RESULTS_BUDGET.md / .json.
 `race_power.py` finds that the cells where the default is worse than the best baseline beyond the test's paired
 95% CI are differences its race, on 56-72 noises, cannot resolve: ranking them right takes a median of about 190
 noises. This measures what paying for them buys. The calibration is the package default but for `num_warmup` (its
-budget stays twice one teacher run over the warm-ups, so 512 warm-ups is 4x and 1024 is 8x the default's calls, and
-the held-out race can take up to `num_warmup` minus the search's noises), on the same models, test noises,
-references and baselines as RESULTS_FLOW / RESULTS_KDE / RESULTS_GUIDED; each cell is its pooled-RMSE ratio to the
+budget stays twice one teacher run over the warm-ups, so 512 warm-ups make 2x and 1024 make 4x the default's calls,
+4x and 8x one teacher run over the default's 256 warm-ups, and the held-out race can take up to `num_warmup` minus
+the search's noises), on the same models, test noises, references and baselines as RESULTS_FLOW / RESULTS_KDE / RESULTS_GUIDED; each cell is its pooled-RMSE ratio to the
 best baseline there, marked ! where it is worse beyond the paired 95% CI of the test noises, + where better. The
 default's own row (256 warm-ups) is the committed one.
 """

@@ -10,9 +10,9 @@ RESULTS_BUDGET.md / .json.
 noises. This measures what paying for them buys. The calibration is the package default but for `num_warmup` (its
 budget stays twice one teacher run over the warm-ups, so 512 warm-ups make 2x and 1024 make 4x the default's calls,
 4x and 8x one teacher run over the default's 256 warm-ups, and the held-out race can take up to `num_warmup` minus
-the search's noises), on the same models, test noises, references and baselines as RESULTS_FLOW / RESULTS_KDE / RESULTS_GUIDED; each cell is its pooled-RMSE ratio to the
-best baseline there, marked ! where it is worse beyond the paired 95% CI of the test noises, + where better. The
-default's own row (256 warm-ups) is the committed one.
+the search's noises), on the same models, test noises, references and baselines as RESULTS_FLOW / RESULTS_KDE /
+RESULTS_GUIDED; each cell is its pooled-RMSE ratio to the best baseline there, marked ! where it is worse beyond the
+paired 95% CI of the test noises, + where better. The default's own row (256 warm-ups) is the committed one.
 """
 
 import argparse
@@ -147,10 +147,11 @@ def render(results: dict) -> str:
     lines = [
         "# Never worse, against what it costs",
         "",
-        f"Written by `python benchmarks/budget.py` (diffusers-gits {setup['package_version']}, torch {setup['torch']}, "
-        f"{setup['machine']}; {setup['total_s'] / 60:.1f} min; see its docstring). The package default at each "
-        "`num_warmup` (the 256 row: the committed benchmark), on the exact models' 512 test noises; cells: pooled-RMSE "
-        "ratio to the best baseline, ! worse beyond the paired 95% CI, + better beyond it, [what it returned].",
+        f"Written by `python benchmarks/budget.py` (diffusers-gits {setup['package_version']}, torch "
+        f"{setup['torch']}, {setup['machine']}; {setup['total_s'] / 60:.1f} min; see its docstring). The package "
+        "default at each `num_warmup` (the 256 row: the committed benchmark), on the exact models' 512 test noises; "
+        "cells: pooled-RMSE ratio to the best baseline, ! worse beyond the paired 95% CI, + better beyond it, [what "
+        "it returned].",
         "",
         "Summary per model and size: mean ratio over the 20 cells / worst / cells worse beyond the CI / better beyond "
         "it; calls: the most over the solvers, and as a multiple of one teacher run over 256 warm-ups.",

@@ -122,12 +122,13 @@ def render(found: list[dict], contested: dict[str, int]) -> str:
         "Made by `python benchmarks/race_power.py` from the committed results of the exact models (see its docstring "
         "for the arithmetic). One row per cell where the package default or `hedge=0.5` is worse than the best "
         "baseline beyond the paired 95% CI of the 512 test noises. *Race noises*: the noises the calibration ranked "
-        "the two on (its held-out noises and its search noises, which `PairedRace.choice` pools with them); *right at the race's noises*: the probability that a paired comparison on that many noises ranks them "
-        f"the right way round; *noises for {POWER:.0%}*: the count at which it would (the least it can be: at the "
-        "top of the test mean's 95% CI; its bottom is close to 0 in most cells, so the count has no useful upper "
-        "bound); *extra*: the model calls those "
-        "further held-out noises cost (a teacher reference and both schedules at every step count), in teacher runs "
-        "over the warm-ups, on top of the calibration's own (its total in the last column).",
+        "the two on (its held-out noises and its search noises, which `PairedRace.choice` pools with them); *right "
+        "at the race's noises*: the probability that a paired comparison on that many noises ranks them the right "
+        f"way round; *noises for {POWER:.0%}*: the count at which it would, and (>=) the fewest it can be within the "
+        "test mean's 95% CI (at its top; its bottom is close to 0 in most cells, so there is no useful upper bound); "
+        "*extra*: the model calls those further held-out noises cost (a teacher reference and both schedules at "
+        "every step count), in teacher runs over the warm-ups, on top of the calibration's own (its total in the "
+        "last column).",
         "",
         "| model | row | solver | NFE | returned | best baseline (test) | ratio | per-noise difference, mean / sd "
         f"(x1e-4) | race noises | right at the race's noises | noises for {POWER:.0%} | extra (teacher runs) | "
@@ -138,8 +139,8 @@ def render(found: list[dict], contested: dict[str, int]) -> str:
         lines.append(
             f"| {LABELS[c['model']]} | {c['row']} | {c['solver']} | {c['k']} | {c['returned']} | {c['best']} | "
             f"{c['ratio']:.2f} | {c['mean'] * 1e4:.1f} / {c['spread'] * 1e4:.1f} | {c['race_noises']} "
-            f"({c['held_out']} held-out, {c['search']} search) | {c['right_at_race']:.0%} | {c['needed']} (>= {c['fewest']}) | {c['extra_teacher_runs']:.1f} | "
-            f"{c['budget']:.2f} |"
+            f"({c['held_out']} held-out, {c['search']} search) | {c['right_at_race']:.0%} | {c['needed']} "
+            f"(>= {c['fewest']}) | {c['extra_teacher_runs']:.1f} | {c['budget']:.2f} |"
         )
     if found:
         worst = max(found, key=lambda c: c["needed"])
@@ -149,17 +150,17 @@ def render(found: list[dict], contested: dict[str, int]) -> str:
             f"{max(c['race_noises'] for c in found)} noises and would need {min(c['needed'] for c in found)}-"
             f"{worst['needed']} to rank each the right way round {POWER:.0%} of the time; the median cell "
             f"{sorted(c['needed'] for c in found)[len(found) // 2]}, and at least "
-            f"{sorted(c['fewest'] for c in found)[len(found) // 2]} within the test's CI. Paying for the most ({worst['needed']}, "
-            f"{LABELS[worst['model']]}, {worst['solver']} NFE {worst['k']}) takes "
+            f"{sorted(c['fewest'] for c in found)[len(found) // 2]} within the test's CI. Paying for the most "
+            f"({worst['needed']}, {LABELS[worst['model']]}, {worst['solver']} NFE {worst['k']}) takes "
             f"{worst['extra_teacher_runs']:.1f} more teacher runs on top of the calibration's "
-            f"{worst['budget']:.2f}: about {worst['extra_teacher_runs'] + worst['budget']:.0f}x one teacher run, where "
-            "the issue's goal 3 allows 2x.",
+            f"{worst['budget']:.2f}: about {worst['extra_teacher_runs'] + worst['budget']:.0f}x one teacher run, "
+            "where the issue's goal 3 allows 2x.",
             "",
-            "The race's probabilities above are upper bounds where the calibration returned its searched schedule: the "
-            "search noises it pools with the held-out ones are the noises that schedule was fitted to. And the goal's "
-            "test has a floor of its own: a returned schedule exactly as good as the best baseline is worse than it "
-            "beyond the 95% CI in 2.5% of test draws, more where the best baseline is picked on those same test noises "
-            "(the luckiest of several). The calibration returned another schedule than the test's best "
+            "The race's probabilities above are upper bounds where the calibration returned its searched schedule: "
+            "the search noises it pools with the held-out ones are the noises that schedule was fitted to. And the "
+            "goal's test has a floor of its own: a returned schedule exactly as good as the best baseline is worse "
+            "than it beyond the 95% CI in 2.5% of test draws, more where the best baseline is picked on those same "
+            "test noises (the luckiest of several). The calibration returned another schedule than the test's best "
             "baseline in "
             + ", ".join(f"{count} cells ({row})" for row, count in contested.items())
             + f" of the {5 * len(SOLVERS) * len(COMMITTED)}; if every one of them were exactly as good, about "

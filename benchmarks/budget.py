@@ -20,10 +20,9 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from oracle import COMMITTED, LABELS, exact_model
-from quality import DEFAULT, NFES, SOLVERS, best_baseline, calibrate_variants, run_setup
+from oracle import COMMITTED, LABELS, committed_run, exact_model, noise_losses
+from quality import DEFAULT, NFES, SOLVERS, best_baseline, calibrate_variants, run_setup, timed_log
 
 from diffusers_gits.calibration.selection import paired_difference
 from diffusers_gits.evaluation import TEST_SEED
@@ -46,10 +45,7 @@ def main() -> None:
         (here / "RESULTS_BUDGET.md").write_text(render(json.loads((here / "results_budget.json").read_text())))
         return
     start = time.perf_counter()
-
-    def log(message):
-        print(f"[{time.perf_counter() - start:7.1f}s] {message}", flush=True)
-
+    log = timed_log(start)
     path = here / "results_budget.json"
     results = json.loads(path.read_text()) if path.exists() else {"models": {}}
     for name in args.models:
@@ -58,12 +54,6 @@ def main() -> None:
         results["setup"] = run_setup(start)
         path.write_text(json.dumps(results, indent=1))
         (here / "RESULTS_BUDGET.md").write_text(render(results))
-
-
-def losses(model: dict, solver: str, sigmas) -> torch.Tensor:
-    """Per test noise, the squared error of `sigmas`' sample to the reference (its mean: the pooled MSE)."""
-    samples = model["solve"](np.asarray(sigmas, dtype=np.float64), solver).double()
-    return (samples - model["reference"].double()).flatten(1).pow(2).mean(1)
 
 
 def versus(ours: torch.Tensor, theirs: torch.Tensor) -> dict:
@@ -78,18 +68,14 @@ def versus(ours: torch.Tensor, theirs: torch.Tensor) -> dict:
 
 def run(name: str, sizes, log) -> dict:
     """Every solver's calibrations at `sizes` warm-ups on one model, scored against the committed best baselines."""
-    file, keys = COMMITTED[name]
-    committed = json.loads((Path(__file__).parent / file).read_text())
-    num_test = committed["setup"]["num_test"]
-    run_keys, tables = keys[:-1], keys[-1]
-    for key in run_keys:
-        committed = committed[key]
+    results, committed = committed_run(name)
+    num_test = results["setup"]["num_test"]
     model = exact_model(name, [TEST_SEED + i for i in range(num_test)])
     result = {"label": LABELS[name], "num_test": num_test, "solvers": {}}
     for solver in SOLVERS:
-        table, cost = committed[tables][solver], committed["calibration_cost"][solver][DEFAULT]
+        table, cost = committed["solvers"][solver], committed["calibration_cost"][solver][DEFAULT]
         best = {k: best_baseline(table, str(k)) for k in NFES}
-        baseline_losses = {k: losses(model, solver, model["baselines"](k)[best[k]]) for k in NFES}
+        baseline_losses = {k: noise_losses(model, solver, model["baselines"](k)[best[k]]) for k in NFES}
         for k in NFES:  # the benchmark's best baseline, recomputed: the same pooled RMSE
             pooled = float(baseline_losses[k].mean()) ** 0.5
             if abs(pooled / table[best[k]][str(k)]["pooled"] - 1) > 1e-6:
@@ -116,7 +102,7 @@ def run(name: str, sizes, log) -> dict:
             cells = {}
             for k in NFES:
                 cells[str(k)] = {
-                    **versus(losses(model, solver, schedules[DEFAULT][k]), baseline_losses[k]),
+                    **versus(noise_losses(model, solver, schedules[DEFAULT][k]), baseline_losses[k]),
                     "best": best[k],
                     "chosen": costs[DEFAULT]["chosen"][str(k)],
                     "held_out_noises": costs[DEFAULT]["held_out_noises"][str(k)],

@@ -31,6 +31,7 @@ from quality import (
     runs_hedge_lines,
     schedule_table_lines,
     step_overhead,
+    timed_log,
 )
 
 from diffusers_gits import GITSFlowMatchScheduler
@@ -63,10 +64,7 @@ def main() -> None:
     out_dir = Path("/tmp/gits-flow-quick") if args.quick else Path(__file__).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-
-    def log(message):
-        print(f"[{time.perf_counter() - start:7.1f}s] {message}", flush=True)
-
+    log = timed_log(start)
     mixture = GaussianMixture.kde(digits_images("train", size=8), BANDWIDTH)
     real = digits_images("test", size=8).reshape(-1, 64)
     results = {"runs": {}}

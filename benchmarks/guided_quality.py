@@ -32,6 +32,7 @@ from quality import (
     run_setup,
     runs_hedge_lines,
     schedule_table_lines,
+    timed_log,
 )
 
 from diffusers_gits import GITSFlowMatchScheduler
@@ -60,10 +61,7 @@ def main() -> None:
     out_dir = Path("/tmp/gits-guided-quick") if args.quick else Path(__file__).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-
-    def log(message):
-        print(f"[{time.perf_counter() - start:7.1f}s] {message}", flush=True)
-
+    log = timed_log(start)
     model = ClassConditionalMixture.digits()
     real = digits_images("test", size=8).reshape(-1, 64)
     results = {"runs": {}}

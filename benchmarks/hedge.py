@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from oracle import COMMITTED, LABELS, exact_model, pooled_errors
+from oracle import COMMITTED, LABELS, committed_run, exact_model, pooled_errors
 from quality import NFES, SOLVERS, best_baseline, run_setup
 
 from diffusers_gits.evaluation import TEST_SEED
@@ -47,11 +47,9 @@ def main() -> None:
 
 def run(name: str) -> dict:
     """Every solver's and NFE's blends on one model's test noises."""
-    file, keys = COMMITTED[name]
-    committed = json.loads((Path(__file__).parent / file).read_text())
-    num_test = committed["setup"]["num_test"]
-    for key in keys:
-        committed = committed[key]
+    committed_file, committed = committed_run(name)
+    num_test = committed_file["setup"]["num_test"]
+    committed = committed["solvers"]
     model = exact_model(name, [TEST_SEED + i for i in range(num_test)])
     path = model["path"]
     rows = {}

@@ -33,11 +33,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from flow_quality import BANDWIDTH, flow_model
 from guided_quality import MODELS as GUIDED_MODELS
 from guided_quality import PROMPTS as GUIDED_PROMPTS
 from guided_quality import guided_model
-from quality import DEFAULT, NFES, SOLVERS, best_baseline, kde_model, run_setup
+from quality import DEFAULT, NFES, SOLVERS, best_baseline, kde_model, run_setup, timed_log
 from t2i_quality import gits_versus_best
 
 from diffusers_gits.calibration.execution import Executor, process_state
@@ -58,13 +59,14 @@ FIT_SEED = TEST_SEED + 1_000_000
 STEPS = (0.3, 0.1, 0.03)
 #: Sweeps per step size at most (a sweep that moves nothing ends the step size).
 SWEEPS = 4
-#: Results files the package default's schedule and ratios are read from: model -> (file, keys to its solver tables).
+#: Results files the package default's schedule and ratios are read from: model -> (file, keys to its run, the part
+#: holding the `"solvers"` tables and the `"calibration_cost"`); `committed_run` reads them.
 COMMITTED = {
-    "flow_0.5": ("results_flow.json", ("runs", "0.5", "solvers")),
-    "flow_1.15": ("results_flow.json", ("runs", "1.15", "solvers")),
-    "kde_vp": ("results_kde.json", ("solvers",)),
-    "guided_vp": ("results_guided.json", ("runs", "vp", "solvers")),
-    "guided_flow": ("results_guided.json", ("runs", "flow", "solvers")),
+    "flow_0.5": ("results_flow.json", ("runs", "0.5")),
+    "flow_1.15": ("results_flow.json", ("runs", "1.15")),
+    "kde_vp": ("results_kde.json", ()),
+    "guided_vp": ("results_guided.json", ("runs", "vp")),
+    "guided_flow": ("results_guided.json", ("runs", "flow")),
 }
 LABELS = {
     "flow_0.5": "exact digits KDE as a flow model, Flux's protocol at mu 0.5",
@@ -103,10 +105,7 @@ def main() -> None:
     out_dir = Path("/tmp/gits-oracle-quick") if args.quick else here
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-
-    def log(message):
-        print(f"[{time.perf_counter() - start:7.1f}s] {message}", flush=True)
-
+    log = timed_log(start)
     path = out_dir / "results_oracle.json"
     results = json.loads(path.read_text()) if path.exists() else {"models": {}}
     for name in args.models:
@@ -144,6 +143,17 @@ def load_results(folder: Path) -> dict:
     return results
 
 
+def committed_run(name: str, folder: Path = Path(__file__).parent) -> tuple[dict, dict]:
+    """The committed results file of the exact model `name` (in `folder`) and its run in that file: the part holding
+    its `"solvers"` tables and `"calibration_cost"`."""
+    file, keys = COMMITTED[name]
+    results = json.loads((folder / file).read_text())
+    run = results
+    for key in keys:
+        run = run[key]
+    return results, run
+
+
 def exact_model(name: str, seeds: list[int]) -> dict:
     """`solve(sigmas, solver)` on the noises of `seeds`, their `reference` and `baselines(N)`, each as the benchmark
     that committed the model's results computes them, and the `pipe` and `call_options` it calibrates with."""
@@ -176,11 +186,9 @@ def exact_model(name: str, seeds: list[int]) -> dict:
 def run(name: str, num_fit: int, num_test: int | None, log) -> dict:
     """Fit and score every solver and NFE of one model (`num_test`: the first test noises only; default all the
     committed benchmark scored)."""
-    file, keys = COMMITTED[name]
-    committed = json.loads((Path(__file__).parent / file).read_text())
-    num_test = num_test or committed["setup"]["num_test"]
-    for key in keys:
-        committed = committed[key]
+    committed_file, committed = committed_run(name)
+    num_test = num_test or committed_file["setup"]["num_test"]
+    committed = committed["solvers"]
     test = exact_model(name, [TEST_SEED + i for i in range(num_test)])
     fit = exact_model(name, [FIT_SEED + i for i in range(num_fit)])
     results = {"label": LABELS[name], "num_fit": num_fit, "num_test": num_test, "solvers": {}}
@@ -264,13 +272,19 @@ def run_t2i(name: str, solver: str, nfes: list[int], num_test: int | None, log) 
     return {"label": T2I_LABELS[name], "solver": solver, "num_test": num_test, "rows": rows}
 
 
+def noise_losses(model: dict, solver: str, sigmas) -> torch.Tensor:
+    """Per noise of an exact model, the mean squared error of `sigmas`' sample to the reference (their mean: the pooled
+    MSE)."""
+    samples = model["solve"](np.asarray(sigmas, dtype=np.float64), solver).double()
+    return (samples - model["reference"].double()).flatten(1).pow(2).mean(1)
+
+
 def pooled_errors(model: dict, solver: str, schedules: list[np.ndarray]) -> list[float]:
     """Pooled mean squared error of each schedule's samples to the model's reference (`model["errors"]` where the
     model scores a batch of schedules itself)."""
     if "errors" in model:
         return model["errors"](solver, schedules)
-    reference = model["reference"].double()
-    return [float((model["solve"](sigmas, solver).double() - reference).pow(2).mean()) for sigmas in schedules]
+    return [float(noise_losses(model, solver, sigmas).mean()) for sigmas in schedules]
 
 
 def fit_schedule(

@@ -204,10 +204,7 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     start = time.perf_counter()
-
-    def log(message):
-        print(f"[{time.perf_counter() - start:7.1f}s] {message}", flush=True)
-
+    log = timed_log(start)
     model = embedded_model(num_test, 100 if args.quick else 500) if args.model == "embedded" else kde_model(num_test)
     log(f"{model['name']}: reference {model['reference']}, SWD to real {model['reference_swd_to_real']:.4f}")
     results = {"model": {key: value for key, value in model.items() if isinstance(value, (str, float))}}
@@ -281,6 +278,15 @@ def kde_model(num_test: int, seed: int = TEST_SEED) -> dict:
         "real": real,
         "reference_swd_to_real": sliced_wasserstein(reference, real),
     }
+
+
+def timed_log(start: float):
+    """A `log(message)` that prints `message` after the seconds since `start` (a `time.perf_counter()` reading)."""
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - start:7.1f}s] {message}", flush=True)
+
+    return log
 
 
 def run_setup(start: float, **fields) -> dict:

@@ -16,11 +16,10 @@ of both schedules at every step count, counted against one teacher run over the 
 """
 
 import argparse
-import json
 import math
 from pathlib import Path
 
-from oracle import COMMITTED, LABELS
+from oracle import COMMITTED, LABELS, committed_run
 from quality import DEFAULT, NFES, SOLVERS
 
 from diffusers_gits.calibration.selection import normal_quantile
@@ -57,20 +56,16 @@ def power(mean: float, ci: float, num_test: int, noises: int) -> tuple[float, fl
 def cells(model: str, root: Path, contested: dict[str, int]) -> list[dict]:
     """Every cell of `model` where a calibrated row is worse than the best baseline beyond the test's 95% CI; counts
     in `contested` (per row) the cells where it returned another schedule than the test's best baseline."""
-    file, keys = COMMITTED[model]
-    results = json.loads((root / file).read_text())
-    run = results
-    for key in keys[:-1]:
-        run = run[key]
-    return worse_cells(model, run, keys[-1], results["setup"], contested)
+    results, run = committed_run(model, root)
+    return worse_cells(model, run, results["setup"], contested)
 
 
-def worse_cells(model: str, run: dict, tables: str, setup: dict, contested: dict[str, int]) -> list[dict]:
-    """`cells` of one run of a results file (`run[tables]`: its solver tables)."""
+def worse_cells(model: str, run: dict, setup: dict, contested: dict[str, int]) -> list[dict]:
+    """`cells` of one run of a results file (its `"solvers"` tables and `"calibration_cost"`) with its `setup`."""
     num_test, num_warmup = setup["num_test"], setup["num_warmup"]
     found = []
     for solver in SOLVERS:
-        table = run[tables][solver]
+        table = run["solvers"][solver]
         for row, label in ROWS.items():
             cost = run["calibration_cost"][solver][row]
             calls = cost["model_calls"]

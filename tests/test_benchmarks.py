@@ -187,7 +187,7 @@ def test_the_race_power_table_counts_only_cells_worse_beyond_the_ci(monkeypatch)
     }
     monkeypatch.setattr(race_power, "ROWS", {"gits_default": "default"})
     contested = {}
-    found = race_power.worse_cells("flow_0.5", run, "solvers", {"num_test": 512, "num_warmup": num_warmup}, contested)
+    found = race_power.worse_cells("flow_0.5", run, {"num_test": 512, "num_warmup": num_warmup}, contested)
     assert contested == {"default": 2 * len(race_power.SOLVERS)}
     assert [(c["k"], c["race_noises"], c["search"]) for c in found] == [(4, 56, 24)] * len(race_power.SOLVERS)
     assert found[0]["ratio"] == pytest.approx(1.1)
